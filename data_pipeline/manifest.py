@@ -1,0 +1,103 @@
+"""The contract between ingest and training: `manifest.json` at the dataset root, written last.
+
+Readers trust only the shards it lists. While ingest runs, `_ingest/plan.json` says what the run
+will do and `_ingest/units/<unit>.json` says what each finished unit wrote; the manifest is built
+from those once every unit is done.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import platform
+from collections import Counter
+
+from dfdc import storage
+
+FORMAT = "dfdc-scale/face-shards"
+VERSION = 1
+MANIFEST = "manifest.json"
+PLAN = "_ingest/plan.json"
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def unit_record_path(unit_name: str) -> str:
+    return f"_ingest/units/{unit_name}.json"
+
+
+def write_json(uri: str, data: dict) -> None:
+    storage.write_bytes(uri, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+def read_json(uri: str) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except FileNotFoundError:
+        return None
+
+
+def software_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("dfdc-scale", "torch", "av", "webdataset", "facenet-pytorch", "ray", "s3fs", "numpy", "pillow"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def build(plan: dict, units: list[dict], scan_quarantine: list[dict]) -> dict:
+    """The manifest from the plan, every unit's record and what listing the source set aside."""
+    shards = sorted((s for u in units for s in u["shards"]), key=lambda s: s["url"])
+    quarantine = sorted(scan_quarantine + [q for u in units for q in u["quarantine"]], key=lambda q: (q["video"], q["reason"]))
+    splits: dict[str, dict] = {}
+    for s in shards:
+        t = splits.setdefault(s["split"], {"shards": 0, "samples": 0, "real": 0, "fake": 0, "bytes": 0, "videos": 0})
+        t["shards"] += 1
+        t["samples"] += s["samples"]
+        t["real"] += s["labels"]["real"]
+        t["fake"] += s["labels"]["fake"]
+        t["bytes"] += s["bytes"]
+    for u in units:
+        splits.setdefault(u["split"], {"shards": 0, "samples": 0, "real": 0, "fake": 0, "bytes": 0, "videos": 0})
+        splits[u["split"]]["videos"] += u["videos_ok"]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": plan["source"],
+        "dataset": plan["dataset"],
+        "plan": plan["digest"],
+        "config": plan["config"],
+        "shards": shards,
+        "splits": splits,
+        "videos": {
+            "listed": plan["videos"] + len(scan_quarantine),
+            "ingested": sum(u["videos_ok"] for u in units),
+            "quarantined": len(quarantine),
+        },
+        "frames": sum(u["frames"] for u in units),
+        "faces_detected_videos": sum(u["videos_detected"] for u in units),
+        "quarantine": quarantine,
+        "quarantine_counts": dict(sorted(Counter(q["reason"] for q in quarantine).items())),
+        "versions": software_versions(),
+    }
+
+
+def load(dataset_uri: str) -> dict:
+    """The manifest of a dataset, checked to be one of ours."""
+    uri = storage.join(dataset_uri, MANIFEST)
+    data = read_json(uri)
+    if data is None:
+        raise ManifestError(f"{uri} does not exist: the dataset is not ingested (or its ingest has not finished)")
+    if data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise ManifestError(f"{uri} is not a {FORMAT} v{VERSION} manifest (format={data.get('format')!r}, version={data.get('version')!r})")
+    return data
+
+
+def shard_urls(dataset_uri: str, manifest: dict, split: str) -> list[str]:
+    return [storage.join(dataset_uri, s["url"]) for s in manifest["shards"] if s["split"] == split]

@@ -1,0 +1,179 @@
+"""The `dfdc` command: a thin layer that parses arguments and calls into the stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dfdc.config import Config, ConfigError, load_config
+
+app = typer.Typer(help="Train deepfake-video detectors at scale: synthesize or ingest corpora, run the local stack.",
+                  no_args_is_help=True, add_completion=False)
+local_app = typer.Typer(help="The local stack: an S3 server on 127.0.0.1 with its data in ./.dfdc (or $DFDC_HOME).",
+                        no_args_is_help=True)
+app.add_typer(local_app, name="local")
+console = Console()
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/); embedded defaults otherwise.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key, e.g. --set ingest.frames_per_video=16. Repeatable.")]
+
+
+def _config(path: Path | None, sets: list[str] | None) -> Config:
+    try:
+        return load_config(path, sets or [])
+    except ConfigError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+
+
+@app.command()
+def synth(
+    out: Annotated[str, typer.Option(help="Folder or s3:// prefix to write the corpus to.")],
+    videos: Annotated[Optional[int], typer.Option(help="Number of videos (default: synth.videos).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (default: synth.seed).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Make a synthetic corpus in the DFDC layout (parts, metadata.json, mp4s with real and face-swapped faces).
+
+    Example: dfdc synth --out s3://dfdc/raw/synth --videos 200 --seed 0
+    """
+    from data_pipeline.synth import synth as run  # noqa: PLC0415
+
+    cfg = _config(config, set_)
+    if videos is not None:
+        cfg.synth.videos = videos
+    if seed is not None:
+        cfg.synth.seed = seed
+    run(out, cfg.synth, log=console.print)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Option(help="Corpus root: a folder or s3:// prefix (DFDC parts or zips, FaceForensics++, Celeb-DF).")],
+    dest: Annotated[str, typer.Option(help="Where shards and manifest.json go: a folder or s3:// prefix.")],
+    dataset: Annotated[Optional[str], typer.Option(help="dfdc | faceforensics | celebdf; detected from the layout if left out.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to run on (default: RAY_ADDRESS, else a local Ray).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+):
+    """Sample frames, find faces, crop, and write WebDataset shards plus manifest.json under DEST.
+
+    Run it again after a crash and it finishes the rest; run it on finished work and it does nothing.
+
+    Example: dfdc ingest --source s3://my-bucket/dfdc/raw --dest s3://my-bucket/dfdc/faces-v1
+    """
+    from data_pipeline.ingest import IngestError, ingest as run  # noqa: PLC0415
+    from data_pipeline.sources import SourceError  # noqa: PLC0415
+
+    cfg = _config(config, set_)
+    if ray_address:
+        cfg.ray.address = ray_address
+    try:
+        summary = run(source, dest, cfg, dataset=dataset, progress=progress, log=console.print)
+    except (SourceError, IngestError, ConfigError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from e
+    print_summary(summary.manifest)
+
+
+def print_summary(manifest: dict) -> None:
+    table = Table(title=f"{manifest['dataset']} shards from {manifest['source']}")
+    for col in ("split", "shards", "samples", "real", "fake", "videos", "MB"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, t in sorted(manifest["splits"].items()):
+        table.add_row(split, str(t["shards"]), str(t["samples"]), str(t["real"]), str(t["fake"]), str(t["videos"]), f"{t['bytes'] / 1e6:.1f}")
+    console.print(table)
+    v = manifest["videos"]
+    console.print(f"videos: {v['ingested']} ingested, {v['quarantined']} quarantined")
+    for reason, n in manifest["quarantine_counts"].items():
+        console.print(f"  {reason}: {n}")
+
+
+@local_app.command("up")
+def local_up(port: Annotated[Optional[int], typer.Option(help="Port for the S3 server (kept for later runs).")] = None):
+    """Start the local S3 server (data kept in .dfdc/s3) and create the bucket 'dfdc'.
+
+    Example: dfdc local up && eval "$(dfdc local env)"
+    """
+    from cluster import local  # noqa: PLC0415
+
+    state, started = local.up(port)
+    server = state.server()
+    console.print(f"S3 server {'started' if started else 'already running'} at {server.endpoint} (pid {state.pid}), "
+                  f"bucket s3://{local.DEFAULT_BUCKET}, data in {server.root}")
+    console.print("Point S3 clients at it with:")
+    for line in local.env_lines(state):
+        console.print(f"  {line}", highlight=False)
+
+
+@local_app.command("down")
+def local_down():
+    """Stop what `dfdc local up` started (by its pid); the data stays on disk.
+
+    Example: dfdc local down
+    """
+    from cluster import local  # noqa: PLC0415
+
+    console.print("stopped the S3 server" if local.down() else "nothing to stop")
+
+
+@local_app.command("status")
+def local_status():
+    """Say whether the local S3 server runs, and where.
+
+    Example: dfdc local status
+    """
+    from cluster import local  # noqa: PLC0415
+
+    state = local.load_state()
+    if local.is_running(state):
+        console.print(f"S3 server running at {state.server().endpoint} (pid {state.pid}), data in {state.server().root}")
+    else:
+        console.print("S3 server not running" + ("" if state else " (never started here)"))
+        raise typer.Exit(3)
+
+
+@local_app.command("env")
+def local_env():
+    """Print `export` lines that point S3 clients at the local server.
+
+    Example: eval "$(dfdc local env)"
+    """
+    from cluster import local  # noqa: PLC0415
+
+    state = local.load_state()
+    if state is None:
+        typer.echo("error: the local stack was never started: run dfdc local up", err=True)
+        raise typer.Exit(1)
+    typer.echo("\n".join(local.env_lines(state)))
+
+
+@app.command()
+def manifest(dataset: Annotated[str, typer.Argument(help="Dataset root (folder or s3:// prefix) holding manifest.json.")],
+             as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False):
+    """Summarise an ingested dataset from its manifest.json.
+
+    Example: dfdc manifest s3://dfdc/faces/demo
+    """
+    from data_pipeline.manifest import ManifestError, load  # noqa: PLC0415
+
+    try:
+        data = load(dataset)
+    except ManifestError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from e
+    if as_json:
+        typer.echo(json.dumps(data, indent=1))
+    else:
+        print_summary(data)
+
+
+if __name__ == "__main__":
+    app()

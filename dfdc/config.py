@@ -1,0 +1,168 @@
+"""One typed config for every stage.
+
+The dataclass defaults below are the embedded defaults; a YAML file in `configs/` changes some of
+them, and `--set a.b=c` changes single keys on top. Unknown keys are errors that name the key, so a
+typo never silently leaves a default in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class DetectorConfig:
+    # "mtcnn", or "package.module:factory" for a detector of your own (see data_pipeline/faces.py).
+    name: str = "mtcnn"
+    device: str = "cpu"
+    batch_size: int = 16
+    # Frames are shrunk so that their longer side is at most this before detection; boxes are
+    # scaled back. DFDC frames are 1920x1080 and faces are large, so half size loses nothing.
+    max_side: int = 960
+    min_face_size: int = 40
+    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.7])
+    min_score: float = 0.9
+
+
+@dataclass
+class IngestConfig:
+    frames_per_video: int = 32
+    faces_per_frame: int = 2
+    margin: float = 0.3  # added on each side, as a fraction of the face box's longer side
+    crop_size: int = 256
+    jpeg_quality: int = 95
+    shard_bytes: int = 512 * 1024 * 1024
+    val_fraction: float = 0.1
+    seed: int = 0
+    # Work unit of a Ray task: whole groups (an original and its fakes) up to this many videos.
+    # A killed ingest redoes at most one unit per worker.
+    videos_per_task: int = 256
+    reuse_original_boxes: bool = True
+    # Faces whose box overlaps a track's last box by at least this IoU continue that track.
+    track_iou: float = 0.3
+
+
+@dataclass
+class SynthConfig:
+    videos: int = 120
+    seed: int = 0
+    parts: int = 2
+    fakes_per_real: int = 2
+    identities: int = 16
+    width: int = 320
+    height: int = 240
+    fps: int = 15
+    seconds: float = 2.0
+
+
+@dataclass
+class RayConfig:
+    # None: join the cluster in RAY_ADDRESS if set, else start a local Ray for this process.
+    address: str | None = None
+    cpus_per_task: float = 1.0
+
+
+@dataclass
+class Config:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self, *sections: str) -> str:
+        """A short stable hash of some sections, to tell whether two runs used the same settings."""
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """The embedded defaults, then the YAML file at `path`, then `key.sub=value` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
+        data = loaded or {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return _build(Config, data, "")
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data, "")
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {where or '<root>'!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        names = ", ".join(f"{where}{k}" for k in unknown)
+        raise ConfigError(f"unknown config key(s): {names} (known in {where.rstrip('.') or 'the root'}: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, key + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"config key {key} must be {hint.__name__}, got {value!r}")
