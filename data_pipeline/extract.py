@@ -6,6 +6,7 @@ Scoring new videos uses the same function, so crops at training and at scoring t
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 from dfdc import storage
@@ -56,7 +57,7 @@ class VideoReader:
                 fs, path = storage.filesystem(record.uri)
                 self._zips[record.uri] = zipfile.ZipFile(fs.open(path, "rb"))
             return self._zips[record.uri].read(record.member)
-        except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as e:
+        except (zipfile.BadZipFile, zlib.error, KeyError, OSError, EOFError, ValueError) as e:
             raise VideoError("unreadable_zip_member", f"{record.member} in {record.uri}: {e}") from e
 
     def close(self) -> None:

@@ -72,6 +72,7 @@ class RayConfig:
     # None: join the cluster in RAY_ADDRESS if set, else start a local Ray for this process.
     address: str | None = None
     cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0  # > 0 with detector.device=cuda: several tasks can share a GPU
 
 
 @dataclass

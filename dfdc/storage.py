@@ -21,6 +21,16 @@ import fsspec  # noqa: E402
 from fsspec import AbstractFileSystem  # noqa: E402
 
 
+# What S3 clients in other processes (Ray workers) need to reach the same store as this one.
+AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "AWS_REQUEST_CHECKSUM_CALCULATION")
+
+
+def worker_env() -> dict[str, str]:
+    """This process's S3 settings, to hand to Ray workers (a cluster with instance roles sets none)."""
+    return {k: os.environ[k] for k in AWS_SETTINGS if k in os.environ}
+
+
 def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
     """The filesystem of `uri` and the path inside it."""
     options = {}

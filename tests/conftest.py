@@ -1,0 +1,98 @@
+"""Real parts for the tests: an rclone S3 server and a Ray cluster on this machine, once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cluster.s3_server import free_port, start_s3_server
+
+# Small, fast settings shared by the tests that run the real pipeline.
+TINY = ["ingest.frames_per_video=4", "ingest.crop_size=64", "ingest.videos_per_task=3", "ingest.val_fraction=0.3",
+        "synth.seconds=1.0", "synth.fps=12"]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """rclone's S3 server on a free port; the standard AWS variables point at it for the session."""
+    root = tmp_path_factory.mktemp("s3")
+    server = start_s3_server(root / "data", free_port(), "test-key-123", "test-secret-456", root / "s3.log")
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir("test")
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def bucket(s3_server) -> str:
+    """A fresh prefix in the test bucket."""
+    return f"s3://test/{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def ray_address(s3_server):
+    """A Ray head on this machine, shared by the session. `--block` ties Ray's daemons to one process
+    group, so teardown stops this head only, never another Ray on the machine."""
+    import ray
+
+    port = free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            ray.init(address=address, log_to_driver=False)
+            break
+        except Exception:
+            if time.monotonic() > deadline or head.poll() is not None:
+                raise
+            time.sleep(1)
+    yield address
+    ray.shutdown()
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's in-memory S3 server: the pipeline must work against it as well."""
+    port = free_port()
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)

@@ -1,0 +1,80 @@
+import pytest
+
+from dfdc.config import Config, ConfigError, load_config
+
+
+def test_defaults_are_embedded():
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.ingest.frames_per_video == 32 and cfg.ingest.faces_per_frame == 2
+    assert cfg.ingest.margin == 0.3 and cfg.ingest.crop_size == 256
+    assert cfg.ingest.shard_bytes == 512 * 1024 * 1024
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ingest:\n  frames_per_video: 8\n  val_fraction: 0.2\ndetector:\n  device: cuda\n")
+    cfg = load_config(path, ["ingest.frames_per_video=4", "detector.thresholds=[0.5, 0.6, 0.7]", "ray.address=auto"])
+    assert cfg.ingest.frames_per_video == 4
+    assert cfg.ingest.val_fraction == 0.2
+    assert cfg.detector.device == "cuda"
+    assert cfg.detector.thresholds == [0.5, 0.6, 0.7]
+    assert cfg.ray.address == "auto"
+
+
+def test_int_is_accepted_for_float_and_null_for_optional():
+    cfg = load_config(None, ["ingest.margin=1", "ray.address=null"])
+    assert cfg.ingest.margin == 1.0 and isinstance(cfg.ingest.margin, float)
+    assert cfg.ray.address is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ingest.frams=3", "unknown config key(s): ingest.frams"),
+        ("nosuch.key=3", "unknown config key(s): nosuch"),
+        ("ingest.frames_per_video=many", "ingest.frames_per_video must be int"),
+        ("ingest.frames_per_video=2.5", "ingest.frames_per_video must be int"),
+        ("ingest.reuse_original_boxes=3", "ingest.reuse_original_boxes must be bool"),
+        ("ingest", "not of the form section.key=value"),
+        ("ingest.frames_per_video.x=1", "ingest.frames_per_video must be int"),
+        ("ingest.margin=1", None),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    if message is None:  # a control: the same shape of override, valid
+        load_config(None, [override])
+        return
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listy)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+    assert configs, "configs/ holds the recipes"
+    for path in configs:
+        load_config(path)
+
+
+def test_digest_tracks_settings():
+    a, b = Config(), Config()
+    assert a.digest("ingest") == b.digest("ingest")
+    b.ingest.margin = 0.5
+    assert a.digest("ingest") != b.digest("ingest")
+    assert a.digest("detector") == b.digest("detector")

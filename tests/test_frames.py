@@ -1,0 +1,97 @@
+import av
+import numpy as np
+import pytest
+
+from data_pipeline.frames import VideoError, decode_all, sample_frames
+from data_pipeline.synth import encode_mp4
+from tests.corpus import face_videos
+
+
+def all_frames(data: bytes) -> list[np.ndarray]:
+    import io
+
+    with av.open(io.BytesIO(data)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def long_video(n=90, gop=10) -> bytes:
+    """Frames that differ by index, with a keyframe every `gop` frames: seeking matters."""
+    rng = np.random.default_rng(0)
+    frames = [(rng.random((48, 64, 3)) * 40 + i * 2).astype(np.uint8) for i in range(n)]
+    import io
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.options = {"g": str(gop), "keyint_min": str(gop), "bf": "2"}
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("n", [1, 4, 7, 32])
+def test_sampled_frames_equal_decoding_everything(n):
+    data = long_video()
+    everything = all_frames(data)
+    frames = sample_frames(data, n)
+    expected = np.unique(np.linspace(0, len(everything) - 1, min(n, len(everything))).round().astype(int))
+    assert [f.index for f in frames] == expected.tolist()
+    for f in frames:
+        assert np.array_equal(f.image, everything[f.index]), f"frame {f.index} differs from sequential decoding"
+    assert all(b.t > a.t for a, b in zip(frames, frames[1:]))
+
+
+def test_more_samples_than_frames_gives_every_frame():
+    data = face_videos(1)[0]
+    frames = sample_frames(data, 1000)
+    assert len(frames) == decode_all(data) == 12
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty_file"),
+        (b"this is a text file, not a video" * 10, "unreadable_video"),
+    ],
+)
+def test_bad_bytes(data, reason):
+    with pytest.raises(VideoError) as e:
+        sample_frames(data, 4)
+    assert e.value.reason == reason
+
+
+def test_truncated_video_is_an_error():
+    data = long_video()
+    with pytest.raises(VideoError) as e:
+        sample_frames(data[: len(data) // 2], 8)
+    assert e.value.reason in ("unreadable_video", "truncated_video")
+
+
+def test_encode_then_sample_shape():
+    frames = [np.zeros((40, 56, 3), np.uint8) for _ in range(5)]
+    got = sample_frames(encode_mp4(frames, 10), 3)
+    assert [f.index for f in got] == [0, 2, 4]
+    assert got[0].image.shape == (40, 56, 3)
+
+
+def test_truncated_faststart_video_is_truncated(tmp_path):
+    # With the index at the front (as web-ready mp4s have it), a cut file still opens.
+    path = str(tmp_path / "fs.mp4")
+    rng = np.random.default_rng(0)
+    with av.open(path, mode="w", format="mp4", options={"movflags": "faststart"}) as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(60):
+            for p in s.encode(av.VideoFrame.from_ndarray((rng.random((48, 64, 3)) * 255).astype(np.uint8), format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    data = open(path, "rb").read()
+    assert len(sample_frames(data, 8)) == 8
+    with pytest.raises(VideoError) as e:
+        sample_frames(data[: len(data) // 2], 8)
+    assert e.value.reason == "truncated_video"
