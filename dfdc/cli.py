@@ -18,6 +18,12 @@ local_app = typer.Typer(help="The local stack: an S3 server on 127.0.0.1 with it
                         no_args_is_help=True)
 app.add_typer(local_app, name="local")
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # one error, one line: easy to grep
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/); embedded defaults otherwise.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key, e.g. --set ingest.frames_per_video=16. Repeatable.")]
@@ -27,8 +33,7 @@ def _config(path: Path | None, sets: list[str] | None) -> Config:
     try:
         return load_config(path, sets or [])
     except ConfigError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
+        raise fail(str(e), 2) from e
 
 
 @app.command()
@@ -78,8 +83,7 @@ def ingest(
     try:
         summary = run(source, dest, cfg, dataset=dataset, progress=progress, log=console.print)
     except (SourceError, IngestError, ConfigError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from e
+        raise fail(str(e)) from e
     print_summary(summary.manifest)
 
 
@@ -150,8 +154,7 @@ def local_env():
 
     state = local.load_state()
     if state is None:
-        typer.echo("error: the local stack was never started: run dfdc local up", err=True)
-        raise typer.Exit(1)
+        raise fail("the local stack was never started here: run dfdc local up")
     typer.echo("\n".join(local.env_lines(state)))
 
 
@@ -167,8 +170,7 @@ def manifest(dataset: Annotated[str, typer.Argument(help="Dataset root (folder o
     try:
         data = load(dataset)
     except ManifestError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from e
+        raise fail(str(e)) from e
     if as_json:
         typer.echo(json.dumps(data, indent=1))
     else:

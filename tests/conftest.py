@@ -74,9 +74,14 @@ def ray_address(s3_server):
     ray.shutdown()
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(30)
+        head.wait(5)
     except subprocess.TimeoutExpired:
+        pass
+    try:  # whatever of the head's process group is left (raylet, GCS, workers)
         os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait()
 
 
 @pytest.fixture(scope="session")

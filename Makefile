@@ -1,0 +1,26 @@
+# Set-up, tests and the demo. Everything installs into .venv from uv.lock.
+PY ?= python3
+VENV := .venv
+UV := $(PY) -m uv
+
+.PHONY: install test demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv || $(PY) -m pip install --quiet --user uv \
+		|| $(PY) -m pip install --quiet --break-system-packages uv
+	$(UV) sync --frozen --extra dev
+	@touch $@
+
+test: install
+	$(VENV)/bin/pytest
+
+demo: install
+	$(VENV)/bin/python -m cluster.demo
+
+bench: install
+	$(VENV)/bin/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
