@@ -13,7 +13,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cluster.s3_server import S3Server, pid_alive, start_s3_server, stop_pid
+from cluster.s3_server import S3Server, free_port, pid_alive, port_in_use, start_s3_server, stop_pid
 
 DEFAULT_BUCKET = "dfdc"
 DEFAULT_PORT = 9000
@@ -69,7 +69,9 @@ def up(port: int | None = None, bucket: str = DEFAULT_BUCKET) -> tuple[LocalStat
     else:
         if state is None:
             # Keys are made once and kept, so URLs and env files stay valid across restarts.
-            state = LocalState(port=port or DEFAULT_PORT, key="dfdc-" + secrets.token_hex(6), secret=secrets.token_hex(16))
+            if port is None:
+                port = DEFAULT_PORT if not port_in_use(DEFAULT_PORT) else free_port()
+            state = LocalState(port=port, key="dfdc-" + secrets.token_hex(6), secret=secrets.token_hex(16))
         elif port:
             state.port = port
         server = start_s3_server(home() / "s3", state.port, state.key, state.secret, home() / "logs" / "s3.log")

@@ -28,6 +28,15 @@ def rclone_binary() -> str:
     return found
 
 
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,6 +75,9 @@ def start_s3_server(root: Path, port: int, key: str, secret: str, log_path: Path
     if len(key) < 8 or len(secret) < 8:
         # rclone answers InvalidAccessKeyId to very short keys.
         raise ValueError("S3 server keys must be at least 8 characters")
+    if port_in_use(port):
+        # Else we would wait for, and then talk to, whatever already listens there.
+        raise RuntimeError(f"port {port} on 127.0.0.1 is already in use by another program: choose another port")
     root.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [rclone_binary(), "serve", "s3", "--auth-key", f"{key},{secret}", "--addr", f"127.0.0.1:{port}", str(root)]

@@ -92,7 +92,7 @@ def _run_units(todo: list[Unit], by_video: dict[str, VideoRecord], dest: str, cf
         if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=cfg.ray.address, log_to_driver=False)
         else:  # a private local Ray for this process
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=cfg.ray.cpus_per_task, num_gpus=cfg.ray.gpus_per_task, max_retries=2)(run_unit).options(
         runtime_env={"env_vars": storage.worker_env()})
     cfg_dict = cfg.to_dict()

@@ -13,6 +13,7 @@ Parts `dfdc_train_part_N/` with `metadata.json` as DFDC ships them. Deterministi
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import string
@@ -156,7 +157,15 @@ def _name(rng: np.random.Generator, used: set[str]) -> str:
 
 
 def synth(out: str, cfg: SynthConfig, log=print) -> dict:
-    """Write the corpus under `out` (folder or s3:// prefix); returns {part: metadata}."""
+    """Write the corpus under `out` (folder or s3:// prefix); returns {part: metadata}.
+
+    `synth.json`, written last, records the settings: the same call again finds it and does nothing."""
+    marker = storage.join(out, "synth.json")
+    settings = dataclasses.asdict(cfg)
+    if storage.exists(marker) and json.loads(storage.read_bytes(marker)).get("settings") == settings:
+        parts = json.loads(storage.read_bytes(marker))["parts"]
+        log(f"synth: {out} already holds this corpus ({sum(len(m) for m in parts.values())} videos): nothing to do")
+        return parts
     rng = np.random.default_rng(cfg.seed)
     base = _base_image()
     identities = [make_identity(rng) for _ in range(max(2, cfg.identities))]
@@ -188,6 +197,7 @@ def synth(out: str, cfg: SynthConfig, log=print) -> dict:
             made += 1
     for part, meta in parts.items():
         storage.write_bytes(storage.join(out, part, "metadata.json"), json.dumps(meta, indent=1, sort_keys=True).encode())
+    storage.write_bytes(marker, json.dumps({"settings": settings, "parts": parts}, indent=1).encode())
     log(f"synth: {made} videos ({sum(v['label'] == 'FAKE' for m in parts.values() for v in m.values())} fake) "
         f"in {len(parts)} parts under {out}")
     return parts

@@ -1,0 +1,91 @@
+"""Ingest speed, side by side in one run: sampled frames per second for
+
+  decode-all   decoding every frame of each video (what sampling by seeking avoids)
+  seek-decode  data_pipeline.frames.sample_frames: the same sampled frames, by seeking
+  extract      seek-decode + MTCNN + crop + JPEG, one process (data_pipeline.extract)
+  ingest       the whole `dfdc ingest` on a local S3 server with Ray tasks (all cores), shards included
+
+Videos are synthetic (DFDC-like layout) at a size set by --width/--height/--seconds; DFDC's own are
+1920x1080, 10 s at 30 fps. Ratios are against decode-all. Usage: python bench/ingest.py [--videos 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from dfdc import storage
+from dfdc.config import load_config
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=12)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=360)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--frames", type=int, default=16, help="frames sampled per video")
+    args = ap.parse_args()
+
+    from cluster.s3_server import free_port, start_s3_server
+    from data_pipeline.extract import extract
+    from data_pipeline.faces import build_detector
+    from data_pipeline.frames import decode_all, sample_frames
+    from data_pipeline.ingest import ingest
+    from data_pipeline.sources import discover
+    from data_pipeline.synth import synth
+
+    cfg = load_config(None, [f"synth.videos={args.videos}", f"synth.width={args.width}", f"synth.height={args.height}",
+                             f"synth.seconds={args.seconds}", f"synth.fps={args.fps}", f"ingest.frames_per_video={args.frames}",
+                             "ingest.faces_per_frame=1", "ingest.videos_per_task=3", "detector.min_face_size=40"])
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_s3_server(Path(tmp) / "s3", free_port(), "bench-key-123", "bench-secret-456", Path(tmp) / "s3.log")
+        os.environ.update(server.env())
+        try:
+            import s3fs
+
+            s3fs.S3FileSystem().mkdir("bench")
+            synth("s3://bench/raw", cfg.synth, log=lambda *_: None)
+            _, scan = discover("s3://bench/raw")
+            videos = [storage.read_bytes(r.uri) for r in scan.records]
+            sampled = sum(len(sample_frames(v, args.frames)) for v in videos)  # also warms caches
+            total = sum(decode_all(v) for v in videos)
+            print(f"{len(videos)} videos {args.width}x{args.height}, {total} frames in all, {sampled} sampled "
+                  f"({args.frames} a video); {os.cpu_count()} cores")
+
+            rows = {}
+            t = time.perf_counter()
+            for v in videos:
+                decode_all(v)
+            rows["decode-all"] = sampled / (time.perf_counter() - t)
+
+            t = time.perf_counter()
+            for v in videos:
+                sample_frames(v, args.frames)
+            rows["seek-decode"] = sampled / (time.perf_counter() - t)
+
+            detector = build_detector(cfg.detector)
+            t = time.perf_counter()
+            for r, v in zip(scan.records, videos):
+                extract(r, v, detector, cfg.ingest)
+            rows["extract (1 process)"] = sampled / (time.perf_counter() - t)
+
+            t = time.perf_counter()
+            summary = ingest("s3://bench/raw", "s3://bench/faces", cfg, progress=False, log=lambda *_: None)
+            rows[f"ingest (Ray, S3, {os.cpu_count()} cores)"] = summary.manifest["frames"] / (time.perf_counter() - t)
+        finally:
+            server.stop()
+
+    base = rows["decode-all"]
+    print(f"{'stage':32} {'sampled frames/s':>17} {'vs decode-all':>14}")
+    for name, fps in rows.items():
+        print(f"{name:32} {fps:17.1f} {fps / base:13.2f}x")
+    print("ingest includes Ray start-up and worker imports (torch, MTCNN), paid once per run.")
+
+
+if __name__ == "__main__":
+    main()
