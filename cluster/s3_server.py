@@ -30,6 +30,8 @@ def rclone_binary() -> str:
 
 def port_in_use(port: int) -> bool:
     with socket.socket() as s:
+        # As servers do: a port in TIME_WAIT after our own server stopped is free to listen on.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

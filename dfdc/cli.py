@@ -108,7 +108,10 @@ def local_up(port: Annotated[Optional[int], typer.Option(help="Port for the S3 s
     """
     from cluster import local  # noqa: PLC0415
 
-    state, started = local.up(port)
+    try:
+        state, started = local.up(port)
+    except RuntimeError as e:
+        raise fail(str(e)) from e
     server = state.server()
     console.print(f"S3 server {'started' if started else 'already running'} at {server.endpoint} (pid {state.pid}), "
                   f"bucket s3://{local.DEFAULT_BUCKET}, data in {server.root}")

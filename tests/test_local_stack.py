@@ -58,3 +58,15 @@ def test_wrong_keys_are_refused(tmp_path):
             bad.ls("dfdc")
     finally:
         dfdc(tmp_path, "local", "down")
+
+
+def test_port_taken_by_another_program_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = dfdc(tmp_path, "local", "up", "--port", str(port), check=False)
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr and "already in use" in result.stderr
