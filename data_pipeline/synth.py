@@ -132,14 +132,14 @@ def fake_frames(target: list[Image.Image], donor: Image.Image, cam: Camera, cfg:
     return out
 
 
-def encode_mp4(frames: list, fps: int) -> bytes:
+def encode_mp4(frames: list, fps: int, keyframe_interval: int = 15) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=fps)
         first = np.asarray(frames[0])
         stream.height, stream.width = first.shape[:2]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast"}
+        stream.options = {"crf": "20", "preset": "veryfast", "g": str(keyframe_interval)}
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(f), format="rgb24")):
                 out.mux(packet)
@@ -183,7 +183,7 @@ def synth(out: str, cfg: SynthConfig, log=print) -> dict:
         cam = make_camera(rng)
         frames = _frames(rendered[who], cam, cfg)
         real_name = _name(rng, used)
-        storage.write_bytes(storage.join(out, part, real_name), encode_mp4(frames, cfg.fps))
+        storage.write_bytes(storage.join(out, part, real_name), encode_mp4(frames, cfg.fps, cfg.keyframe_interval))
         meta[real_name] = {"label": "REAL", "split": "train"}
         made += 1
         for _ in range(cfg.fakes_per_real):
@@ -192,7 +192,7 @@ def synth(out: str, cfg: SynthConfig, log=print) -> dict:
             donor = (who + 1 + int(rng.integers(len(identities) - 1))) % len(identities)
             fake = fake_frames(frames, rendered[donor], cam, cfg, rng)
             fake_name = _name(rng, used)
-            storage.write_bytes(storage.join(out, part, fake_name), encode_mp4(fake, cfg.fps))
+            storage.write_bytes(storage.join(out, part, fake_name), encode_mp4(fake, cfg.fps, cfg.keyframe_interval))
             meta[fake_name] = {"label": "FAKE", "split": "train", "original": real_name}
             made += 1
     for part, meta in parts.items():

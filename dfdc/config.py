@@ -65,6 +65,7 @@ class SynthConfig:
     height: int = 240
     fps: int = 15
     seconds: float = 2.0
+    keyframe_interval: int = 15  # frames between keyframes (x264's default, 250, is longer than a clip)
 
 
 @dataclass
