@@ -72,8 +72,66 @@ class SynthConfig:
 class RayConfig:
     # None: join the cluster in RAY_ADDRESS if set, else start a local Ray for this process.
     address: str | None = None
-    cpus_per_task: float = 1.0
+    cpus_per_task: float = 1.0  # ingest tasks
     gpus_per_task: float = 0.0  # > 0 with detector.device=cuda: several tasks can share a GPU
+    # Ray Train
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # 1 on GPU nodes
+    storage_path: str = "s3://dfdc/runs"  # checkpoints and run state: s3:// or a folder
+    run_name: str = "dfdc"  # the same name again resumes from its latest checkpoint
+    num_to_keep: int = 2
+    max_failures: int = 0  # whole-group restarts Ray Train may do on a worker failure
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "s3://dfdc/faces/demo-synth"  # dataset root holding manifest.json
+    image_size: int = 224
+    batch_size: int = 32  # per rank
+    num_workers: int = 2  # DataLoader workers per rank
+    shuffle_buffer: int = 1000
+    balance: str = "loss"  # loss: weight fakes by real/fake ratio; none
+    augment: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name: str = "efficientnet_b0"  # any timm model name
+    pretrained: str | None = None  # a state dict file: local path or s3://
+    drop_rate: float = 0.2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    epochs: int = 10
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    seed: int = 0
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = 2  # 0, 1, 2 or 3
+    offload: bool = False  # optimizer state (and parameters at stage 3) in CPU memory
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # MLFLOW_TRACKING_URI if set, else sqlite in $DFDC_HOME
+    experiment: str = "dfdc"
+    artifacts: str | None = None  # where a new experiment keeps artifacts (default $DFDC_HOME/mlartifacts)
+    log_every: int = 10
+    system_metrics: bool = True
+
+
+@dataclass
+class EvalConfig:
+    clip: float = 1e-15  # probabilities are clipped to [clip, 1 - clip] in log loss
 
 
 @dataclass
@@ -82,6 +140,12 @@ class Config:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,35 @@
+"""`python -m train --config configs/X.yaml [--set a.b=c ...]`: what `ray job submit` runs on a
+cluster (and `dfdc train` runs on the local Ray)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dfdc.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    ap.add_argument("--config", "-c", type=Path, help="YAML config; embedded defaults otherwise")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="override a key, e.g. optim.lr=3e-4")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.sets)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from train.run import run  # noqa: PLC0415
+
+    out = run(cfg, Path(os.environ.get("DFDC_HOME", ".dfdc")))
+    m = out["metrics"] or {}
+    print(f"val video log loss: {m.get('video_log_loss', float('nan')):.4f}  val video AUC: {m.get('video_auc', float('nan')):.4f}")
+    print(f"checkpoint: {out['checkpoint']}")
+    print(f"model: {out['model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
