@@ -7,23 +7,47 @@ import json
 import os
 import tempfile
 
+import torch
+
 STATE = "dfdc_state.json"
+PROBE = "probe.pt"
 TAG = "ds"
 
 
-def save(engine, state: dict, metrics: dict, rank: int) -> None:
+def probe_input(image_size: int) -> torch.Tensor:
+    """A fixed input whose outputs are stored with each checkpoint: reloading the checkpoint, or
+    consolidating it into a plain model, must give the same outputs."""
+    return torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(1234))
+
+
+def probe_logits(engine, image_size: int) -> torch.Tensor:
+    """Collective under ZeRO-3 (forward gathers parameters): every rank calls it."""
+    was_training = engine.training
+    engine.eval()
+    with torch.no_grad():
+        out = engine(probe_input(image_size).to(engine.device)).float().cpu()
+    engine.train(was_training)
+    return out
+
+
+def save(engine, state: dict, metrics: dict, rank: int, image_size: int) -> None:
     import ray.train  # noqa: PLC0415
 
+    logits = probe_logits(engine, image_size)
     with tempfile.TemporaryDirectory(prefix="dfdc-ckpt-") as d:
         engine.save_checkpoint(d, tag=TAG)  # collective: every rank writes its shard of the states
         if rank == 0:
+            torch.save({"input": probe_input(image_size), "logits": logits}, os.path.join(d, PROBE))
+            # Written last: a checkpoint without it is incomplete.
             with open(os.path.join(d, STATE), "w") as f:
                 json.dump(state, f, indent=1)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def load(engine) -> dict | None:
-    """Restore the engine from the latest complete checkpoint of this run; its state, or None."""
+def load(engine, image_size: int) -> dict | None:
+    """Restore the engine from the latest complete checkpoint of this run; its state, or None.
+    The state gets `reload_max_abs_diff`: how far the reloaded engine's probe outputs are from the
+    ones saved with the checkpoint (0 when the weights came back exactly)."""
     import ray.train  # noqa: PLC0415
 
     ckpt = ray.train.get_checkpoint()
@@ -36,6 +60,8 @@ def load(engine) -> dict | None:
         with open(path) as f:
             state = json.load(f)
         engine.load_checkpoint(d, tag=TAG)
+        saved = torch.load(os.path.join(d, PROBE), map_location="cpu", weights_only=True)
+    state["reload_max_abs_diff"] = float((probe_logits(engine, image_size) - saved["logits"]).abs().max())
     return state
 
 

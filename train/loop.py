@@ -53,7 +53,7 @@ def train_func(config: dict) -> None:
     device = engine.device
     weight = torch.tensor(pos_weight, device=device) if pos_weight is not None else None
 
-    state = checkpoint.load(engine) or {"epoch": 0, "batch_in_epoch": 0, "step": 0, "samples_per_rank": 0, "mlflow_run_id": None}
+    state = checkpoint.load(engine, cfg.data.image_size) or {"epoch": 0, "batch_in_epoch": 0, "step": 0, "samples_per_rank": 0, "mlflow_run_id": None}
     run_id = None
     if rank == 0:
         import mlflow  # noqa: PLC0415
@@ -62,7 +62,8 @@ def train_func(config: dict) -> None:
         if state["mlflow_run_id"] is None:
             mlflow.log_dict(cfg.to_dict(), "config.json")
             mlflow.log_dict(ds_config, "deepspeed_config.json")
-        mlflow.log_metric("resumed_at_step", state["step"], step=state["step"])
+        if "reload_max_abs_diff" in state:
+            mlflow.log_metrics({"resumed_at_step": state["step"], "reload_max_abs_diff": state["reload_max_abs_diff"]}, step=state["step"])
 
     step, samples = state["step"], state["samples_per_rank"]
     for epoch in range(state["epoch"], cfg.optim.epochs):
@@ -99,7 +100,7 @@ def train_func(config: dict) -> None:
         report = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), **val}
         if rank == 0:
             mlflow.log_metrics({f"val_{k}": v for k, v in val.items()} | {"epoch": epoch + 1}, step=step)
-        checkpoint.save(engine, state, report, rank)
+        checkpoint.save(engine, state, report, rank, cfg.data.image_size)
     if rank == 0:
         mlflow.end_run()
 

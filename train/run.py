@@ -3,6 +3,7 @@ model as one consolidated fp32 state dict beside the run's checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import tempfile
@@ -65,11 +66,21 @@ def write_final_model(ckpt, cfg: Config) -> str | None:
     import mlflow  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
-    from train.checkpoint import STATE, consolidate  # noqa: PLC0415
+    from train.checkpoint import PROBE, STATE, consolidate  # noqa: PLC0415
+    from train.model import build_model  # noqa: PLC0415
 
     with ckpt.as_directory() as d:
         weights = consolidate(d)
         state = json.loads(Path(d, STATE).read_text())
+        probe = torch.load(Path(d, PROBE), map_location="cpu", weights_only=True)
+    # The consolidated weights in the plain timm model must give the engine's outputs.
+    model = build_model(dataclasses.replace(cfg.model, pretrained=None))
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    with torch.no_grad():
+        diff = float((model(probe["input"]) - probe["logits"]).abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"consolidated weights give outputs {diff:.2e} away from the engine's: not writing {MODEL_FILE}")
     uri = storage.join(cfg.ray.storage_path, cfg.ray.run_name, MODEL_FILE)
     buf = io.BytesIO()
     torch.save({k: v.float() for k, v in weights.items()}, buf)
@@ -80,4 +91,5 @@ def write_final_model(ckpt, cfg: Config) -> str | None:
         local.write_bytes(buf.getvalue())
         mlflow.log_artifact(str(local))
         mlflow.set_tag("model_uri", uri)
+        mlflow.log_metric("consolidated_max_abs_diff", diff)
     return uri
