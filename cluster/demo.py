@@ -1,12 +1,15 @@
 """`make demo`: the main job on embedded defaults, on the local stack.
 
-Starts the local S3 server (unless it runs), synthesizes a DFDC-layout corpus onto it, ingests it
-into face-crop shards on S3, prints the manifest summary, and stops what it started.
+Starts the local S3 server (unless it runs) and a Ray head with its dashboard on 127.0.0.1,
+synthesizes a DFDC-layout corpus onto S3, ingests it into face-crop shards on S3 (Ray tasks), submits
+the training through Ray's Jobs API (2 workers, DeepSpeed ZeRO-2, MLflow in sqlite), follows its
+log, prints validation log loss and AUC, and stops what it started.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -14,19 +17,30 @@ from pathlib import Path
 from cluster import local
 from dfdc.config import load_config
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "demo.yaml"
 RAW = f"s3://{local.DEFAULT_BUCKET}/raw/demo-synth"
 FACES = f"s3://{local.DEFAULT_BUCKET}/faces/demo-synth"
 
 
 def main() -> int:
+    from cluster.ray_head import start_head  # noqa: PLC0415
+    from dfdc import storage  # noqa: PLC0415
     from dfdc.cli import console, print_summary  # noqa: PLC0415
 
     cfg = load_config(CONFIG)
+    home = local.home()
     state, started = local.up()
     os.environ.update(state.server().env())
+    os.environ["DFDC_HOME"] = str(home)
     console.print(f"local S3 server at {state.server().endpoint} ({'started' if started else 'already running'})")
+    head = None
     try:
+        t0 = time.monotonic()
+        head = start_head(num_cpus=2, dashboard=True, log_path=home / "logs" / "ray-head.log", env=storage.worker_env())
+        console.print(f"Ray head at {head.address}, dashboard {head.dashboard_url} ({time.monotonic() - t0:.0f}s)")
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+
         from data_pipeline.ingest import ingest  # noqa: PLC0415
         from data_pipeline.synth import synth  # noqa: PLC0415
 
@@ -34,15 +48,65 @@ def main() -> int:
         synth(RAW, cfg.synth, log=console.print)
         console.print(f"synth took {time.monotonic() - t0:.0f}s")
         t0 = time.monotonic()
+        cfg.ray.address = head.address
         summary = ingest(RAW, FACES, cfg, log=console.print)
         console.print(f"ingest took {time.monotonic() - t0:.0f}s")
         print_summary(summary.manifest)
-        console.print(f"shards and manifest: {FACES}/manifest.json")
+
+        result = submit_training(head.dashboard_url, home, console)
+        if result is None:
+            return 1
+        console.print(f"validation (video level): log loss {result['log_loss']}, AUC {result['auc']}")
+        console.print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}  (then http://127.0.0.1:5000)")
+        console.print(f"model: {result['model']}", highlight=False)
     finally:
+        import ray  # noqa: PLC0415
+
+        ray.shutdown()
+        if head is not None:
+            head.stop()
+            console.print("stopped the Ray head")
         if started:
             local.down()
             console.print("stopped the local S3 server (its data stays in .dfdc/s3)")
     return 0
+
+
+def submit_training(dashboard_url: str, home: Path, console) -> dict | None:
+    """`ray job submit` through the Jobs API; follow the job's log until it ends."""
+    from ray.job_submission import JobStatus, JobSubmissionClient  # noqa: PLC0415
+
+    from dfdc import storage  # noqa: PLC0415
+
+    client = JobSubmissionClient(dashboard_url)
+    entrypoint = f"{sys.executable} -m train --config {CONFIG} --set data.dataset={FACES} --set ray.run_name=demo-{int(time.time())}"
+    env = storage.worker_env() | {"DFDC_HOME": str(home), "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    job = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env})
+    console.print(f"submitted training job {job}: {entrypoint}", highlight=False)
+    t0 = time.monotonic()
+    printed = 0
+    while True:
+        status = client.get_job_status(job)
+        logs = client.get_job_logs(job)
+        for line in logs[printed:].splitlines():
+            if _worth_showing(line):
+                console.print(f"  [dim]{line.strip()[:200]}[/dim]", highlight=False)
+        printed = len(logs)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        time.sleep(5)
+    console.print(f"training job {job}: {status.value} after {time.monotonic() - t0:.0f}s")
+    if status != JobStatus.SUCCEEDED:
+        console.print(f"[red]the training job did not succeed[/red]; its log: ray job logs {job} --address {dashboard_url}")
+        return None
+    loss = re.search(r"val video log loss: (\S+)\s+val video AUC: (\S+)", logs)
+    model = re.search(r"^model: (\S+)", logs, re.M)
+    return {"log_loss": loss.group(1) if loss else "?", "auc": loss.group(2) if loss else "?", "model": model.group(1) if model else "?"}
+
+
+def _worth_showing(line: str) -> bool:
+    """Epoch results and the final lines, not every worker's start-up chatter."""
+    return bool(re.search(r"Reporting training result|val video|^model:|^checkpoint:|Error|error:", line)) and "from rank 1" not in line
 
 
 if __name__ == "__main__":

@@ -87,6 +87,26 @@ def ingest(
     print_summary(summary.manifest)
 
 
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
+):
+    """Train a detector on an ingested dataset: Ray Train workers, DeepSpeed, MLflow, checkpoints on S3.
+
+    The same as `python -m train`, which is what `ray job submit` runs on a cluster.
+
+    Example: dfdc train --config configs/demo.yaml --set data.dataset=s3://dfdc/faces/demo-synth
+    """
+    from train.__main__ import main as train_main  # noqa: PLC0415
+
+    args = (["--config", str(config)] if config else []) + [a for s in (set_ or []) for a in ("--set", s)]
+    if ray_address:
+        args += ["--set", f"ray.address={ray_address}"]
+    raise typer.Exit(train_main(args))
+
+
 def print_summary(manifest: dict) -> None:
     table = Table(title=f"{manifest['dataset']} shards from {manifest['source']}")
     for col in ("split", "shards", "samples", "real", "fake", "videos", "MB"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -48,40 +47,26 @@ def bucket(s3_server) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_address(s3_server):
-    """A Ray head on this machine, shared by the session. `--block` ties Ray's daemons to one process
-    group, so teardown stops this head only, never another Ray on the machine."""
+def ray_address(s3_server, tmp_path_factory):
+    """A Ray head on this machine (2 CPUs), shared by the session; teardown stops this head only."""
     import ray
 
-    port = free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--include-dashboard=false", "--disable-usage-stats"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"127.0.0.1:{port}"
+    from cluster.ray_head import start_head
+
+    head = start_head(num_cpus=2, dashboard=False, log_path=tmp_path_factory.mktemp("ray") / "head.log")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     deadline = time.monotonic() + 120
     while True:
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=head.address, log_to_driver=False)
             break
         except Exception:
-            if time.monotonic() > deadline or head.poll() is not None:
+            if time.monotonic() > deadline:
                 raise
             time.sleep(1)
-    yield address
+    yield head.address
     ray.shutdown()
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # whatever of the head's process group is left (raylet, GCS, workers)
-        os.killpg(head.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    head.wait()
+    head.stop()
 
 
 @pytest.fixture(scope="session")

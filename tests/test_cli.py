@@ -6,7 +6,7 @@ from dfdc.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [["synth"], ["ingest"], ["manifest"], ["local", "up"], ["local", "down"], ["local", "status"], ["local", "env"]])
+@pytest.mark.parametrize("command", [["synth"], ["ingest"], ["train"], ["manifest"], ["local", "up"], ["local", "down"], ["local", "status"], ["local", "env"]])
 def test_every_command_explains_itself_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0

@@ -36,7 +36,8 @@ def run(cfg: Config, home: Path) -> dict:
 
     tracking.resolve(cfg, home)
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=True)
+        # Inside `ray job submit` RAY_ADDRESS names the cluster; with nothing set, a private local Ray.
+        ray.init(address=cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
     path, fs = storage_for_ray(cfg.ray.storage_path)
     use_gpu = cfg.ray.gpus_per_worker > 0
     resources = {"CPU": cfg.ray.cpus_per_worker} | ({"GPU": cfg.ray.gpus_per_worker} if use_gpu else {})

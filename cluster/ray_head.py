@@ -1,0 +1,90 @@
+"""A Ray head on this machine, for the demo and the tests.
+
+`ray start --head --block` runs in its own process group: stopping that group stops this head's
+GCS, raylet, dashboard and workers, and never another Ray on the machine (`ray stop` would).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.s3_server import free_port
+
+
+@dataclass
+class RayHead:
+    pid: int
+    port: int
+    dashboard_port: int | None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.dashboard_port}" if self.dashboard_port else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_head(num_cpus: int, dashboard: bool, log_path: Path, env: dict[str, str] | None = None, timeout: float = 120.0) -> RayHead:
+    port = free_port()
+    dash = free_port() if dashboard else None
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
+           "--disable-usage-stats"]
+    cmd += [f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"] if dashboard else ["--include-dashboard=false"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # A local, single-user head: no token to hand around.
+    full_env = dict(os.environ, RAY_AUTH_MODE="disabled", **(env or {}))
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    head = RayHead(proc.pid, port, dash)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}; see {log_path}")
+        if _ready(head):
+            return head
+        time.sleep(1)
+    head.stop()
+    raise RuntimeError(f"the Ray head did not come up within {timeout:.0f}s; see {log_path}")
+
+
+def _ready(head: RayHead) -> bool:
+    import urllib.request  # noqa: PLC0415
+
+    if head.dashboard_url:
+        try:
+            with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    import socket  # noqa: PLC0415
+
+    try:
+        with socket.create_connection(("127.0.0.1", head.port), timeout=1):
+            return True
+    except OSError:
+        return False
