@@ -57,8 +57,9 @@ def main() -> int:
         if result is None:
             return 1
         console.print(f"validation (video level): log loss {result['log_loss']}, AUC {result['auc']}")
-        console.print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}  (then http://127.0.0.1:5000)")
-        console.print(f"model: {result['model']}", highlight=False)
+        console.print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}  (then http://127.0.0.1:5000)",
+                      soft_wrap=True, highlight=False)
+        console.print(f"model: {result['model']}", highlight=False, soft_wrap=True)
     finally:
         import ray  # noqa: PLC0415
 
@@ -90,7 +91,7 @@ def submit_training(dashboard_url: str, home: Path, console) -> dict | None:
         logs = client.get_job_logs(job)
         for line in logs[printed:].splitlines():
             if _worth_showing(line):
-                console.print(f"  [dim]{line.strip()[:200]}[/dim]", highlight=False)
+                console.print(f"  [dim]{line.strip()[:240]}[/dim]", highlight=False, soft_wrap=True)
         printed = len(logs)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
             break
@@ -106,7 +107,7 @@ def submit_training(dashboard_url: str, home: Path, console) -> dict | None:
 
 def _worth_showing(line: str) -> bool:
     """Epoch results and the final lines, not every worker's start-up chatter."""
-    return bool(re.search(r"Reporting training result|val video|^model:|^checkpoint:|Error|error:", line)) and "from rank 1" not in line
+    return bool(re.search(r"epoch \d+/\d+: step|^val video|^model:|^checkpoint:|Error|error:", line))
 
 
 if __name__ == "__main__":

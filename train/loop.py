@@ -100,6 +100,9 @@ def train_func(config: dict) -> None:
         report = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), **val}
         if rank == 0:
             mlflow.log_metrics({f"val_{k}": v for k, v in val.items()} | {"epoch": epoch + 1}, step=step)
+            print(f"epoch {epoch + 1}/{cfg.optim.epochs}: step {step}, train loss {report['train_loss']:.4f}, "
+                  f"val video log loss {val.get('video_log_loss', float('nan')):.4f}, val video AUC {val.get('video_auc', float('nan')):.4f}",
+                  flush=True)
         checkpoint.save(engine, state, report, rank, cfg.data.image_size)
     if rank == 0:
         mlflow.end_run()
