@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv || $(PY) -m pip install --quiet --user uv \
 		|| $(PY) -m pip install --quiet --break-system-packages uv
 	$(UV) sync --frozen --extra dev
+	@# DeepSpeed JIT-builds its CPU communication op on first use (~1-2 min); once per machine,
+	@# cached in ~/.cache/torch_extensions outside the clone.
+	$(VENV)/bin/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
 	@touch $@
 
 test: install
@@ -21,6 +24,7 @@ demo: install
 
 bench: install
 	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/train_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
