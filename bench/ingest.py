@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-from pathlib import Path
 
 from dfdc import storage
 from dfdc.config import load_config
@@ -34,7 +32,7 @@ def main() -> None:
     ap.add_argument("--gop", type=int, default=30, help="frames between keyframes in the synthetic videos")
     args = ap.parse_args()
 
-    from cluster.s3_server import free_port, start_s3_server
+    from cluster.s3_server import temporary_server
     from data_pipeline.extract import extract
     from data_pipeline.faces import build_detector
     from data_pipeline.frames import decode_all, sample_frames
@@ -45,47 +43,39 @@ def main() -> None:
     cfg = load_config(None, [f"synth.videos={args.videos}", f"synth.width={args.width}", f"synth.height={args.height}",
                              f"synth.seconds={args.seconds}", f"synth.fps={args.fps}", f"synth.keyframe_interval={args.gop}", f"ingest.frames_per_video={args.frames}",
                              "ingest.faces_per_frame=1", "ingest.videos_per_task=3", "detector.min_face_size=40"])
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_s3_server(Path(tmp) / "s3", free_port(), "bench-key-123", "bench-secret-456", Path(tmp) / "s3.log")
-        os.environ.update(server.env())
-        try:
-            import s3fs
+    with temporary_server("bench"):
+        synth("s3://bench/raw", cfg.synth, log=lambda *_: None)
+        _, scan = discover("s3://bench/raw")
+        videos = [storage.read_bytes(r.uri) for r in scan.records]
+        sampled = sum(len(sample_frames(v, args.frames)) for v in videos)  # also warms caches
+        total = sum(decode_all(v) for v in videos)
+        print(f"{len(videos)} videos {args.width}x{args.height}, {total} frames in all, {sampled} sampled "
+              f"({args.frames} a video); {os.cpu_count()} cores")
 
-            s3fs.S3FileSystem().mkdir("bench")
-            synth("s3://bench/raw", cfg.synth, log=lambda *_: None)
-            _, scan = discover("s3://bench/raw")
-            videos = [storage.read_bytes(r.uri) for r in scan.records]
-            sampled = sum(len(sample_frames(v, args.frames)) for v in videos)  # also warms caches
-            total = sum(decode_all(v) for v in videos)
-            print(f"{len(videos)} videos {args.width}x{args.height}, {total} frames in all, {sampled} sampled "
-                  f"({args.frames} a video); {os.cpu_count()} cores")
+        rows = {}
+        t = time.perf_counter()
+        for v in videos:
+            decode_all(v)
+        rows["decode-all"] = sampled / (time.perf_counter() - t)
 
-            rows = {}
-            t = time.perf_counter()
-            for v in videos:
-                decode_all(v)
-            rows["decode-all"] = sampled / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for v in videos:
+            sample_frames(v, args.frames)
+        rows["seek-decode"] = sampled / (time.perf_counter() - t)
 
-            t = time.perf_counter()
-            for v in videos:
-                sample_frames(v, args.frames)
-            rows["seek-decode"] = sampled / (time.perf_counter() - t)
+        detector = build_detector(cfg.detector)
+        t = time.perf_counter()
+        for r, v in zip(scan.records, videos):
+            extract(r, v, detector, cfg.ingest)
+        rows["extract (1 process)"] = sampled / (time.perf_counter() - t)
 
-            detector = build_detector(cfg.detector)
-            t = time.perf_counter()
-            for r, v in zip(scan.records, videos):
-                extract(r, v, detector, cfg.ingest)
-            rows["extract (1 process)"] = sampled / (time.perf_counter() - t)
-
-            # Warm Ray up first, one unit per core (start, worker imports, model load): paid once per run.
-            warm = load_config(None, [f"{k}={v}" for k, v in (("synth.videos", 3 * (os.cpu_count() or 2)), ("synth.width", 160), ("synth.height", 120))])
-            synth("s3://bench/warm", warm.synth, log=lambda *_: None)
-            ingest("s3://bench/warm", "s3://bench/warm-faces", cfg, progress=False, log=lambda *_: None)
-            t = time.perf_counter()
-            summary = ingest("s3://bench/raw", "s3://bench/faces", cfg, progress=False, log=lambda *_: None)
-            rows[f"ingest (Ray, S3, {os.cpu_count()} cores)"] = summary.manifest["frames"] / (time.perf_counter() - t)
-        finally:
-            server.stop()
+        # Warm Ray up first, one unit per core (start, worker imports, model load): paid once per run.
+        warm = load_config(None, [f"{k}={v}" for k, v in (("synth.videos", 3 * (os.cpu_count() or 2)), ("synth.width", 160), ("synth.height", 120))])
+        synth("s3://bench/warm", warm.synth, log=lambda *_: None)
+        ingest("s3://bench/warm", "s3://bench/warm-faces", cfg, progress=False, log=lambda *_: None)
+        t = time.perf_counter()
+        summary = ingest("s3://bench/raw", "s3://bench/faces", cfg, progress=False, log=lambda *_: None)
+        rows[f"ingest (Ray, S3, {os.cpu_count()} cores)"] = summary.manifest["frames"] / (time.perf_counter() - t)
 
     base = rows["decode-all"]
     print(f"{'stage':32} {'sampled frames/s':>17} {'vs decode-all':>14}")

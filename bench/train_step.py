@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -68,46 +66,38 @@ def data_wait(args) -> float:
     """Stream a synthetic ingested corpus from a local S3 server through the training loader, and
     time a model step per batch: the fraction of wall time spent waiting for the next batch."""
     from dfdc.config import load_config  # noqa: PLC0415
-    from cluster.s3_server import start_s3_server  # noqa: PLC0415
+    from cluster.s3_server import temporary_server  # noqa: PLC0415
     from data_pipeline import manifest as mf  # noqa: PLC0415
     from data_pipeline.ingest import ingest  # noqa: PLC0415
     from data_pipeline.synth import synth  # noqa: PLC0415
     from train.data import train_loader  # noqa: PLC0415
     from train.model import build_model  # noqa: PLC0415
 
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_s3_server(Path(tmp) / "s3", free_port(), "bench-key-123", "bench-secret-456", Path(tmp) / "s3.log")
-        os.environ.update(server.env())
-        try:
-            import s3fs  # noqa: PLC0415
+    with temporary_server("bench"):
+        cfg = load_config(None, ["synth.videos=30", "ingest.frames_per_video=8", f"ingest.crop_size={args.size}",
+                                 "ingest.videos_per_task=6", "ingest.val_fraction=0", f"data.batch_size={args.batch}",
+                                 f"data.image_size={args.size}", "data.num_workers=2", f"model.name={args.model}"])
+        synth("s3://bench/raw", cfg.synth, log=lambda *_: None)
+        ingest("s3://bench/raw", "s3://bench/faces", cfg, progress=False, log=lambda *_: None)
+        import ray  # noqa: PLC0415
 
-            s3fs.S3FileSystem().mkdir("bench")
-            cfg = load_config(None, ["synth.videos=30", "ingest.frames_per_video=8", f"ingest.crop_size={args.size}",
-                                     "ingest.videos_per_task=6", "ingest.val_fraction=0", f"data.batch_size={args.batch}",
-                                     f"data.image_size={args.size}", "data.num_workers=2", f"model.name={args.model}"])
-            synth("s3://bench/raw", cfg.synth, log=lambda *_: None)
-            ingest("s3://bench/raw", "s3://bench/faces", cfg, progress=False, log=lambda *_: None)
-            import ray  # noqa: PLC0415
-
-            ray.shutdown()
-            urls = mf.shard_urls("s3://bench/faces", mf.load("s3://bench/faces"), "train")
-            model = build_model(cfg.model)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            wait = busy = 0.0
-            end = time.perf_counter()
-            for i, (images, labels, _) in enumerate(train_loader(urls, cfg.data, args.steps + 3, 0, 0, 0)):
-                got = time.perf_counter()
-                opt.zero_grad()
-                F.binary_cross_entropy_with_logits(model(images).squeeze(1), labels).backward()
-                opt.step()
-                done = time.perf_counter()
-                if i >= 3:  # after the loader's workers have started
-                    wait += got - end
-                    busy += done - got
-                end = done
-            return wait / (wait + busy)
-        finally:
-            server.stop()
+        ray.shutdown()
+        urls = mf.shard_urls("s3://bench/faces", mf.load("s3://bench/faces"), "train")
+        model = build_model(cfg.model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        wait = busy = 0.0
+        end = time.perf_counter()
+        for i, (images, labels, _) in enumerate(train_loader(urls, cfg.data, args.steps + 3, 0, 0, 0)):
+            got = time.perf_counter()
+            opt.zero_grad()
+            F.binary_cross_entropy_with_logits(model(images).squeeze(1), labels).backward()
+            opt.step()
+            done = time.perf_counter()
+            if i >= 3:  # after the loader's workers have started
+                wait += got - end
+                busy += done - got
+            end = done
+        return wait / (wait + busy)
 
 
 def main() -> None:

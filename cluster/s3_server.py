@@ -6,12 +6,14 @@ by the tests, each on its own port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,3 +125,27 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
         time.sleep(0.1)
     if pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def temporary_server(bucket: str):
+    """A throwaway server on a free port with `bucket` in it; while it runs, this process's AWS
+    settings point at it (then they are put back). For tests and benchmarks."""
+    import s3fs  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="dfdc-s3-") as tmp:
+        server = start_s3_server(Path(tmp) / "data", free_port(), "local-key-123", "local-secret-456", Path(tmp) / "s3.log")
+        saved = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        s3fs.S3FileSystem.clear_instance_cache()  # cached clients hold the old settings
+        try:
+            s3fs.S3FileSystem().mkdir(bucket)
+            yield server
+        finally:
+            server.stop()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            s3fs.S3FileSystem.clear_instance_cache()

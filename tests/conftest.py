@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.s3_server import free_port, start_s3_server
+from cluster.s3_server import free_port, temporary_server
 
 # Small, fast settings shared by the tests that run the real pipeline.
 TINY = ["ingest.frames_per_video=4", "ingest.crop_size=64", "ingest.videos_per_task=3", "ingest.val_fraction=0.3",
@@ -20,24 +20,11 @@ TINY = ["ingest.frames_per_video=4", "ingest.crop_size=64", "ingest.videos_per_t
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """rclone's S3 server on a free port; the standard AWS variables point at it for the session."""
-    root = tmp_path_factory.mktemp("s3")
-    server = start_s3_server(root / "data", free_port(), "test-key-123", "test-secret-456", root / "s3.log")
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("test")
-    yield server
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    s3fs.S3FileSystem.clear_instance_cache()
+def s3_server():
+    """rclone's S3 server on a free port with a bucket "test"; the standard AWS variables point at it
+    for the session."""
+    with temporary_server("test") as server:
+        yield server
 
 
 @pytest.fixture
