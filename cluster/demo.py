@@ -86,11 +86,13 @@ def submit_training(dashboard_url: str, home: Path, console) -> dict | None:
     console.print(f"submitted training job {job}: {entrypoint}", highlight=False)
     t0 = time.monotonic()
     printed = 0
+    shown: set[str] = set()  # the driver echoes worker lines that the job log also holds
     while True:
         status = client.get_job_status(job)
         logs = client.get_job_logs(job)
         for line in logs[printed:].splitlines():
-            if _worth_showing(line):
+            if _worth_showing(line) and line not in shown:
+                shown.add(line)
                 console.print(f"  [dim]{line.strip()[:240]}[/dim]", highlight=False, soft_wrap=True)
         printed = len(logs)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
