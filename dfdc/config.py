@@ -81,6 +81,9 @@ class RayConfig:
     storage_path: str = "s3://dfdc/runs"  # checkpoints and run state: s3:// or a folder
     run_name: str = "dfdc"  # the same name again resumes from its latest checkpoint
     num_to_keep: int = 2
+    # Also checkpoint every this many optimizer steps inside an epoch (0: at epoch ends only), so a
+    # run killed mid-epoch (a spot node lost) loses at most this many steps.
+    checkpoint_every_steps: int = 0
     max_failures: int = 0  # whole-group restarts Ray Train may do on a worker failure
 
 
@@ -132,6 +135,17 @@ class TrackingConfig:
 @dataclass
 class EvalConfig:
     clip: float = 1e-15  # probabilities are clipped to [clip, 1 - clip] in log loss
+    aggregate: str = "mean"  # frame scores -> video score: mean | median | confident (the DFDC winner's rule)
+    split: str = "val"  # split evaluated: val | train | test | all
+    # Cross-dataset protocol: dataset roots (with manifest.json) to evaluate on as well as the one
+    # trained on, e.g. train on DFDC and test on Celeb-DF.
+    datasets: list[str] = field(default_factory=list)
+    fit_temperature: bool = True  # after training, fit temperature scaling on the val split and save it with the model
+    batch_size: int = 64
+    cpus_per_task: float = 1.0  # Ray tasks that score shards or videos
+    gpus_per_task: float = 0.0
+    bins: int = 15  # calibration bins (ECE, reliability diagram)
+    out: str = "eval"  # local folder for metrics.json and plots (under $DFDC_HOME when relative)
 
 
 @dataclass

@@ -4,6 +4,7 @@ merges them into one checkpoint in `ray.storage_path`. Complete only when the JS
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 
@@ -12,6 +13,8 @@ import torch
 STATE = "dfdc_state.json"
 PROBE = "probe.pt"
 TAG = "ds"
+
+log = logging.getLogger(__name__)
 
 
 def probe_input(image_size: int) -> torch.Tensor:
@@ -44,6 +47,28 @@ def save(engine, state: dict, metrics: dict, rank: int, image_size: int) -> None
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+def latest_complete(ckpt):
+    """`ckpt` if its state JSON is there, else the newest older checkpoint of the same run that has
+    one (Ray names them checkpoint_<time>, so names sort by age); None if there is none."""
+    import pyarrow.fs as pafs  # noqa: PLC0415
+    import ray.train  # noqa: PLC0415
+
+    fs, newest = ckpt.filesystem, ckpt.path.rstrip("/")
+    parent = newest.rsplit("/", 1)[0]
+    candidates = sorted(
+        (i.path for i in fs.get_file_info(pafs.FileSelector(parent))
+         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_") and i.path <= newest),
+        reverse=True,
+    )
+    for path in candidates:
+        if fs.get_file_info(f"{path}/{STATE}").type == pafs.FileType.File:
+            if path != newest:
+                log.warning("checkpoint %s has no %s (cut off while being written); resuming from %s", newest, STATE, path)
+            return ray.train.Checkpoint(path, filesystem=fs)
+    log.warning("no complete checkpoint in %s; starting from scratch", parent)
+    return None
+
+
 def load(engine, image_size: int) -> dict | None:
     """Restore the engine from the latest complete checkpoint of this run; its state, or None.
     The state gets `reload_max_abs_diff`: how far the reloaded engine's probe outputs are from the
@@ -51,17 +76,17 @@ def load(engine, image_size: int) -> dict | None:
     import ray.train  # noqa: PLC0415
 
     ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        ckpt = latest_complete(ckpt)
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
-        path = os.path.join(d, STATE)
-        if not os.path.exists(path):
-            raise RuntimeError(f"checkpoint {ckpt.path} has no {STATE}: it was cut off while being written")
-        with open(path) as f:
+        with open(os.path.join(d, STATE)) as f:
             state = json.load(f)
         engine.load_checkpoint(d, tag=TAG)
         saved = torch.load(os.path.join(d, PROBE), map_location="cpu", weights_only=True)
     state["reload_max_abs_diff"] = float((probe_logits(engine, image_size) - saved["logits"]).abs().max())
+    state["resumed_from"] = ckpt.path
     return state
 
 
