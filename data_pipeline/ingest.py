@@ -9,7 +9,6 @@ ingest ends with the same samples, none lost and none twice. The manifest comes 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -87,12 +86,9 @@ def _run_units(todo: list[Unit], by_video: dict[str, VideoRecord], dest: str, cf
     import ray  # noqa: PLC0415
 
     from data_pipeline.progress import IngestProgress  # noqa: PLC0415
+    from dfdc.ray_connect import connect  # noqa: PLC0415
 
-    if not ray.is_initialized():
-        if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=cfg.ray.address, log_to_driver=False)
-        else:  # a private local Ray for this process
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    connect(cfg.ray.address)
     task = ray.remote(num_cpus=cfg.ray.cpus_per_task, num_gpus=cfg.ray.gpus_per_task, max_retries=2)(run_unit).options(
         runtime_env={"env_vars": storage.worker_env()})
     cfg_dict = cfg.to_dict()
@@ -140,10 +136,11 @@ def run_unit(records: list[VideoRecord], name: str, split: str, dest: str, cfg_d
         try:
             result = extract(record, reader.read(record), detector, cfg.ingest, reuse)
         except VideoError as e:
-            quarantine.append(Quarantined(record.video, e.reason, e.detail))
+            quarantine.append(Quarantined(record.video, e.reason, e.detail, record.label, split, record.dataset, record.method))
             continue
         except Exception as e:  # noqa: BLE001  one bad video never costs the others
-            quarantine.append(Quarantined(record.video, "unreadable_video", f"unexpected {type(e).__name__}: {e}"))
+            quarantine.append(Quarantined(record.video, "unreadable_video", f"unexpected {type(e).__name__}: {e}",
+                                          record.label, split, record.dataset, record.method))
             continue
         if record.label == 0:
             faces_of[record.video] = result.faces

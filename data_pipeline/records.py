@@ -45,6 +45,11 @@ class Quarantined:
     video: str
     reason: str
     detail: str = ""
+    # Known for videos set aside during ingest (not while listing): evaluation scores them 0.5.
+    label: int | None = None
+    split: str | None = None
+    dataset: str | None = None
+    method: str | None = None
 
     def __post_init__(self):
         if self.reason not in QUARANTINE_REASONS:

@@ -107,6 +107,123 @@ def train(
     raise typer.Exit(train_main(args))
 
 
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), or its TorchScript export.")]
+
+
+def _home() -> Path:
+    from cluster.local import home  # noqa: PLC0415
+
+    return home()
+
+
+@app.command()
+def evaluate(
+    checkpoint: CheckpointOpt,
+    data: Annotated[Optional[list[str]], typer.Option("--data", help="Dataset root with manifest.json; repeat for several (cross-dataset). Default: the one trained on, plus eval.datasets.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="val | train | test | all (default: eval.split).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the plots (default: $DFDC_HOME/eval).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+):
+    """Score every face crop of a split with Ray tasks; video-level log loss (the DFDC metric), AUC, AP, EER,
+    accuracy, ECE, by method and dataset; metrics.json and ROC / reliability / histogram PNGs, also in MLflow.
+
+    Example: dfdc evaluate --checkpoint s3://dfdc/runs/demo/model_fp32.pt --data s3://dfdc/faces/celebdf --split all
+    """
+    from data_pipeline.manifest import ManifestError  # noqa: PLC0415
+    from train import tracking  # noqa: PLC0415
+    from train.detector import DetectorFileError, read_card  # noqa: PLC0415
+    from train.evaluate import evaluate as run  # noqa: PLC0415
+
+    cfg = _config(config, set_)
+    if split:
+        cfg.eval.split = split
+    if ray_address:
+        cfg.ray.address = ray_address
+    tracking.resolve(cfg, _home())
+    try:
+        card = read_card(checkpoint)
+        datasets = list(dict.fromkeys(data or [card["trained_on"], *cfg.eval.datasets]))
+        report = run(checkpoint, datasets, cfg, out or _home() / cfg.eval.out, progress=progress, log=console.print)
+    except (DetectorFileError, ManifestError, ValueError) as e:
+        raise fail(str(e)) from e
+    for f in report["files"]:
+        console.print(f"wrote {f}", highlight=False)
+
+
+@app.command()
+def score(
+    videos: Annotated[list[str], typer.Argument(help="Videos: local paths, s3:// URIs, or folders / prefixes of many.")],
+    checkpoint: CheckpointOpt,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the JSON lines to this file.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write an HTML page per video: per-frame scores, top face crops.")] = None,
+    use_ray: Annotated[Optional[bool], typer.Option("--ray/--no-ray", help="Score in Ray tasks (default: when there are more videos than one task takes).")] = None,
+    videos_per_task: Annotated[int, typer.Option(help="Videos per Ray task.")] = 4,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar (on stderr).")] = True,
+):
+    """Score videos: sample frames, find and crop faces as ingest does, run the model, aggregate.
+    Prints one JSON line per video, {video, p_fake, faces_found, frames: [{t, face, p}]}; a video that
+    cannot be read gets {video, p_fake: null, error} and the rest go on (exit code 1 if any failed).
+
+    Example: dfdc score s3://bucket/incoming/ clip.mp4 --checkpoint s3://dfdc/runs/demo/model_fp32.pt --report scores.html
+    """
+    from train import report as html_report  # noqa: PLC0415
+    from train.detector import DetectorFileError  # noqa: PLC0415
+    from train.score import expand, is_scored, score as run  # noqa: PLC0415
+
+    cfg = _config(config, set_)
+    if ray_address:
+        cfg.ray.address = ray_address
+    todo = expand(videos)
+    ray = use_ray if use_ray is not None else len(todo) > videos_per_task
+    results, failed = [], 0
+    sink = out.open("w") if out else None
+    try:
+        for line, crops in run(todo, checkpoint, cfg, ray, progress, top_crops=6 if report else 0, videos_per_task=videos_per_task):
+            text = json.dumps(line)
+            typer.echo(text)
+            if sink:
+                sink.write(text + "\n")
+            failed += not is_scored(line)
+            if report:
+                results.append((line, crops))
+    except DetectorFileError as e:
+        raise fail(str(e)) from e
+    finally:
+        if sink:
+            sink.close()
+    if report:
+        order = {v: i for i, v in enumerate(todo)}
+        html_report.write(report, sorted(results, key=lambda r: order.get(r[0]["video"], 0)), checkpoint)
+        errors.print(f"report: {report}", highlight=False)
+    errors.print(f"scored {len(todo) - failed} of {len(todo)} videos" + (f", {failed} failed" if failed else ""), highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    checkpoint: CheckpointOpt,
+    out: Annotated[str, typer.Option(help="Where the TorchScript file goes (local or s3://); its card is written beside it.")],
+):
+    """Export the model to TorchScript for serving, and check that the export gives the same scores.
+
+    Example: dfdc export --checkpoint s3://dfdc/runs/demo/model_fp32.pt --out model_ts.pt
+    """
+    from train.detector import DetectorFileError, export_torchscript  # noqa: PLC0415
+
+    try:
+        diff = export_torchscript(checkpoint, out)
+    except (DetectorFileError, RuntimeError) as e:
+        raise fail(str(e)) from e
+    console.print(f"wrote {out} (TorchScript); largest logit difference from the model: {diff:.2e}", highlight=False)
+
+
 def print_summary(manifest: dict) -> None:
     table = Table(title=f"{manifest['dataset']} shards from {manifest['source']}")
     for col in ("split", "shards", "samples", "real", "fake", "videos", "MB"):

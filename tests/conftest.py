@@ -73,3 +73,23 @@ def moto_server():
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def shards(s3_server, ray_address):
+    """A small ingested corpus: train shards of uneven sizes, few val shards (ranks get different shares)."""
+    from data_pipeline import manifest as mf
+    from data_pipeline.ingest import ingest
+    from data_pipeline.synth import synth
+    from dfdc.config import load_config
+
+    root = "s3://test/train-corpus"
+    cfg = load_config(None, TINY + ["synth.videos=24", "synth.width=160", "synth.height=120", "synth.identities=4",
+                                    "detector.min_face_size=20", "ingest.videos_per_task=4", "ingest.val_fraction=0.25", "ingest.shard_bytes=35000"])
+    synth(f"{root}/raw", cfg.synth, log=lambda *_: None)
+    ingest(f"{root}/raw", f"{root}/faces", cfg, progress=False, log=lambda *_: None)
+    m = mf.load(f"{root}/faces")
+    train = [s["samples"] for s in m["shards"] if s["split"] == "train"]
+    assert len(train) >= 3 and len(set(train)) > 1, "uneven train shards"
+    assert m["splits"]["val"]["shards"] >= 1
+    return f"{root}/faces"

@@ -4,9 +4,14 @@ MLflow on sqlite, checkpoints on S3. Tiny model and images."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
-import numpy as np
 import pytest
 import timm
 import torch
@@ -14,44 +19,29 @@ import torch
 from dfdc import storage
 from dfdc.config import load_config
 from data_pipeline import manifest as mf
-from data_pipeline.ingest import ingest
-from data_pipeline.synth import synth
-from tests.conftest import TINY
-from train import metrics
 from train.engine import deepspeed_config, lr_lambda
 from train.loop import plan_epochs
 from train.run import run
 
 
-@pytest.fixture(scope="module")
-def shards(s3_server, ray_address):
-    """A small ingested corpus: train shards of uneven sizes, few val shards (ranks get different shares)."""
-    root = "s3://test/train-corpus"
-    cfg = load_config(None, TINY + ["synth.videos=24", "synth.width=160", "synth.height=120", "synth.identities=4",
-                                    "detector.min_face_size=20", "ingest.videos_per_task=4", "ingest.val_fraction=0.25", "ingest.shard_bytes=35000"])
-    synth(f"{root}/raw", cfg.synth, log=lambda *_: None)
-    ingest(f"{root}/raw", f"{root}/faces", cfg, progress=False, log=lambda *_: None)
-    m = mf.load(f"{root}/faces")
-    train = [s["samples"] for s in m["shards"] if s["split"] == "train"]
-    assert len(train) >= 3 and len(set(train)) > 1, "uneven train shards"
-    assert m["splits"]["val"]["shards"] >= 1
-    return f"{root}/faces"
-
-
-def train_cfg(shards, tmp_path, *extra):
-    return load_config(None, [
+def train_sets(shards, tmp_path, *extra) -> list[str]:
+    return [
         f"data.dataset={shards}", "model.name=test_efficientnet", "data.image_size=48", "data.batch_size=8",
         "data.num_workers=1", "optim.warmup_steps=2", "tracking.log_every=2", "tracking.system_metrics=false",
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifacts={(tmp_path / 'artifacts').as_uri()}",
         "ray.storage_path=s3://test/runs", *extra,
-    ])
+    ]
+
+
+def train_cfg(shards, tmp_path, *extra):
+    return load_config(None, train_sets(shards, tmp_path, *extra))
 
 
 def load_fp32(uri: str) -> dict:
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
 
 
-def test_zero2_trains_checkpoints_resumes_into_the_same_run(shards, tmp_path):
+def test_zero2_trains_checkpoints_and_calibrates(shards, tmp_path):
     cfg = train_cfg(shards, tmp_path, "deepspeed.zero_stage=2", "optim.epochs=1", "ray.run_name=zero2")
     first = run(cfg, tmp_path)
     batches, _ = plan_epochs(mf.load(shards), cfg, 2)
@@ -74,20 +64,50 @@ def test_zero2_trains_checkpoints_resumes_into_the_same_run(shards, tmp_path):
     model = timm.create_model("test_efficientnet", num_classes=1)
     model.load_state_dict(first_weights, strict=True)
 
-    # Same run name, more epochs: resumes from the checkpoint's step and loader position, same MLflow run.
-    cfg.optim.epochs = 2
-    second = run(cfg, tmp_path)
-    assert second["metrics"]["step"] == 2 * batches and second["metrics"]["epoch"] == 2
+    # Training wrote the model's card and fit temperature scaling on the val split.
+    card = json.loads(storage.read_bytes(first["model"].replace(".pt", ".json")))
+    assert card["model"]["name"] == "test_efficientnet" and card["image_size"] == 48
+    assert card["temperature"] == pytest.approx(first["calibration"]["temperature"]) and card["temperature"] > 0
+    assert first["calibration"]["val_video_log_loss_calibrated"] <= first["calibration"]["val_video_log_loss"] + 1e-9
+    assert "temperature" in client.get_run(r.info.run_id).data.metrics
+
+
+def test_killed_mid_epoch_resumes_at_its_step_and_loader_position(shards, tmp_path, ray_address):
+    """SIGKILL the driver of a real training job once a mid-epoch checkpoint is registered (what losing
+    the node that runs it does), then start it again with the same run name."""
+    sets = train_sets(shards, tmp_path, "data.batch_size=4", "optim.epochs=1", "ray.checkpoint_every_steps=3",
+                      "ray.run_name=killed")
+    cfg = load_config(None, sets)
+    batches, _ = plan_epochs(mf.load(shards), cfg, 2)
+    assert batches > 6, "the test needs two mid-epoch checkpoints before the epoch ends"
+    snapshot = "s3://test/runs/killed/checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
+    log = open(tmp_path / "first.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "train", *[a for s in sets for a in ("--set", s)]],
+                            env=os.environ | {"RAY_ADDRESS": ray_address}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not storage.exists(snapshot):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    latest = json.loads(storage.read_bytes(snapshot))["latest_checkpoint_result"]["metrics"]
+    assert 0 < latest["step"] < batches, latest
+
+    out = run(cfg, tmp_path)
+    # Every batch of the epoch ran once in all: the resumed job took the rest from the checkpoint's position.
+    assert out["metrics"]["step"] == batches and out["metrics"]["epoch"] == 1
+    client = mlflow.MlflowClient(cfg.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id])
-    assert [x.info.run_id for x in runs] == [r.info.run_id]
-    history = client.get_metric_history(r.info.run_id, "resumed_at_step")
-    assert [h.value for h in history] == [batches]
-    # The reloaded engine gave the checkpoint's outputs exactly: identical weights.
-    assert client.get_metric_history(r.info.run_id, "reload_max_abs_diff")[0].value == 0.0
-    steps = [h.step for h in client.get_metric_history(r.info.run_id, "train_loss")]
-    assert max(steps) > batches and len(steps) == len(set(steps))
-    # The run's final model was replaced by the longer-trained one.
-    assert not torch.equal(load_fp32(second["model"])["conv_stem.weight"], first_weights["conv_stem.weight"])
+    assert len(runs) == 1, "the resumed job continued the killed job's MLflow run"
+    rid = runs[0].info.run_id
+    assert [h.value for h in client.get_metric_history(rid, "resumed_at_step")] == [latest["step"]]
+    assert [h.value for h in client.get_metric_history(rid, "resumed_at_batch_in_epoch")] == [latest["step"]]
+    assert client.get_metric_history(rid, "reload_max_abs_diff")[0].value == 0.0
+    assert "val_video_log_loss" in runs[0].data.metrics
 
 
 def test_zero3_trains_and_consolidates(shards, tmp_path):
@@ -104,6 +124,29 @@ def test_zero3_trains_and_consolidates(shards, tmp_path):
 
 
 # Pure logic, no cluster.
+
+def test_resume_skips_a_checkpoint_without_its_state(tmp_path):
+    """A registered checkpoint that lacks dfdc_state.json is passed over for the newest complete one."""
+    import pyarrow.fs
+    import ray.train
+
+    from train.checkpoint import STATE, latest_complete
+
+    run_dir = tmp_path / "run"
+    for name, complete in [("checkpoint_2026-01-01_00-00-01.000000", True), ("checkpoint_2026-01-01_00-00-02.000000", True),
+                           ("checkpoint_2026-01-01_00-00-03.000000", False)]:
+        (run_dir / name / "ds").mkdir(parents=True)
+        if complete:
+            (run_dir / name / STATE).write_text("{}")
+    fs = pyarrow.fs.LocalFileSystem()
+    newest = ray.train.Checkpoint(str(run_dir / "checkpoint_2026-01-01_00-00-03.000000"), filesystem=fs)
+    assert latest_complete(newest).path.endswith("00-00-02.000000")
+    second = ray.train.Checkpoint(str(run_dir / "checkpoint_2026-01-01_00-00-02.000000"), filesystem=fs)
+    assert latest_complete(second).path == second.path
+    (run_dir / "checkpoint_2026-01-01_00-00-01.000000" / STATE).unlink()
+    (run_dir / "checkpoint_2026-01-01_00-00-02.000000" / STATE).unlink()
+    assert latest_complete(newest) is None
+
 
 def test_deepspeed_config_is_derived():
     cfg = load_config(None, ["deepspeed.zero_stage=3", "deepspeed.offload=true", "deepspeed.precision=bf16",
@@ -125,16 +168,3 @@ def test_lr_warms_up_then_decays_to_zero():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
     assert all(f(s) >= f(s + 1) for s in range(10, 110))
-
-
-def test_metrics_equal_sklearn():
-    from sklearn.metrics import log_loss, roc_auc_score
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 500)
-    p = np.clip(rng.random(500) * 0.6 + y * 0.3, 0, 1)
-    p[:50] = np.round(p[:50], 1)  # ties
-    assert metrics.log_loss(y, p) == pytest.approx(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15)), abs=1e-6)
-    assert metrics.roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-6)
-    labels, scores = metrics.video_scores(["a", "a", "b"], [1, 1, 0], [0.2, 0.4, 0.9])
-    assert labels.tolist() == [1, 0] and scores == pytest.approx([0.3, 0.9])

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     out = run(cfg, Path(os.environ.get("DFDC_HOME", ".dfdc")))
     m = out["metrics"] or {}
     print(f"val video log loss: {m.get('video_log_loss', float('nan')):.4f}  val video AUC: {m.get('video_auc', float('nan')):.4f}")
+    if out.get("calibration"):
+        c = out["calibration"]
+        print(f"temperature: {c['temperature']:.3f}  val video log loss calibrated: {c['val_video_log_loss_calibrated']:.4f}")
     print(f"checkpoint: {out['checkpoint']}")
     print(f"model: {out['model']}")
     return 0

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
-from train import checkpoint, metrics, tracking
+from train import aggregate, checkpoint, metrics, tracking
 from train.data import train_loader, val_loader
 from train.engine import build_engine
 from train.model import build_model
@@ -63,7 +63,9 @@ def train_func(config: dict) -> None:
             mlflow.log_dict(cfg.to_dict(), "config.json")
             mlflow.log_dict(ds_config, "deepspeed_config.json")
         if "reload_max_abs_diff" in state:
-            mlflow.log_metrics({"resumed_at_step": state["step"], "reload_max_abs_diff": state["reload_max_abs_diff"]}, step=state["step"])
+            mlflow.log_metrics({"resumed_at_step": state["step"], "resumed_at_batch_in_epoch": state["batch_in_epoch"],
+                                "reload_max_abs_diff": state["reload_max_abs_diff"]}, step=state["step"])
+            print(f"resumed from {state['resumed_from']} at epoch {state['epoch']}, batch {state['batch_in_epoch']}, step {state['step']}", flush=True)
 
     step, samples = state["step"], state["samples_per_rank"]
     for epoch in range(state["epoch"], cfg.optim.epochs):
@@ -73,7 +75,8 @@ def train_func(config: dict) -> None:
         wait = busy = 0.0
         losses = []
         t_end = time.perf_counter()
-        for images, labels, _ in loader:
+        every = cfg.ray.checkpoint_every_steps * cfg.optim.grad_accum
+        for done, (images, labels, _) in enumerate(loader, start=start + 1):
             t_got = time.perf_counter()
             logits = engine(images.to(device)).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logits, labels.to(device), pos_weight=weight)
@@ -94,6 +97,13 @@ def train_func(config: dict) -> None:
                     "data_wait_fraction": wait / max(1e-9, wait + busy),
                 }, step=step)
                 wait = busy = 0.0
+            if every and step % every == 0 and done < batches:
+                # Mid-epoch: the loader's position is the batches this epoch has taken on every rank.
+                position = {"epoch": epoch, "batch_in_epoch": done, "step": step, "samples_per_rank": samples,
+                            "mlflow_run_id": run_id, "config": cfg.to_dict()}
+                report = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses))}
+                checkpoint.save(engine, position, report, rank, cfg.data.image_size)
+                t_end = time.perf_counter()
         val = evaluate(engine, val_urls, cfg, rank, world)
         state = {"epoch": epoch + 1, "batch_in_epoch": 0, "step": step, "samples_per_rank": samples,
                  "mlflow_run_id": run_id, "config": cfg.to_dict()}
@@ -136,4 +146,17 @@ def evaluate(engine, urls: list[str], cfg: Config, rank: int, world: int) -> dic
     probs = [p for g in gathered for p in g[2]]
     if not videos:
         return {}
-    return metrics.summary(videos, labels, probs, cfg.eval.clip)
+    return val_metrics(videos, labels, probs, cfg.eval.aggregate, cfg.eval.clip)
+
+
+def val_metrics(videos: list[str], labels: list[int], probs: list[float], rule: str, clip: float) -> dict[str, float]:
+    scores = aggregate.by_video(videos, probs, rule)
+    label_of = dict(zip(videos, labels))
+    y, p = [label_of[v] for v in scores], list(scores.values())
+    return {
+        "frame_log_loss": metrics.log_loss(labels, probs, clip),
+        "frame_auc": metrics.roc_auc(labels, probs),
+        "video_log_loss": metrics.log_loss(y, p, clip),
+        "video_auc": metrics.roc_auc(y, p),
+        "videos": float(len(y)),
+    }

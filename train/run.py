@@ -55,7 +55,34 @@ def run(cfg: Config, home: Path) -> dict:
     )
     result = trainer.fit()
     model_uri = write_final_model(result.checkpoint, cfg)
-    return {"metrics": result.metrics, "checkpoint": result.checkpoint.path if result.checkpoint else None, "model": model_uri}
+    calibration = calibrate(model_uri, cfg) if model_uri and cfg.eval.fit_temperature else {}
+    return {"metrics": result.metrics, "checkpoint": result.checkpoint.path if result.checkpoint else None, "model": model_uri,
+            "calibration": calibration}
+
+
+def calibrate(model_uri: str, cfg: Config) -> dict:
+    """Temperature scaling fit on the val split with the final weights, saved in the model's card
+    (log loss punishes over-confidence; a temperature > 1 softens it) and logged to MLflow."""
+    import mlflow  # noqa: PLC0415
+
+    from train import detector, evaluate  # noqa: PLC0415
+
+    urls, missing, _ = evaluate.split_of(cfg.data.dataset, "val")
+    rows, failed = evaluate.predict(model_uri, urls, cfg, progress=False, label="calibrate")
+    if not rows["video"]:
+        print(f"no val predictions ({len(failed)} unreadable shards): temperature left at 1", flush=True)
+        return {}
+    t = evaluate.fit_temperature(rows, cfg.eval.aggregate, cfg.eval.clip)
+    before = evaluate.summarize(rows, missing, cfg.eval.aggregate, 1.0, cfg.eval.clip)["video"]["log_loss"]
+    after = evaluate.summarize(rows, missing, cfg.eval.aggregate, t, cfg.eval.clip)["video"]["log_loss"]
+    card = detector.read_card(model_uri)
+    detector.write_card(model_uri, card | {"temperature": t, "temperature_fit_on": f"{cfg.data.dataset} val"})
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    with mlflow.start_run(run_id=card["mlflow_run_id"]):
+        mlflow.log_metrics({"temperature": t, "val_video_log_loss_calibrated": after})
+        mlflow.log_dict(card | {"temperature": t}, "model_fp32.json")
+    print(f"temperature {t:.3f} fit on val: video log loss {before:.4f} -> {after:.4f}", flush=True)
+    return {"temperature": t, "val_video_log_loss": before, "val_video_log_loss_calibrated": after}
 
 
 def write_final_model(ckpt, cfg: Config) -> str | None:
@@ -86,6 +113,10 @@ def write_final_model(ckpt, cfg: Config) -> str | None:
     buf = io.BytesIO()
     torch.save({k: v.float() for k, v in weights.items()}, buf)
     storage.write_bytes(uri, buf.getvalue())
+    from train import detector  # noqa: PLC0415
+
+    detector.write_card(uri, detector.make_card(cfg, run_name=cfg.ray.run_name, mlflow_run_id=state["mlflow_run_id"],
+                                                step=state["step"], epoch=state["epoch"]))
     mlflow.set_tracking_uri(cfg.tracking.uri)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=state["mlflow_run_id"]):
         local = Path(tmp, MODEL_FILE)

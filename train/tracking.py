@@ -26,15 +26,22 @@ def flat(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def experiment_id(cfg: Config) -> str:
+    """The configured experiment's id; created, with its artifact location, if it is new."""
+    import mlflow  # noqa: PLC0415
+
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    return exp.experiment_id if exp else mlflow.create_experiment(cfg.tracking.experiment, artifact_location=cfg.tracking.artifacts)
+
+
 def start(cfg: Config, run_id: str | None) -> str:
     """Open the run (a new one, or the one a checkpoint names) and return its id."""
     import mlflow  # noqa: PLC0415
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
     if run_id is None:
-        exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-        exp_id = exp.experiment_id if exp else mlflow.create_experiment(cfg.tracking.experiment, artifact_location=cfg.tracking.artifacts)
-        run = mlflow.start_run(experiment_id=exp_id, run_name=cfg.ray.run_name, log_system_metrics=cfg.tracking.system_metrics)
+        run = mlflow.start_run(experiment_id=experiment_id(cfg), run_name=cfg.ray.run_name, log_system_metrics=cfg.tracking.system_metrics)
         mlflow.log_params(flat(cfg.to_dict()))
     else:
         run = mlflow.start_run(run_id=run_id, log_system_metrics=cfg.tracking.system_metrics)

@@ -1,0 +1,19 @@
+"""Joining Ray the same way from every driver (ingest, training, evaluation, scoring)."""
+
+from __future__ import annotations
+
+import os
+
+
+def connect(address: str | None, log_to_driver: bool = False) -> None:
+    """The cluster in `address` or RAY_ADDRESS; with neither, a private local Ray for this process
+    (never a stale cluster some earlier `ray start` left in /tmp/ray)."""
+    import ray  # noqa: PLC0415
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver)

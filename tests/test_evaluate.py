@@ -1,0 +1,139 @@
+"""Evaluation, scoring and export on real parts: shards and models on the rclone S3 server, Ray
+tasks on the test cluster, MLflow on sqlite. The model is a random-init tiny network written as a
+training run writes it (weights + card): these tests are about the plumbing, not accuracy."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+
+from dfdc import storage
+from dfdc.config import load_config
+from data_pipeline import manifest as mf
+from data_pipeline.synth import synth
+from train import detector
+from train.evaluate import evaluate
+from train.model import build_model
+from train.score import score
+
+
+@pytest.fixture(scope="module")
+def model_uri(shards, s3_server):
+    """A detector file for the `shards` corpus: crops made with its ingest settings."""
+    manifest = mf.load(shards)
+    cfg = load_config(None, ["model.name=test_efficientnet", "data.image_size=48", f"data.dataset={shards}"])
+    cfg.ingest = type(cfg.ingest)(**manifest["config"]["ingest"])
+    cfg.detector = type(cfg.detector)(**manifest["config"]["detector"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    uri = "s3://test/models/random/model_fp32.pt"
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    storage.write_bytes(uri, buf.getvalue())
+    detector.write_card(uri, detector.make_card(cfg, temperature=1.5))
+    return uri
+
+
+@pytest.fixture(scope="module")
+def unseen_video(tmp_path_factory) -> str:
+    """An mp4 from a corpus no training saw (another seed)."""
+    out = tmp_path_factory.mktemp("unseen")
+    cfg = load_config(None, ["synth.videos=1", "synth.seed=77", "synth.width=160", "synth.height=120", "synth.seconds=1.0", "synth.fps=12"])
+    synth(str(out), cfg.synth, log=lambda *_: None)
+    return str(next(out.rglob("*.mp4")))
+
+
+def eval_cfg(tmp_path, *extra):
+    return load_config(None, [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifacts={(tmp_path / 'art').as_uri()}",
+                              "tracking.experiment=eval", *extra])
+
+
+def test_evaluate_writes_metrics_plots_and_mlflow_and_survives_a_bad_shard(shards, model_uri, tmp_path, ray_address):
+    # A copy of the dataset with one shard overwritten by garbage.
+    bad = "s3://test/eval-corpus-bad"
+    fs, _ = storage.filesystem(shards)
+    for rel in storage.list_files(shards):
+        fs.copy(storage.filesystem(storage.join(shards, rel))[1], storage.filesystem(storage.join(bad, rel))[1])
+    manifest = mf.load(bad)
+    broken = next(s for s in manifest["shards"] if s["split"] == "train")
+    storage.write_bytes(storage.join(bad, broken["url"]), b"not a tar file" * 100)
+
+    cfg = eval_cfg(tmp_path, "eval.split=all", "eval.aggregate=confident")
+    report = evaluate(model_uri, [shards, bad], cfg, tmp_path / "out", progress=False, log=lambda *_: None)
+
+    good, worse = report["datasets"][shards], report["datasets"][bad]
+    assert good["unreadable_shards"] == [] and [f["shard"] for f in worse["unreadable_shards"]] == [storage.join(bad, broken["url"])]
+    assert good["frame"]["count"] == sum(s["samples"] for s in manifest["shards"])
+    assert worse["frame"]["count"] == good["frame"]["count"] - broken["samples"]
+    assert good["video"]["count"] == manifest["videos"]["ingested"] + good["videos_set_aside"]
+    assert report["temperature"] == 1.5 and good["aggregate"] == "confident"
+    for level in ("frame", "video"):
+        assert set(good[level]) >= {"log_loss", "auc", "ap", "eer", "accuracy", "ece"}
+        assert 0 <= good[level]["auc"] <= 1 and good[level]["log_loss"] > 0
+    assert set(good["by_dataset"]) == {"dfdc"} and good["by_method"] == {}  # DFDC's metadata names no method
+    assert "ReadError" in worse["unreadable_shards"][0]["error"]
+
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert on_disk["datasets"][shards]["video"]["log_loss"] == pytest.approx(good["video"]["log_loss"])
+    pngs = [f for f in report["files"] if f.endswith(".png")]
+    assert len(pngs) == 6 and all(open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for f in pngs)
+
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    run = client.search_runs([client.get_experiment_by_name("eval").experiment_id])[0]
+    assert run.data.tags["model_uri"] == model_uri
+    assert run.data.metrics["faces/video_log_loss"] == pytest.approx(good["video"]["log_loss"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "faces-roc.png", "faces-reliability.png"}
+
+
+def test_score_cli_scores_an_unseen_video_and_reports_a_broken_one(model_uri, unseen_video, tmp_path, ray_address):
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("this is not a video")
+    missing = "s3://test/nowhere/missing.mp4"
+    out, html = tmp_path / "scores.jsonl", tmp_path / "report.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dfdc.cli", "score", unseen_video, str(broken), missing, "--checkpoint", model_uri,
+         "--ray", "--videos-per-task", "2", "--out", str(out), "--report", str(html), "--no-progress"],
+        env=os.environ | {"RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # some videos failed; the others were scored
+    lines = {d["video"]: d for d in map(json.loads, proc.stdout.splitlines())}
+    assert lines == {d["video"]: d for d in map(json.loads, out.read_text().splitlines())}
+    good = lines[unseen_video]
+    assert 0 < good["p_fake"] < 1 and good["faces_found"] == len(good["frames"]) > 0
+    assert all(set(f) == {"t", "face", "p"} and 0 <= f["p"] <= 1 for f in good["frames"])
+    assert lines[str(broken)]["p_fake"] is None and "unreadable_video" in lines[str(broken)]["error"]
+    assert lines[missing]["p_fake"] is None and "missing_file" in lines[missing]["error"]
+    assert "scored 1 of 3 videos, 2 failed" in proc.stderr
+    page = html.read_text()
+    assert page.count("<section") == 3 and "data:image/png;base64" in page and "data:image/jpeg;base64" in page
+
+    # The same video scored in this process (no Ray) gets the same probability.
+    (line, _), = score([unseen_video], model_uri, load_config(None), use_ray=False, progress=False)
+    assert line["p_fake"] == pytest.approx(good["p_fake"], abs=1e-6)
+
+
+def test_torchscript_export_gives_the_same_scores(model_uri, unseen_video, tmp_path):
+    ts = str(tmp_path / "model_ts.pt")
+    assert detector.export_torchscript(model_uri, ts) <= 1e-5
+    exported, card = detector.load(ts)
+    assert isinstance(exported, torch.jit.ScriptModule) and card["export"] == "torchscript"
+    cfg = load_config(None)
+    (a, _), = score([unseen_video], model_uri, cfg, use_ray=False, progress=False)
+    (b, _), = score([unseen_video], ts, cfg, use_ray=False, progress=False)
+    assert b["p_fake"] == pytest.approx(a["p_fake"], abs=1e-5)
+    assert [f["p"] for f in b["frames"]] == pytest.approx([f["p"] for f in a["frames"]], abs=1e-5)
+
+
+def test_a_wrong_checkpoint_is_named(tmp_path, s3_server):
+    with pytest.raises(detector.DetectorFileError, match="model_fp32.json does not exist"):
+        detector.load("s3://test/none/model_fp32.pt")
+    storage.write_bytes("s3://test/junk/model_fp32.pt", b"junk")
+    detector.write_card("s3://test/junk/model_fp32.pt", {"format": detector.CARD_FORMAT, "model": {"name": "test_efficientnet"}})
+    with pytest.raises(detector.DetectorFileError, match="neither a state dict nor a TorchScript"):
+        detector.load("s3://test/junk/model_fp32.pt")

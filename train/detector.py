@@ -1,0 +1,121 @@
+"""A trained detector as users get it: `model_fp32.pt` (a plain fp32 state dict for the timm model)
+and beside it `model_fp32.json`, its card: the model, input size, temperature and the ingest
+settings that cropped its training faces, so evaluation and scoring crop new videos the same way.
+`--checkpoint` takes the .pt URI (or a TorchScript file exported from it, with its own card)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import zipfile
+
+import torch
+
+from dfdc import storage
+from dfdc.config import Config, DetectorConfig, IngestConfig, ModelConfig
+
+CARD_FORMAT = "dfdc-scale/detector"
+CARD_VERSION = 1
+
+
+class DetectorFileError(ValueError):
+    pass
+
+
+def card_uri(model_uri: str) -> str:
+    base = model_uri[: -len(".pt")] if model_uri.endswith(".pt") else model_uri
+    return base + ".json"
+
+
+def make_card(cfg: Config, **extra) -> dict:
+    return {
+        "format": CARD_FORMAT, "version": CARD_VERSION,
+        "model": dataclasses.asdict(cfg.model) | {"pretrained": None},
+        "image_size": cfg.data.image_size,
+        "temperature": 1.0,
+        "aggregate": cfg.eval.aggregate,
+        "ingest": dataclasses.asdict(cfg.ingest),
+        "detector": dataclasses.asdict(cfg.detector),
+        "trained_on": cfg.data.dataset,
+    } | extra
+
+
+def write_card(model_uri: str, card: dict) -> None:
+    storage.write_bytes(card_uri(model_uri), json.dumps(card, indent=1).encode())
+
+
+def read_card(model_uri: str) -> dict:
+    uri = card_uri(model_uri)
+    try:
+        card = json.loads(storage.read_bytes(uri))
+    except FileNotFoundError as e:
+        raise DetectorFileError(f"{uri} does not exist: --checkpoint takes the model_fp32.pt a training run wrote (its card lies beside it)") from e
+    except json.JSONDecodeError as e:
+        raise DetectorFileError(f"{uri} is not valid JSON: {e}") from e
+    if card.get("format") != CARD_FORMAT:
+        raise DetectorFileError(f"{uri} is not a {CARD_FORMAT} card (format={card.get('format')!r})")
+    return card
+
+
+def ingest_config(card: dict) -> IngestConfig:
+    return IngestConfig(**card["ingest"])
+
+
+def detector_config(card: dict) -> DetectorConfig:
+    return DetectorConfig(**card["detector"])
+
+
+def _is_torchscript(data: bytes) -> bool:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py") for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def load(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The model in eval mode and its card."""
+    from train.model import build_model  # noqa: PLC0415
+
+    card = read_card(model_uri)
+    try:
+        data = storage.read_bytes(model_uri)
+    except FileNotFoundError as e:
+        raise DetectorFileError(f"{model_uri} does not exist") from e
+    if _is_torchscript(data):
+        model = torch.jit.load(io.BytesIO(data), map_location=device)
+    else:
+        try:
+            weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001  torch raises many kinds for a file that is not a state dict
+            raise DetectorFileError(f"{model_uri} is neither a state dict nor a TorchScript file: {e}") from e
+        model = build_model(ModelConfig(**card["model"]))
+        model.load_state_dict(weights, strict=True)
+    return model.to(device).eval(), card
+
+
+def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.sigmoid(logits.float() / temperature)
+
+
+def export_torchscript(model_uri: str, out_uri: str, tolerance: float = 1e-5) -> float:
+    """Trace the model to TorchScript, write it with a copy of the card, and check that the
+    exported file, loaded back, gives the same logits; the largest difference seen."""
+    model, card = load(model_uri)
+    size = card["image_size"]
+    example = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example[:1])
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    reloaded = torch.jit.load(io.BytesIO(buf.getvalue()))
+    check = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1))  # another batch size
+    with torch.no_grad():
+        diff = max(float((reloaded(x) - model(x)).abs().max()) for x in (example, check))
+    if not math.isfinite(diff) or diff > tolerance:
+        raise RuntimeError(f"TorchScript export of {model_uri} gives logits {diff:.2e} away from the model's: not written")
+    storage.write_bytes(out_uri, buf.getvalue())
+    write_card(out_uri, card | {"exported_from": model_uri, "export": "torchscript", "export_max_abs_diff": diff})
+    return diff

@@ -1,0 +1,221 @@
+"""Evaluation of a trained detector on ingested datasets: every face crop of a split scored by Ray
+tasks (one per shard), frame scores aggregated to video scores, metrics overall and by manipulation
+method and source dataset, temperature scaling, plots, MLflow.
+
+Videos that ingest set aside with a known label (no face found, unreadable) are scored 0.5 and
+counted, as the DFDC scoring did for every video a team could not read."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dfdc import storage
+from dfdc.config import Config, DataConfig
+from data_pipeline import manifest as mf
+from train import aggregate, metrics
+
+FIELDS = ("video", "label", "logit", "dataset", "method", "t", "face")
+_MODELS: dict = {}  # a Ray worker scores many shards: load each model once
+
+
+def _model(model_uri: str, device: str):
+    from train import detector  # noqa: PLC0415
+
+    if (model_uri, device) not in _MODELS:
+        _MODELS[(model_uri, device)] = detector.load(model_uri, device)
+    return _MODELS[(model_uri, device)]
+
+
+def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") -> dict[str, list]:
+    """Logits of every face crop in one shard, with what each belongs to. Raises on a shard that
+    cannot be read; the driver counts it and goes on."""
+    import torch  # noqa: PLC0415
+    import webdataset as wds  # noqa: PLC0415
+
+    from train.data import register_s3, transforms  # noqa: PLC0415
+
+    register_s3()
+    model, card = _model(model_uri, device)
+    tf = transforms(DataConfig(image_size=card["image_size"]), train=False)
+    rows: dict[str, list] = {k: [] for k in FIELDS}
+    images: list = []
+
+    def flush():
+        if images:
+            with torch.no_grad():
+                rows["logit"].extend(model(torch.stack(images).to(device)).float().squeeze(1).cpu().tolist())
+            images.clear()
+
+    pipeline = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(), wds.decode("pil"), wds.to_tuple("jpg", "json"))
+    for image, meta in pipeline:
+        images.append(tf(image))
+        for k in ("video", "label", "dataset", "method", "t", "face"):
+            rows[k].append(meta.get(k))
+        if len(images) == batch_size:
+            flush()
+    flush()
+    return rows
+
+
+def predict(model_uri: str, urls: list[str], cfg: Config, progress: bool = True, label: str = "evaluate") -> tuple[dict[str, list], list[dict]]:
+    """Every shard scored by a Ray task; (rows of all readable shards, [{shard, error}] for the others)."""
+    import ray  # noqa: PLC0415
+
+    from dfdc.progress import TaskProgress  # noqa: PLC0415
+    from dfdc.ray_connect import connect  # noqa: PLC0415
+
+    connect(cfg.ray.address)
+    device = "cuda" if cfg.eval.gpus_per_task > 0 else "cpu"
+    task = ray.remote(num_cpus=cfg.eval.cpus_per_task, num_gpus=cfg.eval.gpus_per_task, max_retries=2)(score_shard).options(
+        runtime_env={"env_vars": storage.worker_env()})
+    pending = {task.remote(model_uri, url, cfg.eval.batch_size, device): url for url in urls}
+    rows: dict[str, list] = {k: [] for k in FIELDS}
+    failed = []
+    with TaskProgress(label, total=len(urls), unit="shards", enabled=progress, faces=0, unreadable=0) as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            url = pending.pop(ready[0])
+            try:
+                got = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001  one bad shard never costs the rest
+                cause = getattr(e, "cause", None) or e  # a task's own exception, not Ray's wrapper
+                failed.append({"shard": url, "error": f"{type(cause).__name__}: {cause}"})
+                bar.console.print(f"[red]shard {url} unreadable[/red]: {failed[-1]['error']}", highlight=False)
+                bar.advance(unreadable=1)
+                continue
+            for k in FIELDS:
+                rows[k].extend(got[k])
+            bar.advance(faces=len(got["video"]))
+    return rows, failed
+
+
+def split_of(dataset_uri: str, split: str) -> tuple[list[str], list[dict], dict]:
+    """(shard URLs, videos set aside with known labels, manifest) of one split ("all": every split)."""
+    manifest = mf.load(dataset_uri)
+    splits = sorted(manifest["splits"])
+    if split != "all" and split not in splits:
+        raise ValueError(f"dataset {dataset_uri} has no split {split!r} (it has: {', '.join(splits)})")
+    urls = [storage.join(dataset_uri, s["url"]) for s in manifest["shards"] if split == "all" or s["split"] == split]
+    missing = [q for q in manifest["quarantine"] if q.get("label") is not None and (split == "all" or q.get("split") == split)]
+    return urls, missing, manifest
+
+
+def sigmoid(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64) / temperature))
+
+
+def videos(rows: dict[str, list], missing: list[dict], rule: str, temperature: float = 1.0) -> dict[str, dict]:
+    """One entry per video: label, score (by `rule`), dataset, method, faces scored."""
+    probs = sigmoid(rows["logit"], temperature)
+    scores = aggregate.by_video(rows["video"], probs, rule)
+    out: dict[str, dict] = {}
+    for i, v in enumerate(rows["video"]):
+        if v not in out:
+            out[v] = {"label": int(rows["label"][i]), "score": scores[v], "dataset": rows["dataset"][i],
+                      "method": rows["method"][i], "faces": 0}
+        out[v]["faces"] += 1
+    for q in missing:
+        out.setdefault(q["video"], {"label": int(q["label"]), "score": aggregate.NO_FACE_SCORE, "dataset": q.get("dataset"),
+                                    "method": q.get("method"), "faces": 0, "set_aside": q["reason"]})
+    return out
+
+
+def fit_temperature(rows: dict[str, list], rule: str, clip: float) -> float:
+    """The T in sigmoid(logit / T) that minimises video-level log loss (bounded search over log T)."""
+    from scipy.optimize import minimize_scalar  # noqa: PLC0415
+
+    def loss(log_t: float) -> float:
+        table = videos(rows, [], rule, math.exp(log_t))
+        return metrics.log_loss([t["label"] for t in table.values()], [t["score"] for t in table.values()], clip)
+
+    best = minimize_scalar(loss, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(best.x)) if loss(best.x) < loss(0.0) else 1.0
+
+
+def summarize(rows: dict[str, list], missing: list[dict], rule: str, temperature: float, clip: float) -> dict:
+    table = videos(rows, missing, rule, temperature)
+    y = np.array([t["label"] for t in table.values()])
+    p = np.array([t["score"] for t in table.values()])
+    raw = videos(rows, missing, rule, 1.0)
+    out = {
+        "aggregate": rule,
+        "temperature": temperature,
+        "frame": metrics.all_metrics(rows["label"], sigmoid(rows["logit"], temperature), clip),
+        "video": metrics.all_metrics(y, p, clip),
+        "video_log_loss_uncalibrated": metrics.log_loss([t["label"] for t in raw.values()], [t["score"] for t in raw.values()], clip) if raw else float("nan"),
+        "videos_set_aside": len(missing),
+        "set_aside_reasons": {r: sum(q["reason"] == r for q in missing) for r in sorted({q["reason"] for q in missing})},
+        "by_method": {},
+        "by_dataset": {},
+    }
+    real = [t for t in table.values() if t["label"] == 0]
+    for method in sorted({t["method"] for t in table.values() if t["label"] == 1 and t["method"]}):
+        subset = real + [t for t in table.values() if t["label"] == 1 and t["method"] == method]
+        out["by_method"][method] = metrics.all_metrics([t["label"] for t in subset], [t["score"] for t in subset], clip)
+    for ds in sorted({t["dataset"] for t in table.values() if t["dataset"]}):
+        subset = [t for t in table.values() if t["dataset"] == ds]
+        out["by_dataset"][ds] = metrics.all_metrics([t["label"] for t in subset], [t["score"] for t in subset], clip)
+    return out
+
+
+def _name(dataset_uri: str) -> str:
+    return dataset_uri.rstrip("/").rsplit("/", 1)[-1] or "dataset"
+
+
+def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, progress: bool = True, log=print) -> dict:
+    """Evaluate on each dataset's `eval.split`; write metrics.json and plots to `out_dir`, log them
+    to MLflow; the report."""
+    from train import detector, plots  # noqa: PLC0415
+
+    card = detector.read_card(model_uri)
+    temperature = float(card.get("temperature", 1.0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"model": model_uri, "split": cfg.eval.split, "aggregate": cfg.eval.aggregate, "temperature": temperature, "datasets": {}}
+    pngs = []
+    for uri in datasets:
+        urls, missing, _ = split_of(uri, cfg.eval.split)
+        t0 = time.monotonic()
+        rows, failed = predict(model_uri, urls, cfg, progress, label=f"evaluate {_name(uri)}")
+        summary = summarize(rows, missing, cfg.eval.aggregate, temperature, cfg.eval.clip)
+        summary |= {"shards": len(urls), "unreadable_shards": failed, "seconds": round(time.monotonic() - t0, 1)}
+        report["datasets"][uri] = summary
+        table = videos(rows, missing, cfg.eval.aggregate, temperature)
+        y = np.array([t["label"] for t in table.values()])
+        p = np.array([t["score"] for t in table.values()])
+        p_raw = np.array([t["score"] for t in videos(rows, missing, cfg.eval.aggregate, 1.0).values()])
+        stem = out_dir / _name(uri)
+        pngs += [plots.roc(f"{stem}-roc.png", y, p, f"{_name(uri)} {cfg.eval.split} (videos)"),
+                 plots.reliability(f"{stem}-reliability.png", y, p_raw, p, temperature, cfg.eval.bins),
+                 plots.histograms(f"{stem}-scores.png", y, p)]
+        log(f"{_name(uri)}: {len(table)} videos ({summary['videos_set_aside']} without faces, scored 0.5), "
+            f"{len(failed)} unreadable shards; video log loss {summary['video']['log_loss']:.4f}, "
+            f"AUC {summary['video']['auc']:.4f}, AP {summary['video']['ap']:.4f}, EER {summary['video']['eer']:.4f}, "
+            f"acc {summary['video']['accuracy']:.4f}, ECE {summary['video']['ece']:.4f}")
+    path = out_dir / "metrics.json"
+    path.write_text(json.dumps(report, indent=1, default=float))
+    _log_mlflow(cfg, report, [path, *map(Path, pngs)], card)
+    report["files"] = [str(path), *pngs]
+    return report
+
+
+def _log_mlflow(cfg: Config, report: dict, files: list[Path], card: dict) -> None:
+    import mlflow  # noqa: PLC0415
+
+    from train.tracking import experiment_id  # noqa: PLC0415
+
+    with mlflow.start_run(experiment_id=experiment_id(cfg), run_name=f"evaluate-{cfg.eval.split}"):
+        mlflow.set_tags({"model_uri": report["model"], "trained_in_run": str(card.get("mlflow_run_id")), "kind": "evaluation"})
+        mlflow.log_params({"split": cfg.eval.split, "aggregate": cfg.eval.aggregate, "temperature": report["temperature"],
+                           "datasets": ",".join(report["datasets"])})
+        for uri, s in report["datasets"].items():
+            name = _name(uri)
+            flat = {f"{name}/{level}_{k}": v for level in ("frame", "video") for k, v in s[level].items()}
+            flat |= {f"{name}/{m}/video_{k}": v for m, ms in s["by_method"].items() for k, v in ms.items()}
+            mlflow.log_metrics({k.replace(" ", "_"): float(v) for k, v in flat.items() if v is not None and math.isfinite(float(v))})
+        for f in files:
+            mlflow.log_artifact(str(f))

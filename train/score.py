@@ -1,0 +1,134 @@
+"""Scoring new videos: sample frames, find faces and crop them with the code ingest uses (and the
+settings the model was trained with, from its card), run the model, aggregate. One JSON line per
+video: {video, p_fake, faces_found, frames: [{t, face, p}]}, or {video, p_fake: null, error}."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+
+from dfdc import storage
+from dfdc.config import Config
+from data_pipeline.records import is_video
+
+_LOADED: dict = {}  # per process (a Ray worker scores many chunks): model, card, face detector
+
+
+def expand(inputs: list[str]) -> list[str]:
+    """Videos to score: each input is a video (local path or URI), or a folder / prefix whose
+    videos are all scored. Inputs that are neither are kept, to get their error line."""
+    out: list[str] = []
+    for item in inputs:
+        fs, path = storage.filesystem(item)
+        try:
+            is_dir = not is_video(item) and fs.isdir(path)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            found = sorted(rel for rel in storage.list_files(item) if is_video(rel))
+            out += [storage.join(item, rel) for rel in found] or [item]
+        else:
+            out.append(item)
+    return list(dict.fromkeys(out))
+
+
+def _setup(model_uri: str, device: str):
+    import dataclasses  # noqa: PLC0415
+
+    from data_pipeline.faces import build_detector  # noqa: PLC0415
+    from dfdc.config import DataConfig  # noqa: PLC0415
+    from train import detector  # noqa: PLC0415
+    from train.data import transforms  # noqa: PLC0415
+
+    if (model_uri, device) not in _LOADED:
+        model, card = detector.load(model_uri, device)
+        faces = build_detector(dataclasses.replace(detector.detector_config(card), device=device))
+        tf = transforms(DataConfig(image_size=card["image_size"]), train=False)
+        _LOADED[(model_uri, device)] = (model, card, faces, tf)
+    return _LOADED[(model_uri, device)]
+
+
+def score_video(uri: str, model_uri: str, rule: str | None = None, device: str = "cpu", top_crops: int = 0) -> tuple[dict, list[dict]]:
+    """(the JSON line, the `top_crops` highest-scoring face crops as {t, face, p, jpg})."""
+    import torch  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    from data_pipeline.extract import extract  # noqa: PLC0415
+    from data_pipeline.frames import VideoError  # noqa: PLC0415
+    from data_pipeline.records import VideoRecord  # noqa: PLC0415
+    from train import aggregate, detector  # noqa: PLC0415
+
+    model, card, faces, tf = _setup(model_uri, device)
+    rule = rule or card.get("aggregate", "mean")
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        return {"video": uri, "p_fake": None, "error": f"missing_file: {uri} does not exist"}, []
+    except (IsADirectoryError, PermissionError, OSError) as e:
+        return {"video": uri, "p_fake": None, "error": f"unreadable: {uri}: {e}"}, []
+    if not data:
+        return {"video": uri, "p_fake": None, "error": f"empty_file: {uri} has zero bytes"}, []
+    record = VideoRecord(uri=uri, video=uri, label=0, group=uri, dataset="scored")
+    try:
+        result = extract(record, data, faces, detector.ingest_config(card))
+    except VideoError as e:
+        if e.reason == "no_face":  # scored 0.5, as evaluation does: no evidence either way
+            return {"video": uri, "p_fake": aggregate.NO_FACE_SCORE, "faces_found": 0, "frames": [], "note": str(e)}, []
+        return {"video": uri, "p_fake": None, "error": str(e)}, []
+    except Exception as e:  # noqa: BLE001  whatever the file is, the other videos go on
+        return {"video": uri, "p_fake": None, "error": f"unreadable_video: {type(e).__name__}: {e}"}, []
+    batch = torch.stack([tf(Image.open(io.BytesIO(s.jpg)).convert("RGB")) for s in result.samples])
+    with torch.no_grad():
+        p = detector.probabilities(model(batch.to(device)).squeeze(1), card.get("temperature", 1.0)).cpu().tolist()
+    frames = [{"t": s.meta["t"], "face": s.meta["face"], "p": round(q, 6)} for s, q in zip(result.samples, p)]
+    line = {"video": uri, "p_fake": round(aggregate.video_score(p, rule), 6), "faces_found": len(frames), "frames": frames}
+    ranked = sorted(zip(result.samples, p), key=lambda sp: -sp[1])[:top_crops]
+    crops = [{"t": s.meta["t"], "face": s.meta["face"], "p": q, "jpg": s.jpg} for s, q in ranked]
+    return line, crops
+
+
+def score_chunk(uris: list[str], model_uri: str, rule: str | None, device: str, top_crops: int) -> list[tuple[dict, list[dict]]]:
+    return [score_video(u, model_uri, rule, device, top_crops) for u in uris]
+
+
+def score(videos: list[str], model_uri: str, cfg: Config, use_ray: bool, progress: bool = True,
+          top_crops: int = 0, videos_per_task: int = 4) -> Iterator[tuple[dict, list[dict]]]:
+    """Lines (and top crops) as videos finish: in this process, or as Ray tasks of a few videos each."""
+    from dfdc.progress import TaskProgress  # noqa: PLC0415
+    from train.detector import read_card  # noqa: PLC0415
+
+    read_card(model_uri)  # a wrong --checkpoint fails here, once, not once per video
+    device = "cuda" if cfg.eval.gpus_per_task > 0 else "cpu"
+    rule = cfg.eval.aggregate
+    with TaskProgress("score", total=len(videos), unit="videos", enabled=progress, errors=0) as bar:
+        if not use_ray:
+            for uri in videos:
+                line, crops = score_video(uri, model_uri, rule, device, top_crops)
+                bar.advance(errors=int(line.get("error") is not None))
+                yield line, crops
+            return
+        import ray  # noqa: PLC0415
+
+        from dfdc.ray_connect import connect  # noqa: PLC0415
+
+        connect(cfg.ray.address)
+        task = ray.remote(num_cpus=cfg.eval.cpus_per_task, num_gpus=cfg.eval.gpus_per_task, max_retries=2)(score_chunk).options(
+            runtime_env={"env_vars": storage.worker_env()})
+        chunks = [videos[i:i + videos_per_task] for i in range(0, len(videos), videos_per_task)]
+        pending = {task.remote(c, model_uri, rule, device, top_crops): c for c in chunks}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            chunk = pending.pop(ready[0])
+            try:
+                results = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001  a lost worker costs its chunk's lines, which say so
+                cause = getattr(e, "cause", None) or e
+                results = [({"video": u, "p_fake": None, "error": f"task_failed: {type(cause).__name__}: {cause}"}, []) for u in chunk]
+            for line, crops in results:
+                bar.advance(errors=int(line.get("error") is not None))
+                yield line, crops
+
+
+def is_scored(line: dict) -> bool:
+    return line.get("p_fake") is not None and math.isfinite(line["p_fake"])
