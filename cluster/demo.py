@@ -3,7 +3,8 @@
 Starts the local S3 server (unless it runs) and a Ray head with its dashboard on 127.0.0.1,
 synthesizes a DFDC-layout corpus onto S3, ingests it into face-crop shards on S3 (Ray tasks), submits
 the training through Ray's Jobs API (2 workers, DeepSpeed ZeRO-2, MLflow in sqlite), follows its
-log, prints validation log loss and AUC, and stops what it started.
+log, prints validation log loss and AUC, evaluates the final model on the val split (metrics and
+plots), scores a held-out video, prints `model: URI`, and stops what it started.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "demo.yaml"
 RAW = f"s3://{local.DEFAULT_BUCKET}/raw/demo-synth"
 FACES = f"s3://{local.DEFAULT_BUCKET}/faces/demo-synth"
+HELD_OUT = f"s3://{local.DEFAULT_BUCKET}/raw/demo-held-out"
 
 
 def main() -> int:
@@ -57,6 +59,7 @@ def main() -> int:
         if result is None:
             return 1
         console.print(f"validation (video level): log loss {result['log_loss']}, AUC {result['auc']}")
+        evaluate_and_score(result["model"], cfg, home, console)
         console.print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}  (then http://127.0.0.1:5000)",
                       soft_wrap=True, highlight=False)
         console.print(f"model: {result['model']}", highlight=False, soft_wrap=True)
@@ -71,6 +74,35 @@ def main() -> int:
             local.down()
             console.print("stopped the local S3 server (its data stays in .dfdc/s3)")
     return 0
+
+
+def evaluate_and_score(model_uri: str, cfg, home: Path, console) -> None:
+    """`dfdc evaluate` on the val split (Ray tasks), then `dfdc score` on a video from a corpus
+    made with another seed, which no training saw."""
+    import dataclasses  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from data_pipeline.synth import synth  # noqa: PLC0415
+    from train import report, tracking  # noqa: PLC0415
+    from train.evaluate import evaluate  # noqa: PLC0415
+    from train.score import expand, score  # noqa: PLC0415
+
+    t0 = time.monotonic()
+    tracking.resolve(cfg, home)
+    out = home / cfg.eval.out
+    result = evaluate(model_uri, [FACES], cfg, out, log=console.print)
+    console.print(f"evaluation took {time.monotonic() - t0:.0f}s (temperature {result['temperature']:.3f}, "
+                  f"{cfg.eval.aggregate} aggregation); files:")
+    for f in result["files"]:
+        console.print(f"  {f}", highlight=False, soft_wrap=True)
+
+    synth(HELD_OUT, dataclasses.replace(cfg.synth, videos=1, seed=cfg.synth.seed + 1000), log=lambda *_: None)
+    video = expand([HELD_OUT])[0]
+    (line, crops), = score([video], model_uri, cfg, use_ray=False, progress=False, top_crops=4)
+    page = out / "held-out.html"
+    report.write(page, [(line, crops)], model_uri)
+    brief = {k: line.get(k) for k in ("video", "p_fake", "faces_found", "error")}
+    console.print(f"scored a held-out video: {json.dumps(brief)}; report {page}", highlight=False, soft_wrap=True)
 
 
 def submit_training(dashboard_url: str, home: Path, console) -> dict | None:
@@ -109,7 +141,7 @@ def submit_training(dashboard_url: str, home: Path, console) -> dict | None:
 
 def _worth_showing(line: str) -> bool:
     """Epoch results and the final lines, not every worker's start-up chatter."""
-    return bool(re.search(r"epoch \d+/\d+: step|^val video|^model:|^checkpoint:|Error|error:", line))
+    return bool(re.search(r"epoch \d+/\d+: step|^val video|^temperature|^model:|^checkpoint:|Error|error:", line))
 
 
 if __name__ == "__main__":
