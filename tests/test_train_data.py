@@ -61,3 +61,24 @@ def test_exact_batches_whatever_the_shard_sizes(shards):
         images, labels, videos = batches[0]
         assert images.shape == (4, 3, 24, 24) and labels.shape == (4,) and len(videos) == 4
 
+
+
+def test_transient_s3_errors_are_retried(shards, s3_server, monkeypatch):
+    """Through a proxy that answers 503 SlowDown to one shard read in three and drops the
+    connection of another: every batch still arrives, with every sample of the shards read."""
+    import s3fs
+
+    from tests.flaky_proxy import FlakyProxy, every_third_read_fails
+
+    urls = [f"{shards}/a.tar", f"{shards}/b.tar", f"{shards}/good.tar"]
+    cfg = DataConfig(image_size=24, batch_size=1, num_workers=0, shuffle_buffer=1, augment=False)
+    with FlakyProxy(s3_server.endpoint, every_third_read_fails(".tar")) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()  # clients made before keep the old endpoint
+        try:
+            seen = [v for r in (0, 1) for _, _, videos in val_loader(urls, cfg, r, 2) for v in videos]
+        finally:
+            monkeypatch.undo()
+            s3fs.S3FileSystem.clear_instance_cache()
+    assert proxy.injected["503"] >= 1 and proxy.injected["reset"] >= 1, proxy.injected
+    assert len(seen) == 5 + 17 + 12

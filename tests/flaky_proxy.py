@@ -1,0 +1,93 @@
+"""An HTTP proxy in front of the S3 server that fails some requests the way S3 does under load:
+503 SlowDown, and connections dropped before any answer. For testing retries, not a mock: every
+request it lets through is served by the real server."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class FlakyProxy:
+    def __init__(self, upstream: str, fail_when):
+        """`fail_when(method, path)` -> None (forward), "503" or "reset", asked once per request."""
+        self.upstream = urlparse(upstream)
+        self.fail_when = fail_when
+        self.injected = {"503": 0, "reset": 0}
+        self.forwarded = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_):
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fault = proxy.fail_when(self.command, self.path)
+                if fault == "reset":
+                    proxy.injected["reset"] += 1
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if fault == "503":
+                    proxy.injected["503"] += 1
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                    self.end_headers()
+                    self.wfile.write(SLOW_DOWN)
+                    return
+                proxy.forwarded += 1
+                up = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                # The Host header is part of the request's signature: pass it on unchanged.
+                up.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for k, v in self.headers.items():
+                    up.putheader(k, v)
+                up.endheaders(body or None)
+                resp = up.getresponse()
+                data = resp.read()
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                # A HEAD answer has no body but names the object's size.
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                up.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def every_third_read_fails(suffix: str):
+    """Shard reads cycle: 503, dropped connection, served."""
+    counter = itertools.count()
+
+    def fail_when(method: str, path: str):
+        if method == "GET" and path.split("?")[0].endswith(suffix):
+            return (("503", "reset", None))[next(counter) % 3]
+        return None
+
+    return fail_when
