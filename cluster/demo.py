@@ -141,6 +141,8 @@ def submit_training(dashboard_url: str, home: Path, console) -> dict | None:
 
 def _worth_showing(line: str) -> bool:
     """Epoch results and the final lines, not every worker's start-up chatter."""
+    if "GetTimeoutError" in line:  # Ray Train asking a fixed-size cluster's autoscaler for resources: harmless
+        return False
     return bool(re.search(r"epoch \d+/\d+: step|^val video|^temperature|^model:|^checkpoint:|Error|error:", line))
 
 

@@ -6,7 +6,7 @@ from dfdc.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [["synth"], ["ingest"], ["train"], ["manifest"], ["local", "up"], ["local", "down"], ["local", "status"], ["local", "env"]])
+@pytest.mark.parametrize("command", [["synth"], ["ingest"], ["train"], ["manifest"], ["evaluate"], ["score"], ["export"], ["local", "up"], ["local", "down"], ["local", "status"], ["local", "env"]])
 def test_every_command_explains_itself_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -30,3 +30,10 @@ def test_unknown_layout_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["ingest", "--source", str(tmp_path), "--dest", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "matches no single known layout" in result.output
+
+
+def test_score_with_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    result = runner.invoke(app, ["score", str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model_fp32.pt"), "--no-progress"])
+    assert result.exit_code == 1
+    assert "model_fp32.json does not exist" in result.output

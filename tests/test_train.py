@@ -41,42 +41,12 @@ def load_fp32(uri: str) -> dict:
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
 
 
-def test_zero2_trains_checkpoints_and_calibrates(shards, tmp_path):
-    cfg = train_cfg(shards, tmp_path, "deepspeed.zero_stage=2", "optim.epochs=1", "ray.run_name=zero2")
-    first = run(cfg, tmp_path)
-    batches, _ = plan_epochs(mf.load(shards), cfg, 2)
-    assert first["metrics"]["step"] == batches and first["metrics"]["epoch"] == 1
-    assert "video_auc" in first["metrics"] and "video_log_loss" in first["metrics"]
-
-    client = mlflow.MlflowClient(cfg.tracking.uri)
-    runs = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id])
-    assert len(runs) == 1
-    r = runs[0]
-    assert r.data.params["deepspeed.zero_stage"] == "2" and r.data.params["model.name"] == "test_efficientnet"
-    for key in ("train_loss", "lr", "samples_per_s", "data_wait_fraction", "val_video_log_loss", "val_video_auc", "consolidated_max_abs_diff"):
-        assert key in r.data.metrics, key
-    assert r.data.metrics["consolidated_max_abs_diff"] < 1e-4
-    artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
-    assert {"config.json", "deepspeed_config.json", "model_fp32.pt"} <= artifacts
-
-    # The consolidated fp32 weights load into the plain timm model.
-    first_weights = load_fp32(first["model"])
-    model = timm.create_model("test_efficientnet", num_classes=1)
-    model.load_state_dict(first_weights, strict=True)
-
-    # Training wrote the model's card and fit temperature scaling on the val split.
-    card = json.loads(storage.read_bytes(first["model"].replace(".pt", ".json")))
-    assert card["model"]["name"] == "test_efficientnet" and card["image_size"] == 48
-    assert card["temperature"] == pytest.approx(first["calibration"]["temperature"]) and card["temperature"] > 0
-    assert first["calibration"]["val_video_log_loss_calibrated"] <= first["calibration"]["val_video_log_loss"] + 1e-9
-    assert "temperature" in client.get_run(r.info.run_id).data.metrics
-
-
-def test_killed_mid_epoch_resumes_at_its_step_and_loader_position(shards, tmp_path, ray_address):
-    """SIGKILL the driver of a real training job once a mid-epoch checkpoint is registered (what losing
-    the node that runs it does), then start it again with the same run name."""
-    sets = train_sets(shards, tmp_path, "data.batch_size=4", "optim.epochs=1", "ray.checkpoint_every_steps=3",
-                      "ray.run_name=killed")
+def test_zero2_killed_mid_epoch_resumes_then_consolidates_and_calibrates(shards, tmp_path, ray_address):
+    """A real ZeRO-2 training job, its driver SIGKILLed once a mid-epoch checkpoint is registered (what
+    losing the node that runs it does), started again with the same run name: it resumes at that step
+    and loader position into the same MLflow run, finishes, and leaves a checked fp32 model with its card."""
+    sets = train_sets(shards, tmp_path, "deepspeed.zero_stage=2", "data.batch_size=4", "optim.epochs=1",
+                      "ray.checkpoint_every_steps=3", "ray.run_name=killed")
     cfg = load_config(None, sets)
     batches, _ = plan_epochs(mf.load(shards), cfg, 2)
     assert batches > 6, "the test needs two mid-epoch checkpoints before the epoch ends"
@@ -100,14 +70,32 @@ def test_killed_mid_epoch_resumes_at_its_step_and_loader_position(shards, tmp_pa
     out = run(cfg, tmp_path)
     # Every batch of the epoch ran once in all: the resumed job took the rest from the checkpoint's position.
     assert out["metrics"]["step"] == batches and out["metrics"]["epoch"] == 1
+    assert "video_auc" in out["metrics"] and "video_log_loss" in out["metrics"]
     client = mlflow.MlflowClient(cfg.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id])
     assert len(runs) == 1, "the resumed job continued the killed job's MLflow run"
-    rid = runs[0].info.run_id
-    assert [h.value for h in client.get_metric_history(rid, "resumed_at_step")] == [latest["step"]]
-    assert [h.value for h in client.get_metric_history(rid, "resumed_at_batch_in_epoch")] == [latest["step"]]
-    assert client.get_metric_history(rid, "reload_max_abs_diff")[0].value == 0.0
-    assert "val_video_log_loss" in runs[0].data.metrics
+    r = runs[0]
+    assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_at_step")] == [latest["step"]]
+    assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_at_batch_in_epoch")] == [latest["step"]]
+    # The reloaded engine gave the checkpoint's outputs exactly: identical weights.
+    assert client.get_metric_history(r.info.run_id, "reload_max_abs_diff")[0].value == 0.0
+
+    assert r.data.params["deepspeed.zero_stage"] == "2" and r.data.params["model.name"] == "test_efficientnet"
+    for key in ("train_loss", "lr", "samples_per_s", "data_wait_fraction", "val_video_log_loss", "val_video_auc",
+                "consolidated_max_abs_diff", "temperature"):
+        assert key in r.data.metrics, key
+    assert r.data.metrics["consolidated_max_abs_diff"] < 1e-4
+    artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"config.json", "deepspeed_config.json", "model_fp32.pt", "model_fp32.json"} <= artifacts
+
+    # The consolidated fp32 weights load into the plain timm model.
+    model = timm.create_model("test_efficientnet", num_classes=1)
+    model.load_state_dict(load_fp32(out["model"]), strict=True)
+    # Training wrote the model's card and fit temperature scaling on the val split.
+    card = json.loads(storage.read_bytes(out["model"].replace(".pt", ".json")))
+    assert card["model"]["name"] == "test_efficientnet" and card["image_size"] == 48 and card["mlflow_run_id"] == r.info.run_id
+    assert card["temperature"] == pytest.approx(out["calibration"]["temperature"]) and card["temperature"] > 0
+    assert out["calibration"]["val_video_log_loss_calibrated"] <= out["calibration"]["val_video_log_loss"] + 1e-9
 
 
 def test_zero3_trains_and_consolidates(shards, tmp_path):
