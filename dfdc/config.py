@@ -141,6 +141,9 @@ class EvalConfig:
     # trained on, e.g. train on DFDC and test on Celeb-DF.
     datasets: list[str] = field(default_factory=list)
     fit_temperature: bool = True  # after training, fit temperature scaling on the val split and save it with the model
+    # Bounds of the fitted temperature: below 1 sharpens, and a val split the model separates
+    # perfectly would otherwise push T towards 0 (near-certain scores on unseen videos).
+    temperature_range: list[float] = field(default_factory=lambda: [0.5, 20.0])
     batch_size: int = 64
     cpus_per_task: float = 1.0  # Ray tasks that score shards or videos
     gpus_per_task: float = 0.0

@@ -118,3 +118,12 @@ def test_temperature_softens_an_overconfident_model():
     before = summarize(rows, [], "mean", 1.0, 1e-15)["video"]["log_loss"]
     after = summarize(rows, [], "mean", t, 1e-15)["video"]["log_loss"]
     assert after < before * 0.5
+
+
+def test_temperature_stays_in_its_range_on_a_separable_split():
+    rows = rows_for({f"v{i}": (i % 2, [4.0 if i % 2 else -4.0] * 3, None) for i in range(20)})
+    # Log loss keeps falling as T -> 0 here: the fit stops at the lower bound.
+    assert fit_temperature(rows, "mean", 1e-15) == pytest.approx(0.5, rel=1e-3)
+    assert fit_temperature(rows, "mean", 1e-15, low=0.25) == pytest.approx(0.25, rel=1e-3)
+    with pytest.raises(ValueError, match="temperature_range"):
+        fit_temperature(rows, "mean", 1e-15, low=2.0, high=3.0)

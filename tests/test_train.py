@@ -96,6 +96,8 @@ def test_zero2_killed_mid_epoch_resumes_then_consolidates_and_calibrates(shards,
     assert card["model"]["name"] == "test_efficientnet" and card["image_size"] == 48 and card["mlflow_run_id"] == r.info.run_id
     assert card["temperature"] == pytest.approx(out["calibration"]["temperature"]) and card["temperature"] > 0
     assert out["calibration"]["val_video_log_loss_calibrated"] <= out["calibration"]["val_video_log_loss"] + 1e-9
+    # The engine's last validation (in the workers) and the consolidated model's (Ray tasks) agree.
+    assert out["calibration"]["val_video_log_loss"] == pytest.approx(out["metrics"]["video_log_loss"], abs=1e-4)
 
 
 def test_zero3_trains_and_consolidates(shards, tmp_path):

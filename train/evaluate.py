@@ -125,15 +125,19 @@ def videos(rows: dict[str, list], missing: list[dict], rule: str, temperature: f
     return out
 
 
-def fit_temperature(rows: dict[str, list], rule: str, clip: float) -> float:
-    """The T in sigmoid(logit / T) that minimises video-level log loss (bounded search over log T)."""
+def fit_temperature(rows: dict[str, list], rule: str, clip: float, low: float = 0.5, high: float = 20.0) -> float:
+    """The T in [low, high] for sigmoid(logit / T) that minimises video-level log loss (bounded search
+    over log T). On a val split the model separates perfectly, log loss keeps falling as T -> 0; the
+    lower bound stops calibration from making the model more confident than that on unseen videos."""
     from scipy.optimize import minimize_scalar  # noqa: PLC0415
 
     def loss(log_t: float) -> float:
         table = videos(rows, [], rule, math.exp(log_t))
         return metrics.log_loss([t["label"] for t in table.values()], [t["score"] for t in table.values()], clip)
 
-    best = minimize_scalar(loss, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    if not 0 < low <= 1 <= high:
+        raise ValueError(f"eval.temperature_range must hold 1 and be above 0, got [{low}, {high}]")
+    best = minimize_scalar(loss, bounds=(math.log(low), math.log(high)), method="bounded", options={"xatol": 1e-4})
     return float(math.exp(best.x)) if loss(best.x) < loss(0.0) else 1.0
 
 

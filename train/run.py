@@ -72,7 +72,7 @@ def calibrate(model_uri: str, cfg: Config) -> dict:
     if not rows["video"]:
         print(f"no val predictions ({len(failed)} unreadable shards): temperature left at 1", flush=True)
         return {}
-    t = evaluate.fit_temperature(rows, cfg.eval.aggregate, cfg.eval.clip)
+    t = evaluate.fit_temperature(rows, cfg.eval.aggregate, cfg.eval.clip, *cfg.eval.temperature_range)
     before = evaluate.summarize(rows, missing, cfg.eval.aggregate, 1.0, cfg.eval.clip)["video"]["log_loss"]
     after = evaluate.summarize(rows, missing, cfg.eval.aggregate, t, cfg.eval.clip)["video"]["log_loss"]
     card = detector.read_card(model_uri)
