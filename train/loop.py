@@ -98,12 +98,14 @@ def train_func(config: dict) -> None:
                 }, step=step)
                 wait = busy = 0.0
             if every and step % every == 0 and done < batches:
+                sync_buffers(engine.module)
                 # Mid-epoch: the loader's position is the batches this epoch has taken on every rank.
                 position = {"epoch": epoch, "batch_in_epoch": done, "step": step, "samples_per_rank": samples,
                             "mlflow_run_id": run_id, "config": cfg.to_dict()}
                 report = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses))}
                 checkpoint.save(engine, position, report, rank, cfg.data.image_size)
                 t_end = time.perf_counter()
+        sync_buffers(engine.module)
         val = evaluate(engine, val_urls, cfg, rank, world)
         state = {"epoch": epoch + 1, "batch_in_epoch": 0, "step": step, "samples_per_rank": samples,
                  "mlflow_run_id": run_id, "config": cfg.to_dict()}
@@ -116,6 +118,20 @@ def train_func(config: dict) -> None:
         checkpoint.save(engine, state, report, rank, cfg.data.image_size)
     if rank == 0:
         mlflow.end_run()
+
+
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Average every rank's buffers (timm's `--dist-bn reduce`). DeepSpeed, unlike DDP, does not
+    sync buffers after start-up, so each rank's BatchNorm running statistics drift with its own
+    batches; then ranks validate with different models and the checkpoint (rank 0's buffers) is not
+    the model that was validated. Called before each validation and checkpoint."""
+    world = dist.get_world_size()
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(world)
+        else:  # counters such as num_batches_tracked: equal on every rank anyway
+            dist.broadcast(buf, 0)
 
 
 def evaluate(engine, urls: list[str], cfg: Config, rank: int, world: int) -> dict[str, float]:
