@@ -141,6 +141,17 @@ def test_bad_inputs_are_quarantined_and_the_rest_goes_on(bucket, ray_address, tm
     }
     assert all(q["detail"] for q in m["quarantine"])
     assert m["quarantine_counts"]["no_metadata_entry"] == 2
+    # Videos set aside while ingesting keep their label and split (evaluation scores them 0.5);
+    # those set aside while listing have none.
+    by_video = {q["video"]: q for q in m["quarantine"]}
+    assert by_video["dfdc_train_part_0/noface.mp4"]["label"] == 0 and by_video["dfdc_train_part_0/text.mp4"]["label"] == 1
+    assert by_video["dfdc_train_part_0/noface.mp4"]["split"] in m["splits"]
+    assert by_video["dfdc_train_part_0/stray.mp4"].get("label") is None
+    from train.evaluate import split_of
+
+    _, missing, _ = split_of(f"{bucket}/faces", "all")
+    assert {q["video"] for q in missing} == {"dfdc_train_part_0/empty.mp4", "dfdc_train_part_0/cut.mp4", "dfdc_train_part_0/text.mp4",
+                                             "dfdc_train_part_0/noface.mp4", "dfdc_train_part_2/bad.mp4"}
     samples = read_samples(f"{bucket}/faces", m, tmp_path)
     assert {s["video"] for s in samples} == {"dfdc_train_part_0/real.mp4", "dfdc_train_part_0/fake.mp4", "dfdc_train_part_2/good.mp4"}
     assert m["videos"]["ingested"] == 3
