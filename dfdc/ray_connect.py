@@ -17,3 +17,19 @@ def connect(address: str | None, log_to_driver: bool = False) -> None:
         ray.init(address=address, log_to_driver=log_to_driver)
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
+
+
+def as_completed(pending: dict):
+    """For {object ref: what it is for}, yield (what, result, None) as each task finishes, or
+    (what, None, error) with the task's own exception (not Ray's wrapper) when it failed."""
+    import ray  # noqa: PLC0415
+
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except Exception as e:  # noqa: BLE001  one failed task never costs the others
+            yield key, None, getattr(e, "cause", None) or e
+            continue
+        yield key, result, None

@@ -96,6 +96,16 @@ def load(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     return model.to(device).eval(), card
 
 
+_CACHE: dict = {}
+
+
+def load_cached(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """`load`, once per process: a Ray worker scores many shards or videos with the same model."""
+    if (model_uri, device) not in _CACHE:
+        _CACHE[(model_uri, device)] = load(model_uri, device)
+    return _CACHE[(model_uri, device)]
+
+
 def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.sigmoid(logits.float() / temperature)
 

@@ -20,15 +20,6 @@ from data_pipeline import manifest as mf
 from train import aggregate, metrics
 
 FIELDS = ("video", "label", "logit", "dataset", "method", "t", "face")
-_MODELS: dict = {}  # a Ray worker scores many shards: load each model once
-
-
-def _model(model_uri: str, device: str):
-    from train import detector  # noqa: PLC0415
-
-    if (model_uri, device) not in _MODELS:
-        _MODELS[(model_uri, device)] = detector.load(model_uri, device)
-    return _MODELS[(model_uri, device)]
 
 
 def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") -> dict[str, list]:
@@ -40,7 +31,9 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") 
     from train.data import register_s3, transforms  # noqa: PLC0415
 
     register_s3()
-    model, card = _model(model_uri, device)
+    from train.detector import load_cached  # noqa: PLC0415
+
+    model, card = load_cached(model_uri, device)
     tf = transforms(DataConfig(image_size=card["image_size"]), train=False)
     rows: dict[str, list] = {k: [] for k in FIELDS}
     images: list = []
@@ -67,7 +60,7 @@ def predict(model_uri: str, urls: list[str], cfg: Config, progress: bool = True,
     import ray  # noqa: PLC0415
 
     from dfdc.progress import TaskProgress  # noqa: PLC0415
-    from dfdc.ray_connect import connect  # noqa: PLC0415
+    from dfdc.ray_connect import as_completed, connect  # noqa: PLC0415
 
     connect(cfg.ray.address)
     device = "cuda" if cfg.eval.gpus_per_task > 0 else "cpu"
@@ -77,14 +70,9 @@ def predict(model_uri: str, urls: list[str], cfg: Config, progress: bool = True,
     rows: dict[str, list] = {k: [] for k in FIELDS}
     failed = []
     with TaskProgress(label, total=len(urls), unit="shards", enabled=progress, faces=0, unreadable=0) as bar:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            url = pending.pop(ready[0])
-            try:
-                got = ray.get(ready[0])
-            except Exception as e:  # noqa: BLE001  one bad shard never costs the rest
-                cause = getattr(e, "cause", None) or e  # a task's own exception, not Ray's wrapper
-                failed.append({"shard": url, "error": f"{type(cause).__name__}: {cause}"})
+        for url, got, error in as_completed(pending):
+            if error is not None:
+                failed.append({"shard": url, "error": f"{type(error).__name__}: {error}"})
                 bar.console.print(f"[red]shard {url} unreadable[/red]: {failed[-1]['error']}", highlight=False)
                 bar.advance(unreadable=1)
                 continue

@@ -12,7 +12,7 @@ from dfdc import storage
 from dfdc.config import Config
 from data_pipeline.records import is_video
 
-_LOADED: dict = {}  # per process (a Ray worker scores many chunks): model, card, face detector
+_LOADED: dict = {}  # per process (a Ray worker scores many chunks): face detector, transforms
 
 
 def expand(inputs: list[str]) -> list[str]:
@@ -42,7 +42,7 @@ def _setup(model_uri: str, device: str):
     from train.data import transforms  # noqa: PLC0415
 
     if (model_uri, device) not in _LOADED:
-        model, card = detector.load(model_uri, device)
+        model, card = detector.load_cached(model_uri, device)
         faces = build_detector(dataclasses.replace(detector.detector_config(card), device=device))
         tf = transforms(DataConfig(image_size=card["image_size"]), train=False)
         _LOADED[(model_uri, device)] = (model, card, faces, tf)
@@ -110,21 +110,16 @@ def score(videos: list[str], model_uri: str, cfg: Config, use_ray: bool, progres
             return
         import ray  # noqa: PLC0415
 
-        from dfdc.ray_connect import connect  # noqa: PLC0415
+        from dfdc.ray_connect import as_completed, connect  # noqa: PLC0415
 
         connect(cfg.ray.address)
         task = ray.remote(num_cpus=cfg.eval.cpus_per_task, num_gpus=cfg.eval.gpus_per_task, max_retries=2)(score_chunk).options(
             runtime_env={"env_vars": storage.worker_env()})
         chunks = [videos[i:i + videos_per_task] for i in range(0, len(videos), videos_per_task)]
         pending = {task.remote(c, model_uri, rule, device, top_crops): c for c in chunks}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            chunk = pending.pop(ready[0])
-            try:
-                results = ray.get(ready[0])
-            except Exception as e:  # noqa: BLE001  a lost worker costs its chunk's lines, which say so
-                cause = getattr(e, "cause", None) or e
-                results = [({"video": u, "p_fake": None, "error": f"task_failed: {type(cause).__name__}: {cause}"}, []) for u in chunk]
+        for chunk, results, error in as_completed(pending):
+            if error is not None:  # a lost worker costs its chunk's lines, which say so
+                results = [({"video": u, "p_fake": None, "error": f"task_failed: {type(error).__name__}: {error}"}, []) for u in chunk]
             for line, crops in results:
                 bar.advance(errors=int(line.get("error") is not None))
                 yield line, crops
