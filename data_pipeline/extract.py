@@ -41,7 +41,11 @@ def sample_key(dataset: str, video: str, frame: int, face: int) -> str:
 
 
 class VideoReader:
-    """Reads videos' bytes, keeping the zip parts of one unit of work open between videos."""
+    """Reads videos' bytes, keeping the zip parts of one unit of work open between videos.
+
+    A file that is not there, or whose bytes are not a readable zip, is the data's fault: a
+    VideoError, and the video is set aside. Any other failure (credentials, network, throttling) is
+    a StorageError: the unit fails and a rerun retries it."""
 
     def __init__(self):
         self._zips: dict[str, zipfile.ZipFile] = {}
@@ -50,15 +54,17 @@ class VideoReader:
         if record.member is None:
             try:
                 return storage.read_bytes(record.uri)
-            except FileNotFoundError as e:
+            except storage.NotFound as e:
                 raise VideoError("missing_file", f"{record.uri} does not exist") from e
         try:
-            if record.uri not in self._zips:
-                fs, path = storage.filesystem(record.uri)
-                self._zips[record.uri] = zipfile.ZipFile(fs.open(path, "rb"))
-            return self._zips[record.uri].read(record.member)
-        except (zipfile.BadZipFile, zlib.error, KeyError, OSError, EOFError, ValueError) as e:
-            raise VideoError("unreadable_zip_member", f"{record.member} in {record.uri}: {e}") from e
+            with storage.named(record.uri):
+                if record.uri not in self._zips:
+                    self._zips[record.uri] = zipfile.ZipFile(storage.open_input(record.uri))
+                return self._zips[record.uri].read(record.member)
+        except storage.NotFound as e:
+            raise VideoError("missing_file", f"{record.uri} does not exist") from e
+        except (zipfile.BadZipFile, zlib.error, KeyError, EOFError, ValueError) as e:
+            raise VideoError("unreadable_zip_member", f"{record.member} in {record.uri}: {type(e).__name__}: {e}") from e
 
     def close(self) -> None:
         for z in self._zips.values():
@@ -69,7 +75,12 @@ class VideoReader:
 def extract(record: VideoRecord, data: bytes, detector: Detector, cfg: IngestConfig, reuse: Tracked | None = None) -> VideoResult:
     """Crops of up to `faces_per_frame` faces in `frames_per_video` frames. `reuse`: the tracked
     faces of this fake's original, used instead of detecting when they cover the same frames."""
-    frames = sample_frames(data, cfg.frames_per_video)
+    try:
+        frames = sample_frames(data, cfg.frames_per_video)
+    except (VideoError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001  decoding bytes already in memory: only their content fails it
+        raise VideoError("unreadable_video", f"unexpected {type(e).__name__} while decoding: {e}") from e
     indices = [f.index for f in frames]
     reused = reuse is not None and all(i in reuse for i in indices)
     if reused:

@@ -59,7 +59,15 @@ class ShardWriter:
         self._writer, self._count, self._labels = None, 0, Counter()
 
     def close(self) -> list[ShardInfo]:
+        """Upload the last shard; the shards written."""
         if self._writer is not None:
             self._finish()
-        self._tmp.cleanup()
+        self.discard()
         return self.shards
+
+    def discard(self) -> None:
+        """Drop the local temporary files (after `close`, or when the unit failed)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._tmp.cleanup()

@@ -63,9 +63,11 @@ def test_dfdc_zip_parts_flat_and_nested(bucket, inner):
 
 def test_unreadable_zip_is_quarantined(bucket):
     put(bucket, {"dfdc_train_part_0.zip": b"PK\x03\x04 but not really a zip", "dfdc_train_part_1/metadata.json": metadata({"a.mp4": ("REAL", None)}),
-                 "dfdc_train_part_1/a.mp4": V})
+                 "dfdc_train_part_1/a.mp4": V,
+                 "dfdc_train_part_2.zip": b"PK\x05\x06"})  # shorter than a zip's end record: s3fs refused the seek
     _, scan = discover(bucket)
-    assert reasons(scan) == {("dfdc_train_part_0.zip", "unreadable_zip")}
+    assert reasons(scan) == {("dfdc_train_part_0.zip", "unreadable_zip"), ("dfdc_train_part_2.zip", "unreadable_zip")}
+    assert all(q.detail.startswith("not a readable zip file") for q in scan.quarantine)
     assert [r.video for r in scan.records] == ["dfdc_train_part_1/a.mp4"]
 
 

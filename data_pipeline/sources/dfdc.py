@@ -15,6 +15,7 @@ import io
 import json
 import posixpath
 import zipfile
+import zlib
 
 from dfdc import storage
 from data_pipeline.records import Quarantined, Scan, VideoRecord, is_video
@@ -131,21 +132,24 @@ def _scan_labels_csv(text, csv_path, folder, present, source, out: Scan) -> None
 
 def _scan_zip(source: str, zip_path: str, out: Scan) -> None:
     uri = storage.join(source, zip_path)
-    fs, path = storage.filesystem(uri)
     try:
-        # Only the central directory and metadata.json are read here: ranged reads on S3.
-        with fs.open(path, "rb") as f, zipfile.ZipFile(f) as z:
+        # Only the central directory and metadata.json are read here: ranged reads on S3. Storage
+        # failures become StorageErrors (the listing fails, nothing is set aside); what is left is
+        # the zip's own bytes.
+        with storage.named(uri), storage.open_input(uri) as f, zipfile.ZipFile(f) as z:
             members = [i.filename for i in z.infolist() if not i.is_dir()]
             metas = sorted(m for m in members if posixpath.basename(m) == "metadata.json")
             texts = {}
             for m in metas:
                 try:
                     texts[m] = z.read(m).decode("utf-8")
-                except (zipfile.BadZipFile, UnicodeDecodeError, OSError) as e:
+                except (zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as e:
                     texts[m] = None
                     out.quarantine.append(Quarantined(f"{zip_path}/{m}", "malformed_metadata", f"cannot read it: {e}"))
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        out.quarantine.append(Quarantined(zip_path, "unreadable_zip", str(e)))
+    except storage.StorageError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # e.g. too short to hold a zip's end record
+        out.quarantine.append(Quarantined(zip_path, "unreadable_zip", f"not a readable zip file: {type(e).__name__}: {e}"))
         return
     if not metas:
         out.quarantine.append(Quarantined(zip_path, "malformed_metadata", "no metadata.json inside the zip"))
