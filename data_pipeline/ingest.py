@@ -75,37 +75,31 @@ def ingest(source: str, dest: str, cfg: Config, dataset: str | None = None, prog
         results, failed = _run_units(todo, by_video, dest, cfg, progress)
         done.update(results)
     if failed:
-        raise IngestError(f"{len(failed)} unit(s) failed ({', '.join(failed[:5])}); the other {len(done)} are kept: "
-                          f"run the same command again to finish")
+        raise IngestError(f"{len(failed)} of {len(units)} unit(s) failed and nothing of theirs was set aside; the other "
+                          f"{len(done)} are kept: fix the cause and run the same command again to finish. "
+                          f"First failure: {failed[0]}")
     manifest = mf.build(plan, [done[u.name] for u in units], plan["scan_quarantine"])
     mf.write_json(storage.join(dest, mf.MANIFEST), manifest)
     return Summary(manifest, len(todo), len(units) - len(todo))
 
 
 def _run_units(todo: list[Unit], by_video: dict[str, VideoRecord], dest: str, cfg: Config, progress: bool):
-    import ray  # noqa: PLC0415
+    from dfdc.ray_tasks import RayTasks  # noqa: PLC0415
 
-    from data_pipeline.progress import IngestProgress  # noqa: PLC0415
-    from dfdc.ray_connect import connect  # noqa: PLC0415
-
-    connect(cfg.ray.address)
-    task = ray.remote(num_cpus=cfg.ray.cpus_per_task, num_gpus=cfg.ray.gpus_per_task, max_retries=2)(run_unit).options(
-        runtime_env={"env_vars": storage.worker_env()})
     cfg_dict = cfg.to_dict()
-    pending = {task.remote([by_video[v] for v in u.videos], u.name, u.split, dest, cfg_dict): u for u in todo}
+    calls = {u.name: ([by_video[v] for v in u.videos], u.name, u.split, dest, cfg_dict) for u in todo}
+    size = {u.name: len(u.videos) for u in todo}
     results, failed = {}, []
-    with IngestProgress(total_videos=sum(len(u.videos) for u in todo), enabled=progress) as bar:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            unit = pending.pop(ready[0])
-            try:
-                record = ray.get(ready[0])
-            except Exception as e:  # a worker died or the task raised: keep the rest going
-                failed.append(unit.name)
-                bar.console.print(f"[red]unit {unit.name} failed[/red]: {e}")
+    with RayTasks(run_unit, "ingest", "videos", sum(size.values()), address=cfg.ray.address, cpus=cfg.ray.cpus_per_task,
+                  gpus=cfg.ray.gpus_per_task, progress=progress, faces=0, quarantined=0, failed_units=0) as work:
+        for name, record, error in work.map(calls):
+            if error is not None:  # storage failed, a worker died, a bug: the unit is redone by a rerun
+                failed.append(f"{name}: {error}")
+                work.note(f"[red]unit {name} failed[/red]: {error}")
+                work.advance(size[name], failed_units=1)
                 continue
-            results[unit.name] = record
-            bar.advance(videos=len(unit.videos), faces=record["samples"], quarantined=len(record["quarantine"]))
+            results[name] = record
+            work.advance(size[name], faces=record["samples"], quarantined=len(record["quarantine"]))
     return results, failed
 
 
@@ -131,27 +125,28 @@ def run_unit(records: list[VideoRecord], name: str, split: str, dest: str, cfg_d
     quarantine: list[Quarantined] = []
     faces_of: dict[str, dict] = {}
     frames = videos_ok = detected = samples = 0
-    for record in records:
-        reuse = faces_of.get(record.original) if cfg.ingest.reuse_original_boxes and record.original else None
-        try:
-            result = extract(record, reader.read(record), detector, cfg.ingest, reuse)
-        except VideoError as e:
-            quarantine.append(Quarantined(record.video, e.reason, e.detail, record.label, split, record.dataset, record.method))
-            continue
-        except Exception as e:  # noqa: BLE001  one bad video never costs the others
-            quarantine.append(Quarantined(record.video, "unreadable_video", f"unexpected {type(e).__name__}: {e}",
-                                          record.label, split, record.dataset, record.method))
-            continue
-        if record.label == 0:
-            faces_of[record.video] = result.faces
-        detected += not result.reused
-        for sample in result.samples:
-            writer.write(sample)
-        frames += result.frames
-        samples += len(result.samples)
-        videos_ok += 1
-    reader.close()
-    shards = writer.close()
+    try:
+        for record in records:
+            reuse = faces_of.get(record.original) if cfg.ingest.reuse_original_boxes and record.original else None
+            try:
+                result = extract(record, reader.read(record), detector, cfg.ingest, reuse)
+            except VideoError as e:  # the video's own content: set aside, and the other videos go on
+                quarantine.append(Quarantined(record.video, e.reason, e.detail, record.label, split, record.dataset, record.method))
+                continue
+            # Anything else (storage, credentials, network, the detector) fails the unit, so that a
+            # rerun retries it: only a file's own content may set it aside for good.
+            if record.label == 0:
+                faces_of[record.video] = result.faces
+            detected += not result.reused
+            for sample in result.samples:
+                writer.write(sample)
+            frames += result.frames
+            samples += len(result.samples)
+            videos_ok += 1
+        shards = writer.close()
+    finally:
+        reader.close()
+        writer.discard()
     record = {
         "unit": name,
         "split": split,

@@ -101,3 +101,19 @@ def load(dataset_uri: str) -> dict:
 
 def shard_urls(dataset_uri: str, manifest: dict, split: str) -> list[str]:
     return [storage.join(dataset_uri, s["url"]) for s in manifest["shards"] if s["split"] == split]
+
+
+def print_summary(manifest: dict, console) -> None:
+    """The manifest as a table of splits, then videos ingested and set aside (on a rich Console)."""
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"{manifest['dataset']} shards from {manifest['source']}")
+    for col in ("split", "shards", "samples", "real", "fake", "videos", "MB"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, t in sorted(manifest["splits"].items()):
+        table.add_row(split, str(t["shards"]), str(t["samples"]), str(t["real"]), str(t["fake"]), str(t["videos"]), f"{t['bytes'] / 1e6:.1f}")
+    console.print(table)
+    v = manifest["videos"]
+    console.print(f"videos: {v['ingested']} ingested, {v['quarantined']} quarantined")
+    for reason, n in manifest["quarantine_counts"].items():
+        console.print(f"  {reason}: {n}")

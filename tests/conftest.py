@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.s3_server import free_port, temporary_server
+from cluster.local.s3_server import free_port, temporary_server
 
 # Small, fast settings shared by the tests that run the real pipeline.
 TINY = ["ingest.frames_per_video=4", "ingest.crop_size=64", "ingest.videos_per_task=3", "ingest.val_fraction=0.3",
@@ -34,13 +34,15 @@ def bucket(s3_server) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_address(s3_server, tmp_path_factory):
-    """A Ray head on this machine (2 CPUs), shared by the session; teardown stops this head only."""
+def ray_head(s3_server, tmp_path_factory):
+    """A Ray head on this machine (2 CPUs), shared by the session; teardown stops this head only. Its
+    processes hold the S3 server's keys in their environment, as a node's instance role would; jobs
+    and tasks get only the endpoint. The dashboard serves the Jobs and state APIs."""
     import ray
 
-    from cluster.ray_head import start_head
+    from cluster.local.ray_head import start_head
 
-    head = start_head(num_cpus=2, dashboard=False, log_path=tmp_path_factory.mktemp("ray") / "head.log")
+    head = start_head(num_cpus=2, dashboard=True, log_path=tmp_path_factory.mktemp("ray") / "head.log")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     deadline = time.monotonic() + 120
     while True:
@@ -51,9 +53,20 @@ def ray_address(s3_server, tmp_path_factory):
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
-    yield head.address
+    yield head
     ray.shutdown()
     head.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_head) -> str:
+    return ray_head.address
+
+
+@pytest.fixture(scope="session")
+def ray_dashboard(ray_head) -> str:
+    """The test cluster's dashboard URL: the Jobs API and Ray's state API."""
+    return ray_head.dashboard_url
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +106,17 @@ def shards(s3_server, ray_address):
     assert len(train) >= 3 and len(set(train)) > 1, "uneven train shards"
     assert m["splits"]["val"]["shards"] >= 1
     return f"{root}/faces"
+
+
+def copy_with_a_broken_shard(src: str, dst: str, split: str) -> dict:
+    """A copy of the dataset at `src` in `dst` whose first `split` shard is garbage; that shard's
+    manifest entry."""
+    from data_pipeline import manifest as mf
+    from dfdc import storage
+
+    fs, _ = storage.filesystem(src)
+    for rel in storage.list_files(src):
+        fs.copy(storage.filesystem(storage.join(src, rel))[1], storage.filesystem(storage.join(dst, rel))[1])
+    broken = next(s for s in mf.load(dst)["shards"] if s["split"] == split)
+    storage.write_bytes(storage.join(dst, broken["url"]), b"not a tar file" * 100)
+    return broken

@@ -147,7 +147,7 @@ def test_bad_inputs_are_quarantined_and_the_rest_goes_on(bucket, ray_address, tm
     assert by_video["dfdc_train_part_0/noface.mp4"]["label"] == 0 and by_video["dfdc_train_part_0/text.mp4"]["label"] == 1
     assert by_video["dfdc_train_part_0/noface.mp4"]["split"] in m["splits"]
     assert by_video["dfdc_train_part_0/stray.mp4"].get("label") is None
-    from train.evaluate import split_of
+    from train.evaluation.evaluate import split_of
 
     _, missing, _ = split_of(f"{bucket}/faces", "all")
     assert {q["video"] for q in missing} == {"dfdc_train_part_0/empty.mp4", "dfdc_train_part_0/cut.mp4", "dfdc_train_part_0/text.mp4",
@@ -169,7 +169,7 @@ def test_killed_ingest_resumes_to_the_same_samples(bucket, ray_address, tmp_path
     reference = Counter(s["key"] for s in read_samples(f"{bucket}/ref", mf.load(f"{bucket}/ref"), tmp_path))
 
     dest = f"{bucket}/killed"
-    cmd = [sys.executable, "-m", "dfdc.cli", "ingest", "--source", f"{bucket}/raw", "--dest", dest,
+    cmd = [sys.executable, "-m", "cli", "ingest", "--source", f"{bucket}/raw", "--dest", dest,
            "--ray-address", ray_address, "--no-progress"] + [a for o in overrides for a in ("--set", o)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -215,3 +215,41 @@ def test_local_folders_work_too(ray_address, tmp_path):
     m = mf.load(str(tmp_path / "faces"))
     assert m["videos"]["ingested"] == 2
     assert not [p for p in os.listdir(tmp_path / "faces" / "shards" / m["shards"][0]["split"]) if p.startswith(".tmp")]
+
+
+def test_refused_credentials_fail_the_units_set_nothing_aside_and_a_rerun_gets_everything(s3_server, ray_address, tmp_path, monkeypatch):
+    """An S3 server that refuses the credentials the cluster's workers hold (they resolve their own:
+    here the Ray head's environment; the driver's keys are good, so listing works). The ingest fails,
+    names the cause, and sets no video aside. Once the server accepts the workers' keys (an operator
+    fixing the role), the same command ingests every video."""
+    import s3fs
+
+    from cluster.local.s3_server import free_port, start_s3_server
+
+    port, root = free_port(), tmp_path / "s3"
+    server = start_s3_server(root, port, "other-key-123", "other-secret-456", tmp_path / "s3.log")
+    try:
+        for k, v in server.env().items():  # this process (the driver) holds this server's keys
+            monkeypatch.setenv(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir("creds")
+        cfg = tiny("synth.videos=6")
+        synth("s3://creds/raw", cfg.synth, log=lambda *_: None)
+        with pytest.raises(IngestError, match=r"nothing of theirs was set aside.*s3://creds/raw/\S+: credentials refused"):
+            ingest("s3://creds/raw", "s3://creds/faces", cfg, progress=False, log=lambda *_: None)
+        assert not storage.exists("s3://creds/faces/manifest.json")
+        assert storage.list_files("s3://creds/faces/_ingest/units") == {} and storage.list_files("s3://creds/faces/shards") == {}
+
+        server.stop()
+        server = start_s3_server(root, port, s3_server.key, s3_server.secret, tmp_path / "s3.log")
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()
+        ingest("s3://creds/raw", "s3://creds/faces", cfg, progress=False, log=lambda *_: None)
+        m = mf.load("s3://creds/faces")
+        assert m["videos"]["ingested"] == 6 and m["quarantine"] == []
+        assert len(read_samples("s3://creds/faces", m, tmp_path)) == sum(s["samples"] for s in m["shards"]) > 0
+    finally:
+        server.stop()
+        monkeypatch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()
