@@ -79,7 +79,8 @@ class RayConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # 1 on GPU nodes
     storage_path: str = "s3://dfdc/runs"  # checkpoints and run state: s3:// or a folder
-    run_name: str = "dfdc"  # the same name again resumes from its latest checkpoint
+    # None: a new run with a name of its own (printed); a name that has checkpoints resumes that run.
+    run_name: str | None = None
     num_to_keep: int = 2
     # Also checkpoint every this many optimizer steps inside an epoch (0: at epoch ends only), so a
     # run killed mid-epoch (a spot node lost) loses at most this many steps.
@@ -96,6 +97,9 @@ class DataConfig:
     shuffle_buffer: int = 1000
     balance: str = "loss"  # loss: weight fakes by real/fake ratio; none
     augment: bool = True
+    # The loader skips (and counts) an unreadable shard or sample, but stops with an error after this
+    # many in a row: a dataset that cannot be read (expired keys, deleted shards) fails the step.
+    max_failed_reads: int = 16
 
 
 @dataclass
@@ -119,8 +123,21 @@ class OptimConfig:
 @dataclass
 class DeepSpeedSection:
     zero_stage: int = 2  # 0, 1, 2 or 3
-    offload: bool = False  # optimizer state (and parameters at stage 3) in CPU memory
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    offload: bool = False  # optimizer state (and parameters at stage 3) in CPU memory; ZeRO 1-3
+    # fp32 | bf16 | fp16: bf16 and fp16 run the model under autocast (fp32 weights and BatchNorm
+    # statistics); fp16 needs loss scaling, which DeepSpeed gives autocast only at zero_stage 0.
+    precision: str = "fp32"
+
+    def check(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"deepspeed.precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.offload and self.zero_stage == 0:
+            raise ConfigError("deepspeed.offload needs deepspeed.zero_stage 1, 2 or 3 (stage 0 has no ZeRO state to offload)")
+        if self.precision == "fp16" and self.zero_stage > 0:
+            raise ConfigError("deepspeed.precision fp16 works with deepspeed.zero_stage 0 only (DeepSpeed scales the loss "
+                              "under autocast only without ZeRO): use bf16 with ZeRO")
 
 
 @dataclass
@@ -130,6 +147,7 @@ class TrackingConfig:
     artifacts: str | None = None  # where a new experiment keeps artifacts (default $DFDC_HOME/mlartifacts)
     log_every: int = 10
     system_metrics: bool = True
+    parent_run_id: str | None = None  # new runs are nested under this run (a sweep's parent run)
 
 
 @dataclass
@@ -198,11 +216,16 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    return _build(Config, data, "")
+    return config_from_dict(data)
 
 
 def config_from_dict(data: dict) -> Config:
-    return _build(Config, data, "")
+    cfg = _build(Config, data, "")
+    for section in dataclasses.fields(cfg):  # rules across keys, once, at load
+        check = getattr(getattr(cfg, section.name), "check", None)
+        if check:
+            check()
+    return cfg
 
 
 def _build(cls, data: dict, where: str):

@@ -18,9 +18,10 @@ from dfdc import storage
 from dfdc.config import load_config
 from data_pipeline import manifest as mf
 from data_pipeline.synth import synth
-from train import detector
+from train import model_file
 from train.model import build_model
-from train.score import score
+from train.scoring.score import score
+from tests.conftest import copy_with_a_broken_shard
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def model_uri(shards, s3_server):
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     storage.write_bytes(uri, buf.getvalue())
-    detector.write_card(uri, detector.make_card(cfg, temperature=1.5))
+    model_file.write_card(uri, model_file.make_card(cfg, temperature=1.5))
     return uri
 
 
@@ -55,18 +56,13 @@ def eval_sets(tmp_path, *extra) -> list[str]:
 
 
 def test_evaluate_writes_metrics_plots_and_mlflow_and_survives_a_bad_shard(shards, model_uri, tmp_path, ray_address):
-    # A copy of the dataset with one shard overwritten by garbage.
     bad = "s3://test/eval-corpus-bad"
-    fs, _ = storage.filesystem(shards)
-    for rel in storage.list_files(shards):
-        fs.copy(storage.filesystem(storage.join(shards, rel))[1], storage.filesystem(storage.join(bad, rel))[1])
+    broken = copy_with_a_broken_shard(shards, bad, "train")
     manifest = mf.load(bad)
-    broken = next(s for s in manifest["shards"] if s["split"] == "train")
-    storage.write_bytes(storage.join(bad, broken["url"]), b"not a tar file" * 100)
 
     # Through the CLI, cross-dataset from config: the dataset the model was trained on, plus eval.datasets.
     sets = eval_sets(tmp_path, "eval.split=all", "eval.aggregate=confident", f"eval.datasets=[{bad}]")
-    proc = subprocess.run([sys.executable, "-m", "dfdc.cli", "evaluate", "--checkpoint", model_uri, "--out", str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, "-m", "cli", "evaluate", "--checkpoint", model_uri, "--out", str(tmp_path / "out"),
                            "--no-progress", *[a for s in sets for a in ("--set", s)]],
                           env=os.environ | {"RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -103,7 +99,7 @@ def test_score_cli_scores_an_unseen_video_and_reports_a_broken_one(model_uri, un
     missing = "s3://test/nowhere/missing.mp4"
     out, html = tmp_path / "scores.jsonl", tmp_path / "report.html"
     proc = subprocess.run(
-        [sys.executable, "-m", "dfdc.cli", "score", unseen_video, str(broken), missing, "--checkpoint", model_uri,
+        [sys.executable, "-m", "cli", "score", unseen_video, str(broken), missing, "--checkpoint", model_uri,
          "--ray", "--videos-per-task", "2", "--out", str(out), "--report", str(html), "--no-progress"],
         env=os.environ | {"RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-3000:]  # some videos failed; the others were scored
@@ -125,8 +121,8 @@ def test_score_cli_scores_an_unseen_video_and_reports_a_broken_one(model_uri, un
 
 def test_torchscript_export_gives_the_same_scores(model_uri, unseen_video, tmp_path):
     ts = str(tmp_path / "model_ts.pt")
-    assert detector.export_torchscript(model_uri, ts) <= 1e-5
-    exported, card = detector.load(ts)
+    assert model_file.export_torchscript(model_uri, ts) <= 1e-5
+    exported, card = model_file.load(ts)
     assert isinstance(exported, torch.jit.ScriptModule) and card["export"] == "torchscript"
     cfg = load_config(None)
     (a, _), = score([unseen_video], model_uri, cfg, use_ray=False, progress=False)
@@ -136,9 +132,9 @@ def test_torchscript_export_gives_the_same_scores(model_uri, unseen_video, tmp_p
 
 
 def test_a_wrong_checkpoint_is_named(tmp_path, s3_server):
-    with pytest.raises(detector.DetectorFileError, match="model_fp32.json does not exist"):
-        detector.load("s3://test/none/model_fp32.pt")
+    with pytest.raises(model_file.ModelFileError, match="model_fp32.json does not exist"):
+        model_file.load("s3://test/none/model_fp32.pt")
     storage.write_bytes("s3://test/junk/model_fp32.pt", b"junk")
-    detector.write_card("s3://test/junk/model_fp32.pt", {"format": detector.CARD_FORMAT, "model": {"name": "test_efficientnet"}})
-    with pytest.raises(detector.DetectorFileError, match="neither a state dict nor a TorchScript"):
-        detector.load("s3://test/junk/model_fp32.pt")
+    model_file.write_card("s3://test/junk/model_fp32.pt", {"format": model_file.CARD_FORMAT, "model": {"name": "test_efficientnet"}})
+    with pytest.raises(model_file.ModelFileError, match="neither a state dict nor a TorchScript"):
+        model_file.load("s3://test/junk/model_fp32.pt")

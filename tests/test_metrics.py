@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from train import aggregate, metrics
-from train.evaluate import fit_temperature, summarize
+from train.evaluation import aggregate, metrics
+from train.evaluation.calibrate import fit_temperature
+from train.evaluation.evaluate import summarize
 
 
 def cases():

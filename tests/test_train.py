@@ -17,17 +17,18 @@ import timm
 import torch
 
 from dfdc import storage
-from dfdc.config import load_config
+from dfdc.config import ConfigError, load_config
 from data_pipeline import manifest as mf
+from train.checkpoint import ResumeError, TrainState, check_resume
 from train.engine import deepspeed_config, lr_lambda
 from train.loop import plan_epochs
-from train.run import run
+from train.run import new_run_name, run
 
 
 def train_sets(shards, tmp_path, *extra) -> list[str]:
     return [
         f"data.dataset={shards}", "model.name=test_efficientnet", "data.image_size=48", "data.batch_size=8",
-        "data.num_workers=1", "optim.warmup_steps=2", "tracking.log_every=2", "tracking.system_metrics=false",
+        "data.num_workers=0", "optim.warmup_steps=2", "tracking.log_every=2", "tracking.system_metrics=false",
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifacts={(tmp_path / 'artifacts').as_uri()}",
         "ray.storage_path=s3://test/runs", *extra,
     ]
@@ -41,11 +42,13 @@ def load_fp32(uri: str) -> dict:
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
 
 
-def test_zero2_killed_mid_epoch_resumes_then_consolidates_and_calibrates(shards, tmp_path, ray_address):
-    """A real ZeRO-2 training job, its driver SIGKILLed once a mid-epoch checkpoint is registered (what
+def test_zero3_killed_mid_epoch_resumes_then_consolidates_and_calibrates(shards, tmp_path, ray_address):
+    """A real ZeRO-3 training job, its driver SIGKILLed once a mid-epoch checkpoint is registered (what
     losing the node that runs it does), started again with the same run name: it resumes at that step
-    and loader position into the same MLflow run, finishes, and leaves a checked fp32 model with its card."""
-    sets = train_sets(shards, tmp_path, "deepspeed.zero_stage=2", "data.batch_size=4", "optim.epochs=1",
+    and loader position into the same MLflow run, finishes, and leaves a checked fp32 model with its
+    card. A resume whose config changes what the checkpoint means is refused, naming the key, before
+    any worker starts. (ZeRO-2 trains in test_demo.py.)"""
+    sets = train_sets(shards, tmp_path, "deepspeed.zero_stage=3", "data.batch_size=4", "optim.epochs=1",
                       "ray.checkpoint_every_steps=3", "ray.run_name=killed")
     cfg = load_config(None, sets)
     batches, _ = plan_epochs(mf.load(shards), cfg, 2)
@@ -80,9 +83,10 @@ def test_zero2_killed_mid_epoch_resumes_then_consolidates_and_calibrates(shards,
     # The reloaded engine gave the checkpoint's outputs exactly: identical weights.
     assert client.get_metric_history(r.info.run_id, "reload_max_abs_diff")[0].value == 0.0
 
-    assert r.data.params["deepspeed.zero_stage"] == "2" and r.data.params["model.name"] == "test_efficientnet"
+    assert r.data.params["deepspeed.zero_stage"] == "3" and r.data.params["model.name"] == "test_efficientnet"
+    assert out["metrics"]["unreadable_shards"] == 0 and out["metrics"]["missing_samples"] == 0
     for key in ("train_loss", "lr", "samples_per_s", "data_wait_fraction", "val_video_log_loss", "val_video_auc",
-                "consolidated_max_abs_diff", "temperature"):
+                "val_unreadable_shards", "train_unreadable_reads", "consolidated_max_abs_diff", "temperature"):
         assert key in r.data.metrics, key
     assert r.data.metrics["consolidated_max_abs_diff"] < 1e-4
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
@@ -99,18 +103,65 @@ def test_zero2_killed_mid_epoch_resumes_then_consolidates_and_calibrates(shards,
     # The engine's last validation (in the workers) and the consolidated model's (Ray tasks) agree.
     assert out["calibration"]["val_video_log_loss"] == pytest.approx(out["metrics"]["video_log_loss"], abs=1e-4)
 
+    with pytest.raises(ResumeError, match=r"data\.batch_size was 4 and is now 8"):
+        run(load_config(None, sets + ["data.batch_size=8"]), tmp_path)
+    with pytest.raises(ResumeError, match=r"ray\.num_workers was 2 and is now 1"):
+        run(load_config(None, sets + ["ray.num_workers=1"]), tmp_path)
 
-def test_zero3_trains_and_consolidates(shards, tmp_path):
-    cfg = train_cfg(shards, tmp_path, "deepspeed.zero_stage=3", "optim.epochs=1", "ray.run_name=zero3")
-    out = run(cfg, tmp_path)
-    assert out["metrics"]["epoch"] == 1
-    weights = load_fp32(out["model"])
-    model = timm.create_model("test_efficientnet", num_classes=1)
-    model.load_state_dict(weights, strict=True)
-    client = mlflow.MlflowClient(cfg.tracking.uri)
-    r = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id])[0]
-    assert r.data.params["deepspeed.zero_stage"] == "3"
-    assert r.data.metrics["consolidated_max_abs_diff"] < 1e-4
+
+def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(shards, tmp_path):
+    """Two runs with the default config (no ray.run_name) never share checkpoints: each gets a new
+    name. bf16 at ZeRO-0, on a copy of the data whose first val shard is garbage (validation counts
+    it), and ZeRO-1 with the optimizer offloaded to DeepSpeed's CPU Adam: each ends in a consolidated
+    model whose probe check passed."""
+    from tests.conftest import copy_with_a_broken_shard
+
+    bad_val = "s3://test/train-corpus-bad-val"
+    broken = copy_with_a_broken_shard(shards, bad_val, "val")
+    bf16 = run(train_cfg(bad_val, tmp_path, "deepspeed.precision=bf16", "deepspeed.zero_stage=0", "optim.epochs=1",
+                         "eval.fit_temperature=false"), tmp_path)
+    offload = run(train_cfg(shards, tmp_path, "deepspeed.zero_stage=1", "deepspeed.offload=true", "optim.epochs=1",
+                            "eval.fit_temperature=false"), tmp_path)
+    assert bf16["run_name"] != offload["run_name"]
+    for out in (bf16, offload):
+        assert out["metrics"]["epoch"] == 1 and out["checkpoint"].startswith(f"test/runs/{out['run_name']}/checkpoint_")
+        assert out["consolidated_max_abs_diff"] < 1e-4
+        model = timm.create_model("test_efficientnet", num_classes=1)
+        model.load_state_dict(load_fp32(out["model"]), strict=True)
+        assert json.loads(storage.read_bytes(f"s3://test/runs/{out['run_name']}/result.json"))["model"] == out["model"]
+    assert bf16["metrics"]["unreadable_shards"] == 1 and bf16["metrics"]["missing_samples"] == broken["samples"]
+    assert offload["metrics"]["unreadable_shards"] == 0
+    card = json.loads(storage.read_bytes(bf16["model"].replace(".pt", ".json")))
+    assert card["trained_precision"] == "bf16" and card["run_name"] == bf16["run_name"]
+    client = mlflow.MlflowClient(bf16["tracking_uri"])
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("dfdc").experiment_id])}
+    assert runs[bf16["run_name"]].data.params["deepspeed.precision"] == "bf16"
+    assert runs[bf16["run_name"]].data.metrics["val_unreadable_shards"] == 1
+    assert runs[offload["run_name"]].data.params["deepspeed.offload"] == "True"
+
+
+def test_no_secret_in_any_job_or_task_spec(shards, ray_dashboard, s3_server):
+    """A job through the Jobs API, as users submit them; then, through Ray's state API, no job or
+    task spec of this session's cluster (that job, and every ingest, evaluation, scoring and Ray
+    Train task the tests ran on it) holds an AWS key or token: workers resolve their own."""
+    from ray.util.state import list_jobs, list_tasks
+
+    from cluster import jobs
+
+    client, job = jobs.submit(ray_dashboard, f"{sys.executable} -m cli manifest {shards}", {"RAY_AUTH_MODE": "disabled"})
+    assert jobs.follow(client, job, poll_s=1, timeout_s=300) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
+    assert "ingested" in client.get_job_logs(job)  # the job read the manifest with the head's own credentials
+
+    secrets = [s3_server.secret, s3_server.key]
+    specs = [json.dumps(j.runtime_env or {}) for j in list_jobs(address=ray_dashboard, detail=True)]
+    tasks = list_tasks(address=ray_dashboard, detail=True, limit=10_000, raise_on_missing_output=False)
+    specs += [json.dumps(t.runtime_env_info or {}) for t in tasks]
+    kinds = {t.func_or_class_name for t in tasks}
+    assert "run_unit" in kinds and any("RayTrainWorker" in k for k in kinds), kinds
+    for spec in specs:
+        assert not any(s in spec for s in secrets), spec
+        assert not any(name in spec for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")), spec
+    assert any("AWS_ENDPOINT_URL" in spec for spec in specs)  # where the data is does travel
 
 
 # Pure logic, no cluster.
@@ -146,11 +197,41 @@ def test_deepspeed_config_is_derived():
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
-    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and ds["gradient_clipping"] == 0.5
-    with pytest.raises(ValueError, match="zero_stage"):
-        deepspeed_config(load_config(None, ["deepspeed.zero_stage=4"]), 1)
-    with pytest.raises(ValueError, match="precision"):
-        deepspeed_config(load_config(None, ["deepspeed.precision=fp8"]), 1)
+    # bf16 through autocast: fp32 weights and BatchNorm statistics (DeepSpeed's bf16 mode casts the
+    # weights but not BatchNorm's buffers, and the first forward pass fails)
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in ds and ds["gradient_clipping"] == 0.5
+    assert "torch_autocast" not in deepspeed_config(load_config(None), 1)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["deepspeed.zero_stage=4"], "deepspeed.zero_stage must be 0, 1, 2 or 3"),
+    (["deepspeed.precision=fp8"], "deepspeed.precision must be fp32, bf16 or fp16"),
+    (["deepspeed.zero_stage=0", "deepspeed.offload=true"], "deepspeed.offload needs deepspeed.zero_stage 1, 2 or 3"),
+    (["deepspeed.zero_stage=2", "deepspeed.precision=fp16"], "fp16 works with deepspeed.zero_stage 0 only"),
+])
+def test_deepspeed_settings_that_cannot_work_are_refused_at_load(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, sets)
+
+
+def test_resume_allows_some_changes_and_refuses_others_naming_the_key():
+    saved_cfg = load_config(None, ["data.batch_size=8", "optim.epochs=2"])
+    saved = TrainState(epoch=1, step=40, world_size=2, config=saved_cfg.to_dict())
+    assert TrainState.from_json(saved.to_json()) == saved
+    check_resume(saved, load_config(None, ["data.batch_size=8", "optim.epochs=5", "tracking.log_every=1",
+                                           "ray.checkpoint_every_steps=7", "data.num_workers=4"]), 2, "ckpt")
+    for key, value in [("data.batch_size", "16"), ("data.dataset", "s3://other/faces"), ("optim.grad_accum", "2"),
+                       ("optim.seed", "3"), ("model.name", "resnet18"), ("deepspeed.zero_stage", "3"), ("optim.lr", "0.1")]:
+        with pytest.raises(ResumeError, match=rf"{key.replace('.', '[.]')} was .* and is now"):
+            check_resume(saved, load_config(None, ["data.batch_size=8", f"{key}={value}"]), 2, "ckpt")
+    with pytest.raises(ResumeError, match="ray.num_workers was 2 and is now 4"):
+        check_resume(saved, load_config(None, ["data.batch_size=8"]), 4, "ckpt")
+
+
+def test_new_runs_get_names_of_their_own():
+    cfg = load_config(None)
+    names = {new_run_name(cfg) for _ in range(20)}
+    assert len(names) == 20 and all(n.startswith("dfdc-") for n in names)
 
 
 def test_lr_warms_up_then_decays_to_zero():

@@ -1,4 +1,6 @@
-"""The training loader on the S3 server: exact batch counts, and bad shards skipped, not fatal."""
+"""The training loader on the S3 server: exact batch counts, bad shards skipped and counted, a
+dataset that cannot be read fails the step, loader workers that leave this process's S3 client
+usable."""
 
 import io
 import json
@@ -11,7 +13,7 @@ from PIL import Image
 
 from dfdc import storage
 from dfdc.config import DataConfig
-from train.data import train_loader, val_loader
+from train.data import DataUnavailable, train_loader, unreadable_total, val_loader
 
 
 def write_shard(uri: str, n: int, label: int, start: int = 0) -> None:
@@ -27,8 +29,6 @@ def write_shard(uri: str, n: int, label: int, start: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def shards(s3_server):
-    # Written before any loader forks its workers: a known hang (see docs/training.md) stalls the
-    # parent's next S3 request after forked loader workers have read from S3.
     root = "s3://test/loader"
     sizes = {"a.tar": 5, "b.tar": 17, "c.tar": 40, "good.tar": 12}
     for i, (name, n) in enumerate(sizes.items()):
@@ -37,19 +37,27 @@ def shards(s3_server):
     return root
 
 
-def test_unreadable_shard_is_reported_and_skipped(shards, caplog):
+def test_unreadable_shard_is_reported_counted_and_skipped(shards, caplog):
     good, bad = f"{shards}/good.tar", f"{shards}/bad.tar"
     cfg = DataConfig(image_size=24, batch_size=4, num_workers=0, shuffle_buffer=4, augment=False)
     with caplog.at_level(logging.WARNING, logger="train.data"):
         batches = list(train_loader([good, bad], cfg, batches=5, seed=0, epoch=0, rank=0))
     assert len(batches) == 5
-    assert any("skipping unreadable data" in r.message for r in caplog.records)
-    # Validation reads every readable sample once, across ranks, and reports the rest.
+    warnings = [r for r in caplog.records if "skipping unreadable data" in r.message]
+    assert warnings and "bad.tar" in warnings[0].getMessage()
+    # Each batch carries how many reads its loader worker skipped so far: the count reaches the rank.
+    seen: dict[int, int] = {}
+    counts = [unreadable_total(seen, b) for b in batches]
+    assert counts == sorted(counts) and counts[-1] == len(warnings)
+    # Validation reads every readable sample once, across ranks, and says which shard each came from
+    # (the loop counts them against the manifest).
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="train.data"):
-        seen = [v for r in (0, 1) for _, _, videos in val_loader([good, bad], cfg, r, 2) for v in videos]
-    assert len(seen) == 12
+        batches = [b for r in (0, 1) for b in val_loader([good, bad], cfg, r, 2)]
+    assert sum(len(b.videos) for b in batches) == 12 and {s for b in batches for s in b.shards} == {good}
     assert any("skipping unreadable data" in r.message for r in caplog.records)
+    # More ranks than val shards: the ranks without one get no batches (not an error).
+    assert [len(list(val_loader([good], cfg, r, 3))) for r in range(3)] == [3, 0, 0]
 
 
 def test_exact_batches_whatever_the_shard_sizes(shards):
@@ -58,9 +66,28 @@ def test_exact_batches_whatever_the_shard_sizes(shards):
     for rank in (0, 1):
         batches = list(train_loader(urls, cfg, batches=7, seed=0, epoch=0, rank=rank))
         assert len(batches) == 7
-        images, labels, videos = batches[0]
-        assert images.shape == (4, 3, 24, 24) and labels.shape == (4,) and len(videos) == 4
+        b = batches[0]
+        assert b.images.shape == (4, 3, 24, 24) and b.labels.shape == (4,) and len(b.videos) == len(b.shards) == 4
 
+
+@pytest.mark.timeout(180)
+def test_a_dataset_whose_shards_are_all_gone_fails_the_step(shards):
+    """Resampled shards never run out: without a bound, every rank would spin on warnings forever.
+    Through two loader workers (fork server), the rank gets the workers' error."""
+    gone = [f"{shards}/deleted-{i}.tar" for i in range(3)]
+    cfg = DataConfig(image_size=24, batch_size=4, num_workers=2, max_failed_reads=5)
+    with pytest.raises(DataUnavailable, match=r"5 reads of training shards failed in a row .*deleted-\d\.tar: not found"):
+        next(iter(train_loader(gone, cfg, batches=3, seed=0, epoch=0, rank=0)))
+
+
+@pytest.mark.timeout(120)
+def test_this_process_writes_to_s3_after_loader_workers_read_it(shards):
+    """Loader workers used to be forked from a process that had used s3fs, and a later S3 write in
+    that process hung (docs/training.md had it as a known issue). They start from a fork server now."""
+    cfg = DataConfig(image_size=24, batch_size=4, num_workers=2)
+    assert len(list(train_loader([f"{shards}/c.tar"], cfg, batches=3, seed=0, epoch=0, rank=0))) == 3
+    storage.write_bytes(f"{shards}/written-after.txt", b"done")
+    assert storage.read_bytes(f"{shards}/written-after.txt") == b"done"
 
 
 def test_transient_s3_errors_are_retried(shards, s3_server, monkeypatch):
@@ -76,7 +103,7 @@ def test_transient_s3_errors_are_retried(shards, s3_server, monkeypatch):
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
         s3fs.S3FileSystem.clear_instance_cache()  # clients made before keep the old endpoint
         try:
-            seen = [v for r in (0, 1) for _, _, videos in val_loader(urls, cfg, r, 2) for v in videos]
+            seen = [v for r in (0, 1) for b in val_loader(urls, cfg, r, 2) for v in b.videos]
         finally:
             monkeypatch.undo()
             s3fs.S3FileSystem.clear_instance_cache()

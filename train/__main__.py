@@ -1,5 +1,6 @@
 """`python -m train --config configs/X.yaml [--set a.b=c ...]`: what `ray job submit` runs on a
-cluster (and `dfdc train` runs on the local Ray)."""
+cluster (and `dfdc train` runs on the local Ray). Prints the run's result; the same result is in
+`<storage_path>/<run_name>/result.json`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dfdc.config import ConfigError, load_config
+from dfdc.storage import StorageError, join
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,20 +18,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", "-c", type=Path, help="YAML config; embedded defaults otherwise")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override a key, e.g. optim.lr=3e-4")
     args = ap.parse_args(argv)
+    from train.checkpoint import ResumeError  # noqa: PLC0415
+    from train.run import RESULT_FILE, run, run_uri  # noqa: PLC0415
+
     try:
         cfg = load_config(args.config, args.sets)
-    except ConfigError as e:
+        out = run(cfg, Path(os.environ.get("DFDC_HOME", ".dfdc")))
+    except (ConfigError, ResumeError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from train.run import run  # noqa: PLC0415
-
-    out = run(cfg, Path(os.environ.get("DFDC_HOME", ".dfdc")))
     m = out["metrics"] or {}
     print(f"val video log loss: {m.get('video_log_loss', float('nan')):.4f}  val video AUC: {m.get('video_auc', float('nan')):.4f}")
     if out.get("calibration"):
         c = out["calibration"]
         print(f"temperature: {c['temperature']:.3f}  val video log loss calibrated: {c['val_video_log_loss_calibrated']:.4f}")
     print(f"checkpoint: {out['checkpoint']}")
+    print(f"result: {join(run_uri(cfg), RESULT_FILE)}")
     print(f"model: {out['model']}")
     return 0
 

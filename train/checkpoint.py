@@ -1,14 +1,23 @@
-"""Checkpoints: every rank's DeepSpeed files plus our state JSON, reported to Ray Train, which
-merges them into one checkpoint in `ray.storage_path`. Complete only when the JSON is there."""
+"""Checkpoints: every rank's DeepSpeed files plus `probe.pt` and our `TrainState` (dfdc_state.json),
+reported to Ray Train, which merges them into one checkpoint in `ray.storage_path/run_name/`.
+A checkpoint is complete only when the state JSON is there (rank 0 writes it last)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import glob
 import json
 import logging
 import os
+import posixpath
 import tempfile
+from dataclasses import dataclass, field
 
 import torch
+
+from dfdc import storage
+from dfdc.config import Config
 
 STATE = "dfdc_state.json"
 PROBE = "probe.pt"
@@ -17,33 +26,118 @@ TAG = "ds"
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class TrainState:
+    """Where a run stands, saved with every checkpoint: enough to resume at the same data position
+    into the same MLflow run, and to refuse a resume whose config would change what that means."""
+
+    epoch: int = 0  # epochs finished
+    batch_in_epoch: int = 0  # batches of the current epoch done on every rank
+    step: int = 0  # micro-batches done (DeepSpeed steps the optimizer every optim.grad_accum of them)
+    samples_per_rank: int = 0
+    world_size: int = 0
+    mlflow_run_id: str | None = None
+    config: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TrainState:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ResumeError(ValueError):
+    """The new config would change what the checkpoint's position means, or cannot load it."""
+
+
+# Keys a resume may not change, and why. Everything else may (epochs, logging, evaluation, loader
+# workers, checkpoint cadence, augmentation, ...).
+FIXED_ON_RESUME = {
+    "data.dataset": "the saved position counts batches of that dataset",
+    "data.batch_size": "the saved position counts batches of that size",
+    "optim.grad_accum": "the saved steps count micro-batches of that accumulation",
+    "optim.seed": "the saved position is a place in the order that seed draws",
+    "model.name": "the checkpoint holds that model's weights",
+    "data.image_size": "the model and the checkpoint's probe were built for that input size",
+    "deepspeed.zero_stage": "the checkpoint's optimizer state is laid out for that stage",
+    "deepspeed.offload": "the checkpoint holds that optimizer's state",
+    "optim.lr": "the saved scheduler would restore the old base LR and ignore the new one",
+    "optim.weight_decay": "the saved optimizer would restore the old value and ignore the new one",
+}
+
+
+def _get(config: dict, key: str):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_resume(saved: TrainState, cfg: Config, world_size: int, where: str) -> None:
+    """Refuse to resume from the checkpoint at `where` when the new config changes a key that fixes
+    the meaning of its position or its state; the message names the key."""
+    new = cfg.to_dict()
+    for key, why in FIXED_ON_RESUME.items():
+        old_value, new_value = _get(saved.config, key), _get(new, key)
+        if saved.config and old_value != new_value:
+            raise ResumeError(f"cannot resume from {where}: {key} was {old_value!r} and is now {new_value!r} ({why}); "
+                              f"set it back, or start a new run (another ray.run_name, or none for a fresh name)")
+    if saved.world_size and saved.world_size != world_size:
+        raise ResumeError(f"cannot resume from {where}: ray.num_workers was {saved.world_size} and is now {world_size} "
+                          f"(the checkpoint's ZeRO state is split over {saved.world_size} ranks and cannot be resharded yet); "
+                          f"set it back, or start a new run")
+
+
 def probe_input(image_size: int) -> torch.Tensor:
     """A fixed input whose outputs are stored with each checkpoint: reloading the checkpoint, or
     consolidating it into a plain model, must give the same outputs."""
     return torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(1234))
 
 
-def probe_logits(engine, image_size: int) -> torch.Tensor:
-    """Collective under ZeRO-3 (forward gathers parameters): every rank calls it."""
+@contextlib.contextmanager
+def strict_fp32():
+    """fp32 without TF32 (on by default for cuDNN convolutions): outputs a CPU can reproduce."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def probe_logits(engine, image_size: int) -> dict[str, torch.Tensor]:
+    """The engine's outputs on the probe as it trains (autocast in bf16/fp16), and in strict fp32
+    (the model without autocast), which the consolidated model on any machine must reproduce.
+    Collective under ZeRO-3 (forward gathers parameters): every rank calls it."""
+    from train.engine import input_dtype  # noqa: PLC0415
+
     was_training = engine.training
     engine.eval()
+    x = probe_input(image_size).to(engine.device)
     with torch.no_grad():
-        out = engine(probe_input(image_size).to(engine.device)).float().cpu()
+        trained = engine(x.to(input_dtype(engine))).float().cpu()
+        with strict_fp32():
+            fp32 = engine.module(x).float().cpu()
     engine.train(was_training)
-    return out
+    return {"logits": trained, "logits_fp32": fp32}
 
 
-def save(engine, state: dict, metrics: dict, rank: int, image_size: int) -> None:
+def save(engine, state: TrainState, metrics: dict, rank: int, image_size: int) -> None:
+    """Collective: every rank calls it at the same step (see loop.checkpoint_now)."""
     import ray.train  # noqa: PLC0415
 
-    logits = probe_logits(engine, image_size)
+    probe = probe_logits(engine, image_size)
     with tempfile.TemporaryDirectory(prefix="dfdc-ckpt-") as d:
-        engine.save_checkpoint(d, tag=TAG)  # collective: every rank writes its shard of the states
+        engine.save_checkpoint(d, tag=TAG)  # every rank writes its shard of the states
         if rank == 0:
-            torch.save({"input": probe_input(image_size), "logits": logits}, os.path.join(d, PROBE))
-            # Written last: a checkpoint without it is incomplete.
-            with open(os.path.join(d, STATE), "w") as f:
-                json.dump(state, f, indent=1)
+            torch.save({"input": probe_input(image_size), **probe}, os.path.join(d, PROBE))
+            with open(os.path.join(d, STATE), "w") as f:  # written last: without it a checkpoint is incomplete
+                f.write(state.to_json())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -69,10 +163,29 @@ def latest_complete(ckpt):
     return None
 
 
-def load(engine, image_size: int) -> dict | None:
-    """Restore the engine from the latest complete checkpoint of this run; its state, or None.
-    The state gets `reload_max_abs_diff`: how far the reloaded engine's probe outputs are from the
-    ones saved with the checkpoint (0 when the weights came back exactly)."""
+def latest_state(run_uri: str) -> tuple[TrainState, str] | None:
+    """The state of the newest complete checkpoint under a run's folder (local or s3://) and that
+    checkpoint's URI, read by the driver before any worker starts; None for a new run."""
+    fs, root = storage.filesystem(run_uri)
+    with storage.named(run_uri):
+        try:
+            entries = fs.ls(root, detail=False)
+        except FileNotFoundError:
+            return None
+    names = sorted((posixpath.basename(p.rstrip("/")) for p in entries), reverse=True)
+    for name in (n for n in names if n.startswith("checkpoint_")):
+        uri = storage.join(run_uri, name)
+        try:
+            return TrainState.from_json(storage.read_bytes(storage.join(uri, STATE))), uri
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def load(engine, cfg: Config, world_size: int) -> tuple[TrainState, dict] | None:
+    """Restore the engine from the latest complete checkpoint of this run: (its state, what the
+    reload measured), or None for a new run. `reload_max_abs_diff` is how far the reloaded engine's
+    probe outputs are from the ones saved with the checkpoint (0 when the weights came back exactly)."""
     import ray.train  # noqa: PLC0415
 
     ckpt = ray.train.get_checkpoint()
@@ -82,23 +195,30 @@ def load(engine, image_size: int) -> dict | None:
         return None
     with ckpt.as_directory() as d:
         with open(os.path.join(d, STATE)) as f:
-            state = json.load(f)
+            state = TrainState.from_json(f.read())
+        check_resume(state, cfg, world_size, ckpt.path)
         engine.load_checkpoint(d, tag=TAG)
         saved = torch.load(os.path.join(d, PROBE), map_location="cpu", weights_only=True)
-    state["reload_max_abs_diff"] = float((probe_logits(engine, image_size) - saved["logits"]).abs().max())
-    state["resumed_from"] = ckpt.path
-    return state
+    diff = float((probe_logits(engine, cfg.data.image_size)["logits"] - saved["logits"]).abs().max())
+    return state, {"resumed_from": ckpt.path, "reload_max_abs_diff": diff}
 
 
 def consolidate(checkpoint_dir: str) -> dict:
     """One fp32 state dict from a checkpoint's ZeRO shards (DeepSpeed's zero_to_fp32). Stage 0 has
     no shards: its model file holds the whole module."""
-    import glob  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
 
     if glob.glob(os.path.join(checkpoint_dir, TAG, "*zero_pp_rank_*optim_states.pt")):
         return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=TAG)
     states = torch.load(os.path.join(checkpoint_dir, TAG, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
     return {k: v.float() for k, v in states["module"].items()}
+
+
+def probe_diff(model: torch.nn.Module, probe: dict) -> float:
+    """How far a plain fp32 model's outputs on the probe are from the engine's strict-fp32 ones,
+    relative to their size: the consolidated weights must reproduce the engine."""
+    model.eval()
+    reference = probe.get("logits_fp32", probe["logits"])
+    with torch.no_grad():
+        out = model(probe["input"]).float()
+    return float((out - reference).abs().max() / max(1.0, float(reference.abs().max())))

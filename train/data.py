@@ -5,108 +5,134 @@ Training: every rank draws shards at random with replacement from the manifest's
 `batches` batches, so every rank runs the same number of steps and none waits at the end of an epoch
 (the DDP hang with uneven shards cannot happen). Validation reads each val shard once, split across
 ranks; the loop in `loop.py` keeps ranks in step when their shares differ.
+
+Loader workers start from a fork server, not by forking the rank: a process that has used s3fs
+(its event loop thread, open connections) is not safe to fork.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import random
 
 import torch
+import torch.multiprocessing as mp
 import webdataset as wds
-from torchvision.transforms import v2
 
 from dfdc import storage
 from dfdc.config import DataConfig
+from train.samples import Batch, Decode, collate, register_s3, worker_init
+from train.transforms import image_transform
 
 log = logging.getLogger(__name__)
 
-
-def register_s3() -> None:
-    """Let webdataset open s3:// URLs through s3fs (s3fs retries transient errors with back-off)."""
-    from webdataset.gopen import gopen_schemes  # noqa: PLC0415
-
-    def gopen_s3(url, mode="rb", bufsize=8192, **_):
-        fs, path = storage.filesystem(url)
-        return fs.open(path, mode, block_size=8 * 1024 * 1024)
-
-    gopen_schemes["s3"] = gopen_s3
+# Modules the fork server imports once, so that each loader worker it forks starts in milliseconds
+# ("__main__" too: else every worker re-imports the main script, as spawn does).
+_PRELOAD = ["__main__", "torch", "torchvision", "webdataset", "s3fs", "train.samples", "train.transforms"]
 
 
-def report_and_continue(exn: Exception) -> bool:
-    """A shard or sample that cannot be read is reported and skipped; the run goes on."""
-    log.warning("skipping unreadable data: %r", exn)
-    return True
+class DataUnavailable(RuntimeError):
+    """The training data cannot be read: many reads in a row failed."""
 
 
-def transforms(cfg: DataConfig, train: bool) -> v2.Compose:
-    """Augmentations fit for deepfake detection: they vary what compression, scale, blur, noise and
-    colour do to a face without hiding blending artifacts entirely."""
-    size = cfg.image_size
-    if not (train and cfg.augment):
-        return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.RandomApply([v2.JPEG((40, 95))], p=0.3),
-        v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.2),
-        v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.RandomApply([v2.GaussianNoise(sigma=0.02)], p=0.2),
-        v2.RandomErasing(p=0.2, scale=(0.02, 0.1)),  # cutout
-    ])
+class ReadErrors:
+    """webdataset's error handler: an unreadable shard or sample is logged, counted and skipped, but
+    after `limit` failures in a row (no good sample between them) the stream stops with
+    DataUnavailable. Resampled shards never run out, so without the limit a dataset that cannot be
+    read at all (expired keys, deleted shards) would keep every rank spinning on warnings."""
 
+    def __init__(self, limit: int | None, what: str):
+        self.limit, self.what = limit, what
+        self.in_a_row = self.total = 0
 
-def _sample(transform):
-    def f(sample):
-        image, meta = sample
-        meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
-        return transform(image), torch.tensor(float(meta["label"])), meta["video"]
+    def __call__(self, exn: Exception) -> bool:
+        self.total += 1
+        self.in_a_row += 1
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and ("/" in a)), "?")
+        why = storage.explain(exn, url) or f"{type(exn).__name__}: {exn}"
+        log.warning("skipping unreadable data (%d in a row): %s", self.in_a_row, why)
+        if self.limit and self.in_a_row >= self.limit:
+            raise DataUnavailable(f"{self.in_a_row} reads of {self.what} failed in a row (data.max_failed_reads); "
+                                  f"the last: {why}")
+        return True
 
-    return f
+    def ok(self, sample):
+        self.in_a_row = 0
+        return sample
 
-
-def _collate(samples):
-    images, labels, videos = zip(*samples)
-    return torch.stack(images), torch.stack(labels), list(videos)
-
-
-def train_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, epoch: int, rank: int) -> wds.WebLoader:
-    """Exactly `batches` batches of `cfg.batch_size` for this rank and epoch."""
-    register_s3()
-    base = (seed * 1_000_003 + epoch) * 10_007 + rank
-
-    def worker_seed():
+    def tag(self, batch: Batch) -> Batch:
+        """Attach this worker's count of skipped reads, so the rank can report them."""
         info = torch.utils.data.get_worker_info()
-        return base * 101 + (info.id if info else 0)
-
-    pipeline = wds.DataPipeline(
-        wds.ResampledShards(urls, seed=base, worker_seed=worker_seed, deterministic=True),
-        wds.tarfile_to_samples(handler=report_and_continue),
-        wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(base)),
-        wds.decode("pil", handler=report_and_continue),
-        wds.to_tuple("jpg", "json", handler=report_and_continue),
-        wds.map(_sample(transforms(cfg, train=True)), handler=report_and_continue),
-        wds.batched(cfg.batch_size, collation_fn=_collate, partial=False),
-    )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=cfg.num_workers, persistent_workers=False)
-    # Across the DataLoader workers, stop after exactly `batches` batches.
-    return loader.with_epoch(batches)
+        return batch._replace(unreadable=(info.id if info else 0, self.total))
 
 
-def val_loader(urls: list[str], cfg: DataConfig, rank: int, world: int) -> wds.WebLoader:
-    """This rank's share of the val shards (every sample once across ranks), in order."""
+def _worker_seed(base: int) -> int:
+    info = torch.utils.data.get_worker_info()
+    return base * 101 + (info.id if info else 0)
+
+
+def start_loader_server() -> None:
+    """Start the fork server now, so that its imports (seconds) overlap the caller's own start-up
+    (DeepSpeed) instead of delaying the first batch. Returns at once."""
+    from multiprocessing import forkserver  # noqa: PLC0415
+
+    forkserver.set_forkserver_preload(_PRELOAD)  # no effect once the server runs: then it has them
+    forkserver.ensure_running()
+
+
+def _loader(pipeline, num_workers: int, pin_memory: bool) -> wds.WebLoader:
     register_s3()
+    context = None
+    if num_workers:
+        start_loader_server()
+        context = mp.get_context("forkserver")
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False,
+                         multiprocessing_context=context, worker_init_fn=worker_init if num_workers else None,
+                         pin_memory=pin_memory)
+
+
+def train_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, epoch: int, rank: int,
+                 pin_memory: bool = False) -> wds.WebLoader:
+    """Exactly `batches` batches of `cfg.batch_size` for this rank and epoch."""
+    base = (seed * 1_000_003 + epoch) * 10_007 + rank
+    errors = ReadErrors(cfg.max_failed_reads, "training shards")
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(urls, seed=base, worker_seed=functools.partial(_worker_seed, base), deterministic=True),
+        wds.tarfile_to_samples(handler=errors),
+        wds.map(errors.ok),
+        wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(base)),
+        wds.decode("pil", handler=errors),
+        wds.to_tuple("jpg", "json", "__url__", handler=errors),
+        wds.map(Decode(image_transform(cfg.image_size, cfg.augment)), handler=errors),
+        wds.batched(cfg.batch_size, collation_fn=collate, partial=False),
+        wds.map(errors.tag),
+    )
+    # Across the DataLoader workers, stop after exactly `batches` batches.
+    return _loader(pipeline, cfg.num_workers, pin_memory).with_epoch(batches)
+
+
+def val_loader(urls: list[str], cfg: DataConfig, rank: int, world: int, pin_memory: bool = False):
+    """This rank's share of the val shards (every sample once across ranks), in order. Unreadable
+    shards are skipped here; validation counts them against the manifest."""
     mine = urls[rank::world]
+    if not mine:  # fewer val shards than ranks: this rank validates nothing (the loop keeps it in step)
+        return []
+    errors = ReadErrors(None, "val shards")
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(mine),
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=report_and_continue),
-        wds.decode("pil", handler=report_and_continue),
-        wds.to_tuple("jpg", "json", handler=report_and_continue),
-        wds.map(_sample(transforms(cfg, train=False)), handler=report_and_continue),
-        wds.batched(cfg.batch_size, collation_fn=_collate, partial=True),
+        wds.tarfile_to_samples(handler=errors),
+        wds.decode("pil", handler=errors),
+        wds.to_tuple("jpg", "json", "__url__", handler=errors),
+        wds.map(Decode(image_transform(cfg.image_size, False)), handler=errors),
+        wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
     )
-    return wds.WebLoader(pipeline, batch_size=None, num_workers=min(cfg.num_workers, max(1, len(mine))))
+    return _loader(pipeline, min(cfg.num_workers, max(1, len(mine))), pin_memory)
+
+
+def unreadable_total(seen: dict[int, int], batch: Batch) -> int:
+    """Reads skipped so far by all loader workers, given the last count seen from each."""
+    worker, count = batch.unreadable
+    seen[worker] = count
+    return sum(seen.values())

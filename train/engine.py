@@ -1,4 +1,10 @@
-"""Our config -> the DeepSpeed config and engine. The DeepSpeed JSON is derived, never hand-edited."""
+"""Our config -> the DeepSpeed config and engine. The DeepSpeed JSON is derived, never hand-edited.
+
+Precision: `bf16` and `fp16` train through DeepSpeed's `torch_autocast`: parameters, gradients'
+master copies and BatchNorm statistics stay fp32, convolutions and matmuls run in the low precision
+(as timm trains CNNs with AMP). DeepSpeed's own `bf16` mode casts parameters but leaves buffers fp32,
+and a BatchNorm layer then fails on its first forward pass (bf16 weights, fp32 running statistics).
+"""
 
 from __future__ import annotations
 
@@ -8,34 +14,31 @@ import torch
 
 from dfdc.config import Config
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
-    ds = cfg.deepspeed
-    if ds.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {ds.zero_stage}")
-    if ds.precision not in PRECISIONS:
-        raise ValueError(f"deepspeed.precision must be one of {', '.join(PRECISIONS)}, got {ds.precision!r}")
+    ds = cfg.deepspeed  # checked when the config was loaded (dfdc/config.py)
     zero: dict = {"stage": ds.zero_stage}
-    if ds.offload and ds.zero_stage > 0:
+    if ds.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
         if ds.zero_stage == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    return {
+    out = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.optim.grad_accum,
         "train_batch_size": cfg.data.batch_size * cfg.optim.grad_accum * world_size,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": ds.precision == "bf16"},
-        "fp16": {"enabled": ds.precision == "fp16"},
         # A torch optimizer works on CPU and GPU alike (DeepSpeed's fused Adam needs CUDA);
         # with offload, DeepSpeed wants its own CPU Adam.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if ds.precision != "fp32":
+        out["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST[ds.precision]}
+    return out
 
 
 def lr_lambda(warmup: int, total: int):
@@ -51,16 +54,37 @@ def lr_lambda(warmup: int, total: int):
 
 
 def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_steps: int):
+    """The DeepSpeed engine around `model`, on this process's accelerator (a GPU when there is one).
+    The process group must exist already (Ray Train or the caller made it)."""
     import deepspeed  # noqa: PLC0415  (slow import; only where training runs)
 
     ds_config = deepspeed_config(cfg, world_size)
+    cuda = torch.cuda.is_available()
+    if cuda:  # NHWC convolutions use the tensor cores without layout transposes
+        model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.deepspeed.offload and cfg.deepspeed.zero_stage > 0:
+    if cfg.deepspeed.offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # noqa: PLC0415
 
         optimizer = DeepSpeedCPUAdam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, adamw_mode=True)
     else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        # fused: one kernel for the whole update on CUDA, instead of several per parameter tensor.
+        optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=cuda)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.warmup_steps, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine, ds_config
+
+
+def input_dtype(engine) -> torch.dtype:
+    """What inputs are cast to on the device: the autocast dtype when training in bf16 or fp16 (the
+    first convolution runs in it anyway, and the copy is half the size)."""
+    return engine.torch_autocast_dtype() if engine.torch_autocast_enabled() else torch.float32
+
+
+def to_device(images: torch.Tensor, labels: torch.Tensor, engine) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on the engine's device: copied once (asynchronously from pinned memory), cast there."""
+    device = engine.device
+    images = images.to(device, non_blocking=True).to(input_dtype(engine))
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)

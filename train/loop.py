@@ -1,20 +1,25 @@
-"""The function every Ray Train worker runs: data, model, DeepSpeed engine, steps, validation,
-checkpoints, MLflow (rank 0)."""
+"""What every Ray Train worker runs, in the pieces others hook into: `train_step` (bench/ times the
+same function), `validate`, `checkpoint_now` (the one place that decides to checkpoint, agreed by
+every rank) and `train_func` (epochs of steps, validation, checkpoints; MLflow on rank 0)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import Counter
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from dfdc import storage
 from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
-from train import aggregate, checkpoint, metrics, tracking
-from train.data import train_loader, val_loader
-from train.engine import build_engine
+from train import checkpoint, tracking
+from train.checkpoint import TrainState
+from train.data import start_loader_server, train_loader, unreadable_total, val_loader
+from train.engine import build_engine, input_dtype, to_device
+from train.evaluation import aggregate, metrics
 from train.model import build_model
 
 
@@ -34,90 +39,26 @@ def plan_epochs(manifest: dict, cfg: Config, world: int) -> tuple[int, float | N
     return batches, pos_weight
 
 
-def train_func(config: dict) -> None:
-    import ray.train  # noqa: PLC0415
+def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One micro-batch: forward, loss, backward, and the optimizer step once `optim.grad_accum`
+    micro-batches are in. Inputs already on the engine's device (engine.to_device). Returns the loss
+    as a device tensor: reading it waits for the accelerator, so callers read it only now and then."""
+    logits = engine(images).squeeze(1).float()
+    loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+    engine.backward(loss)
+    engine.step()
+    return loss.detach()
 
-    cfg = config_from_dict(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.optim.seed)
-    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
 
-    manifest = mf.load(cfg.data.dataset)
-    train_urls = mf.shard_urls(cfg.data.dataset, manifest, "train")
-    val_urls = mf.shard_urls(cfg.data.dataset, manifest, "val")
-    batches, pos_weight = plan_epochs(manifest, cfg, world)
-    total_steps = max(1, batches * cfg.optim.epochs // cfg.optim.grad_accum)
-
-    engine, ds_config = build_engine(build_model(cfg.model), cfg, world, total_steps)
-    device = engine.device
-    weight = torch.tensor(pos_weight, device=device) if pos_weight is not None else None
-
-    state = checkpoint.load(engine, cfg.data.image_size) or {"epoch": 0, "batch_in_epoch": 0, "step": 0, "samples_per_rank": 0, "mlflow_run_id": None}
-    run_id = None
-    if rank == 0:
-        import mlflow  # noqa: PLC0415
-
-        run_id = tracking.start(cfg, state["mlflow_run_id"])
-        if state["mlflow_run_id"] is None:
-            mlflow.log_dict(cfg.to_dict(), "config.json")
-            mlflow.log_dict(ds_config, "deepspeed_config.json")
-        if "reload_max_abs_diff" in state:
-            mlflow.log_metrics({"resumed_at_step": state["step"], "resumed_at_batch_in_epoch": state["batch_in_epoch"],
-                                "reload_max_abs_diff": state["reload_max_abs_diff"]}, step=state["step"])
-            print(f"resumed from {state['resumed_from']} at epoch {state['epoch']}, batch {state['batch_in_epoch']}, step {state['step']}", flush=True)
-
-    step, samples = state["step"], state["samples_per_rank"]
-    for epoch in range(state["epoch"], cfg.optim.epochs):
-        start = state["batch_in_epoch"] if epoch == state["epoch"] else 0
-        loader = train_loader(train_urls, cfg.data, batches - start, cfg.optim.seed, epoch * 100_003 + start, rank)
-        engine.train()
-        wait = busy = 0.0
-        losses = []
-        t_end = time.perf_counter()
-        every = cfg.ray.checkpoint_every_steps * cfg.optim.grad_accum
-        for done, (images, labels, _) in enumerate(loader, start=start + 1):
-            t_got = time.perf_counter()
-            logits = engine(images.to(device)).squeeze(1)
-            loss = F.binary_cross_entropy_with_logits(logits, labels.to(device), pos_weight=weight)
-            engine.backward(loss)
-            engine.step()
-            step += 1
-            samples += len(labels)
-            losses.append(loss.item())
-            now = time.perf_counter()
-            wait += t_got - t_end
-            busy += now - t_got
-            t_end = now
-            if rank == 0 and step % cfg.tracking.log_every == 0:
-                mlflow.log_metrics({
-                    "train_loss": float(np.mean(losses[-cfg.tracking.log_every:])),
-                    "lr": engine.get_lr()[0],
-                    "samples_per_s": cfg.data.batch_size * world * cfg.tracking.log_every / max(1e-9, wait + busy),
-                    "data_wait_fraction": wait / max(1e-9, wait + busy),
-                }, step=step)
-                wait = busy = 0.0
-            if every and step % every == 0 and done < batches:
-                sync_buffers(engine.module)
-                # Mid-epoch: the loader's position is the batches this epoch has taken on every rank.
-                position = {"epoch": epoch, "batch_in_epoch": done, "step": step, "samples_per_rank": samples,
-                            "mlflow_run_id": run_id, "config": cfg.to_dict()}
-                report = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses))}
-                checkpoint.save(engine, position, report, rank, cfg.data.image_size)
-                t_end = time.perf_counter()
-        sync_buffers(engine.module)
-        val = evaluate(engine, val_urls, cfg, rank, world)
-        state = {"epoch": epoch + 1, "batch_in_epoch": 0, "step": step, "samples_per_rank": samples,
-                 "mlflow_run_id": run_id, "config": cfg.to_dict()}
-        report = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), **val}
-        if rank == 0:
-            mlflow.log_metrics({f"val_{k}": v for k, v in val.items()} | {"epoch": epoch + 1}, step=step)
-            print(f"epoch {epoch + 1}/{cfg.optim.epochs}: step {step}, train loss {report['train_loss']:.4f}, "
-                  f"val video log loss {val.get('video_log_loss', float('nan')):.4f}, val video AUC {val.get('video_auc', float('nan')):.4f}",
-                  flush=True)
-        checkpoint.save(engine, state, report, rank, cfg.data.image_size)
-    if rank == 0:
-        mlflow.end_run()
+def checkpoint_now(state: TrainState, batches: int, cfg: Config, device, requested: bool = False) -> bool:
+    """Whether every rank checkpoints after this step. Saving is collective, so a reason that one
+    rank has (the schedule, `ray.checkpoint_every_steps`; or `requested`, e.g. a spot notice on its
+    node) becomes every rank's through a MAX all-reduce. Epoch ends always checkpoint."""
+    every = cfg.ray.checkpoint_every_steps * cfg.optim.grad_accum
+    due = bool(every) and state.step % every == 0 and state.batch_in_epoch < batches
+    flag = torch.tensor([int(due or requested)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def sync_buffers(module: torch.nn.Module) -> None:
@@ -134,35 +75,39 @@ def sync_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buf, 0)
 
 
-def evaluate(engine, urls: list[str], cfg: Config, rank: int, world: int) -> dict[str, float]:
-    """Frame probabilities on the val split, gathered on every rank; video-level log loss and AUC.
-    Ranks with fewer val batches run dummy batches so that every collective (ZeRO-3 gathers
-    parameters in forward) is matched on all ranks."""
+def validate(engine, shards: dict[str, int], cfg: Config, rank: int, world: int) -> dict[str, float]:
+    """Video-level log loss and AUC on the val split, the same on every rank, and how many val
+    shards (and samples) could not be read: each shard's samples are counted against the manifest's
+    `shards` ({url: samples}). Ranks with fewer batches run dummy ones, so that every collective
+    (ZeRO-3 gathers parameters in forward) is matched on all ranks."""
     engine.eval()
-    size = cfg.data.image_size
-    videos, labels, probs = [], [], []
-    it = iter(val_loader(urls, cfg.data, rank, world))
+    device = engine.device
+    dummy = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size, device=device, dtype=input_dtype(engine))
+    videos, labels, probs, seen = [], [], [], Counter()
+    it = iter(val_loader(list(shards), cfg.data, rank, world, pin_memory=device.type == "cuda"))
     with torch.no_grad():
         while True:
             batch = next(it, None)
-            more = torch.tensor([0 if batch is None else 1])
+            more = torch.tensor([int(batch is not None)], device=device)
             dist.all_reduce(more, op=dist.ReduceOp.MAX)
             if not more.item():
                 break
-            images = batch[0] if batch is not None else torch.zeros(1, 3, size, size)
-            p = torch.sigmoid(engine(images.to(engine.device)).squeeze(1).float()).cpu()
+            images = to_device(batch.images, batch.labels, engine)[0] if batch is not None else dummy
+            p = torch.sigmoid(engine(images).squeeze(1).float()).cpu()
             if batch is not None:
-                videos += batch[2]
-                labels += batch[1].int().tolist()
+                videos += batch.videos
+                labels += batch.labels.int().tolist()
                 probs += p.tolist()
+                seen.update(batch.shards)
     gathered = [None] * world
-    dist.all_gather_object(gathered, (videos, labels, probs))
+    dist.all_gather_object(gathered, (videos, labels, probs, dict(seen)))
     videos = [v for g in gathered for v in g[0]]
     labels = [y for g in gathered for y in g[1]]
     probs = [p for g in gathered for p in g[2]]
-    if not videos:
-        return {}
-    return val_metrics(videos, labels, probs, cfg.eval.aggregate, cfg.eval.clip)
+    seen = sum((Counter(g[3]) for g in gathered), Counter())
+    short = {url: n - seen[url] for url, n in shards.items() if seen[url] < n}
+    out = val_metrics(videos, labels, probs, cfg.eval.aggregate, cfg.eval.clip) if videos else {}
+    return out | {"unreadable_shards": float(len(short)), "missing_samples": float(sum(short.values()))}
 
 
 def val_metrics(videos: list[str], labels: list[int], probs: list[float], rule: str, clip: float) -> dict[str, float]:
@@ -176,3 +121,134 @@ def val_metrics(videos: list[str], labels: list[int], probs: list[float], rule: 
         "video_auc": metrics.roc_auc(y, p),
         "videos": float(len(y)),
     }
+
+
+def _use_device() -> None:
+    """On GPU workers, the GPU Ray Train gave this rank (NCCL and all_gather_object use the current device)."""
+    if torch.cuda.is_available():
+        import ray.train.torch  # noqa: PLC0415
+
+        torch.cuda.set_device(ray.train.torch.get_device())
+
+
+def train_func(config: dict) -> None:
+    import ray.train  # noqa: PLC0415
+
+    cfg = config_from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _use_device()
+    if cfg.data.num_workers:
+        start_loader_server()
+    torch.manual_seed(cfg.optim.seed)
+    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+
+    manifest = mf.load(cfg.data.dataset)
+    train_urls = mf.shard_urls(cfg.data.dataset, manifest, "train")
+    val_shards = {storage.join(cfg.data.dataset, s["url"]): s["samples"] for s in manifest["shards"] if s["split"] == "val"}
+    batches, pos_weight = plan_epochs(manifest, cfg, world)
+    total_steps = max(1, batches * cfg.optim.epochs // cfg.optim.grad_accum)
+
+    engine, ds_config = build_engine(build_model(cfg.model), cfg, world, total_steps)
+    device = engine.device
+    weight = torch.tensor(pos_weight, device=device) if pos_weight is not None else None
+
+    resumed = checkpoint.load(engine, cfg, world)
+    state, reload = resumed if resumed else (TrainState(), None)
+    state.config, state.world_size = cfg.to_dict(), world  # only changes check_resume allows
+    run = tracking.open_run(cfg, run_id=state.mlflow_run_id, name=cfg.ray.run_name, system_metrics=cfg.tracking.system_metrics)
+    with run if rank == 0 else contextlib.nullcontext() as active:
+        if rank == 0:
+            _log_start(active, state, reload, cfg, ds_config)
+        for epoch in range(state.epoch, cfg.optim.epochs):
+            start = state.batch_in_epoch if epoch == state.epoch else 0
+            state.epoch, state.batch_in_epoch = epoch, start
+            loader = train_loader(train_urls, cfg.data, batches - start, cfg.optim.seed, epoch * 100_003 + start, rank,
+                                  pin_memory=device.type == "cuda")
+            engine.train()
+            window, epoch_loss = _Window(), torch.zeros((), device=device)
+            skipped: dict[int, int] = {}
+            for done, batch in enumerate(loader, start=start + 1):
+                window.got_batch()
+                images, labels = to_device(batch.images, batch.labels, engine)
+                loss = train_step(engine, images, labels, weight)
+                window.add(loss)
+                epoch_loss += loss
+                state.step += 1
+                state.batch_in_epoch = done
+                state.samples_per_rank += len(labels)
+                window.step_done()
+                unreadable = unreadable_total(skipped, batch)  # this epoch's skipped reads on this rank
+                if rank == 0 and state.step % cfg.tracking.log_every == 0:
+                    tracking.log_metrics(window.flush(cfg.data.batch_size * world) | {
+                        "lr": engine.get_lr()[0], "train_unreadable_reads": unreadable}, step=state.step)
+                if checkpoint_now(state, batches, cfg, device):
+                    sync_buffers(engine.module)
+                    report = {"epoch": epoch, "step": state.step, "train_loss": float(epoch_loss) / max(1, done - start)}
+                    checkpoint.save(engine, state, report, rank, cfg.data.image_size)
+                    window.restart()
+            sync_buffers(engine.module)
+            val = validate(engine, val_shards, cfg, rank, world)
+            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            report = {"epoch": epoch + 1, "step": state.step,
+                      "train_loss": float(epoch_loss) / max(1, batches - start) if batches > start else float("nan"),
+                      "train_unreadable_reads": float(sum(skipped.values())), **val}
+            if rank == 0:
+                tracking.log_metrics({f"val_{k}": v for k, v in val.items()} | {"epoch": epoch + 1}, step=state.step)
+                _print_epoch(report, cfg, val)
+            checkpoint.save(engine, state, report, rank, cfg.data.image_size)
+
+
+class _Window:
+    """Loss and time spent waiting for data vs. stepping, over the steps since the last log line."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
+        self.loss, self.steps, self.wait, self.busy = 0.0, 0, 0.0, 0.0
+        self.t_end = time.perf_counter()
+
+    def got_batch(self) -> None:
+        self.t_got = time.perf_counter()
+        self.wait += self.t_got - self.t_end
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss = loss + self.loss  # stays on the device until flushed
+        self.steps += 1
+
+    def step_done(self) -> None:
+        self.t_end = time.perf_counter()
+        self.busy += self.t_end - self.t_got
+
+    def flush(self, samples_per_step: int) -> dict[str, float]:
+        wall = max(1e-9, self.wait + self.busy)
+        out = {"train_loss": float(self.loss) / max(1, self.steps), "samples_per_s": samples_per_step * self.steps / wall,
+               "data_wait_fraction": self.wait / wall}
+        self.restart()
+        return out
+
+
+def _log_start(active, state: TrainState, reload: dict | None, cfg: Config, ds_config: dict) -> None:
+    import mlflow  # noqa: PLC0415
+
+    if state.mlflow_run_id is None:  # a new run
+        mlflow.log_params(tracking.flat(cfg.to_dict()))
+        mlflow.log_dict(cfg.to_dict(), "config.json")
+        mlflow.log_dict(ds_config, "deepspeed_config.json")
+    state.mlflow_run_id = active.info.run_id
+    if reload:
+        tracking.log_metrics({"resumed_at_step": state.step, "resumed_at_batch_in_epoch": state.batch_in_epoch,
+                              "reload_max_abs_diff": reload["reload_max_abs_diff"]}, step=state.step)
+        print(f"resumed from {reload['resumed_from']} at epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step}",
+              flush=True)
+
+
+def _print_epoch(report: dict, cfg: Config, val: dict) -> None:
+    unreadable = f", {val['unreadable_shards']:.0f} val shards unreadable ({val['missing_samples']:.0f} samples)" \
+        if val.get("unreadable_shards") else ""
+    if report["train_unreadable_reads"]:
+        unreadable += f", {report['train_unreadable_reads']:.0f} unreadable train reads skipped (rank 0)"
+    print(f"epoch {report['epoch']}/{cfg.optim.epochs}: step {report['step']}, train loss {report['train_loss']:.4f}, "
+          f"val video log loss {val.get('video_log_loss', float('nan')):.4f}, "
+          f"val video AUC {val.get('video_auc', float('nan')):.4f}{unreadable}", flush=True)

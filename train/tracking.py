@@ -1,7 +1,9 @@
-"""MLflow, from rank 0 only: params, step and epoch metrics, system metrics, artifacts."""
+"""MLflow: every run is opened here (training on rank 0, the final model, calibration, evaluation),
+in the configured store and experiment, optionally under a parent run (a sweep's trial)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -35,14 +37,29 @@ def experiment_id(cfg: Config) -> str:
     return exp.experiment_id if exp else mlflow.create_experiment(cfg.tracking.experiment, artifact_location=cfg.tracking.artifacts)
 
 
-def start(cfg: Config, run_id: str | None) -> str:
-    """Open the run (a new one, or the one a checkpoint names) and return its id."""
+@contextlib.contextmanager
+def open_run(cfg: Config, *, run_id: str | None = None, name: str | None = None, kind: str = "training",
+             tags: dict[str, str] | None = None, system_metrics: bool = False):
+    """The run `run_id` again, or a new run named `name` of this `kind` (a tag), under
+    `tracking.parent_run_id` when that is set. Yields MLflow's active run; ends it on exit."""
     import mlflow  # noqa: PLC0415
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    if run_id is None:
-        run = mlflow.start_run(experiment_id=experiment_id(cfg), run_name=cfg.ray.run_name, log_system_metrics=cfg.tracking.system_metrics)
-        mlflow.log_params(flat(cfg.to_dict()))
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
     else:
-        run = mlflow.start_run(run_id=run_id, log_system_metrics=cfg.tracking.system_metrics)
-    return run.info.run_id
+        run = mlflow.start_run(experiment_id=experiment_id(cfg), run_name=name, parent_run_id=cfg.tracking.parent_run_id,
+                               tags={"dfdc.kind": kind} | (tags or {}), log_system_metrics=system_metrics)
+    try:
+        yield run
+    finally:
+        mlflow.end_run()
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Into the open run; non-finite values (a metric undefined on one class) are left out."""
+    import math  # noqa: PLC0415
+
+    import mlflow  # noqa: PLC0415
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}, step=step)

@@ -8,7 +8,7 @@ import html
 import tempfile
 from pathlib import Path
 
-from train import plots
+from train.evaluation import plots
 
 
 def _img(data: bytes, mime: str, alt: str, width: int | None = None) -> str:

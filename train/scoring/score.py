@@ -37,14 +37,13 @@ def _setup(model_uri: str, device: str):
     import dataclasses  # noqa: PLC0415
 
     from data_pipeline.faces import build_detector  # noqa: PLC0415
-    from dfdc.config import DataConfig  # noqa: PLC0415
-    from train import detector  # noqa: PLC0415
-    from train.data import transforms  # noqa: PLC0415
+    from train import model_file  # noqa: PLC0415
+    from train.transforms import image_transform  # noqa: PLC0415
 
     if (model_uri, device) not in _LOADED:
-        model, card = detector.load_cached(model_uri, device)
-        faces = build_detector(dataclasses.replace(detector.detector_config(card), device=device))
-        tf = transforms(DataConfig(image_size=card["image_size"]), train=False)
+        model, card = model_file.load_cached(model_uri, device)
+        faces = build_detector(dataclasses.replace(model_file.detector_config(card), device=device))
+        tf = image_transform(card["image_size"], augment=False)
         _LOADED[(model_uri, device)] = (model, card, faces, tf)
     return _LOADED[(model_uri, device)]
 
@@ -57,21 +56,24 @@ def score_video(uri: str, model_uri: str, rule: str | None = None, device: str =
     from data_pipeline.extract import extract  # noqa: PLC0415
     from data_pipeline.frames import VideoError  # noqa: PLC0415
     from data_pipeline.records import VideoRecord  # noqa: PLC0415
-    from train import aggregate, detector  # noqa: PLC0415
+    from train import model_file  # noqa: PLC0415
+    from train.evaluation import aggregate  # noqa: PLC0415
 
     model, card, faces, tf = _setup(model_uri, device)
     rule = rule or card.get("aggregate", "mean")
     try:
         data = storage.read_bytes(uri)
-    except FileNotFoundError:
+    except storage.NotFound:
         return {"video": uri, "p_fake": None, "error": f"missing_file: {uri} does not exist"}, []
-    except (IsADirectoryError, PermissionError, OSError) as e:
+    except storage.StorageError as e:  # credentials, network: say so; the other videos go on
+        return {"video": uri, "p_fake": None, "error": f"storage: {e}"}, []
+    except OSError as e:  # a folder, a local file we may not read
         return {"video": uri, "p_fake": None, "error": f"unreadable: {uri}: {e}"}, []
     if not data:
         return {"video": uri, "p_fake": None, "error": f"empty_file: {uri} has zero bytes"}, []
     record = VideoRecord(uri=uri, video=uri, label=0, group=uri, dataset="scored")
     try:
-        result = extract(record, data, faces, detector.ingest_config(card))
+        result = extract(record, data, faces, model_file.ingest_config(card))
     except VideoError as e:
         if e.reason == "no_face":  # scored 0.5, as evaluation does: no evidence either way
             return {"video": uri, "p_fake": aggregate.NO_FACE_SCORE, "faces_found": 0, "frames": [], "note": str(e)}, []
@@ -80,7 +82,7 @@ def score_video(uri: str, model_uri: str, rule: str | None = None, device: str =
         return {"video": uri, "p_fake": None, "error": f"unreadable_video: {type(e).__name__}: {e}"}, []
     batch = torch.stack([tf(Image.open(io.BytesIO(s.jpg)).convert("RGB")) for s in result.samples])
     with torch.no_grad():
-        p = detector.probabilities(model(batch.to(device)).squeeze(1), card.get("temperature", 1.0)).cpu().tolist()
+        p = model_file.probabilities(model(batch.to(device)).squeeze(1), card.get("temperature", 1.0)).cpu().tolist()
     frames = [{"t": s.meta["t"], "face": s.meta["face"], "p": round(q, 6)} for s, q in zip(result.samples, p)]
     line = {"video": uri, "p_fake": round(aggregate.video_score(p, rule), 6), "faces_found": len(frames), "frames": frames}
     ranked = sorted(zip(result.samples, p), key=lambda sp: -sp[1])[:top_crops]
@@ -96,32 +98,28 @@ def score(videos: list[str], model_uri: str, cfg: Config, use_ray: bool, progres
           top_crops: int = 0, videos_per_task: int = 4) -> Iterator[tuple[dict, list[dict]]]:
     """Lines (and top crops) as videos finish: in this process, or as Ray tasks of a few videos each."""
     from dfdc.progress import TaskProgress  # noqa: PLC0415
-    from train.detector import read_card  # noqa: PLC0415
+    from dfdc.ray_tasks import RayTasks  # noqa: PLC0415
+    from train.model_file import read_card  # noqa: PLC0415
 
     read_card(model_uri)  # a wrong --checkpoint fails here, once, not once per video
     device = "cuda" if cfg.eval.gpus_per_task > 0 else "cpu"
     rule = cfg.eval.aggregate
-    with TaskProgress("score", total=len(videos), unit="videos", enabled=progress, errors=0) as bar:
-        if not use_ray:
+    if not use_ray:
+        with TaskProgress("score", total=len(videos), unit="videos", enabled=progress, errors=0) as bar:
             for uri in videos:
                 line, crops = score_video(uri, model_uri, rule, device, top_crops)
                 bar.advance(errors=int(line.get("error") is not None))
                 yield line, crops
-            return
-        import ray  # noqa: PLC0415
-
-        from dfdc.ray_connect import as_completed, connect  # noqa: PLC0415
-
-        connect(cfg.ray.address)
-        task = ray.remote(num_cpus=cfg.eval.cpus_per_task, num_gpus=cfg.eval.gpus_per_task, max_retries=2)(score_chunk).options(
-            runtime_env={"env_vars": storage.worker_env()})
-        chunks = [videos[i:i + videos_per_task] for i in range(0, len(videos), videos_per_task)]
-        pending = {task.remote(c, model_uri, rule, device, top_crops): c for c in chunks}
-        for chunk, results, error in as_completed(pending):
+        return
+    chunks = [videos[i:i + videos_per_task] for i in range(0, len(videos), videos_per_task)]
+    with RayTasks(score_chunk, "score", "videos", len(videos), address=cfg.ray.address, cpus=cfg.eval.cpus_per_task,
+                  gpus=cfg.eval.gpus_per_task, progress=progress, errors=0) as work:
+        for i, results, error in work.map({i: (c, model_uri, rule, device, top_crops) for i, c in enumerate(chunks)}):
             if error is not None:  # a lost worker costs its chunk's lines, which say so
-                results = [({"video": u, "p_fake": None, "error": f"task_failed: {type(error).__name__}: {error}"}, []) for u in chunk]
+                results = [({"video": u, "p_fake": None, "error": f"task_failed: {type(error).__name__}: {error}"}, [])
+                           for u in chunks[i]]
             for line, crops in results:
-                bar.advance(errors=int(line.get("error") is not None))
+                work.advance(errors=int(line.get("error") is not None))
                 yield line, crops
 
 

@@ -8,7 +8,7 @@ matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from train import metrics  # noqa: E402
+from train.evaluation import metrics  # noqa: E402
 
 
 def _save(fig, path: str) -> str:

@@ -8,16 +8,15 @@ counted, as the DFDC scoring did for every video a team could not read."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from dfdc import storage
-from dfdc.config import Config, DataConfig
+from dfdc.config import Config
 from data_pipeline import manifest as mf
-from train import aggregate, metrics
+from train.evaluation import aggregate, metrics
 
 FIELDS = ("video", "label", "logit", "dataset", "method", "t", "face")
 
@@ -28,13 +27,13 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") 
     import torch  # noqa: PLC0415
     import webdataset as wds  # noqa: PLC0415
 
-    from train.data import register_s3, transforms  # noqa: PLC0415
+    from train.model_file import load_cached  # noqa: PLC0415
+    from train.samples import register_s3  # noqa: PLC0415
+    from train.transforms import image_transform  # noqa: PLC0415
 
     register_s3()
-    from train.detector import load_cached  # noqa: PLC0415
-
     model, card = load_cached(model_uri, device)
-    tf = transforms(DataConfig(image_size=card["image_size"]), train=False)
+    tf = image_transform(card["image_size"], augment=False)
     rows: dict[str, list] = {k: [] for k in FIELDS}
     images: list = []
 
@@ -57,28 +56,22 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") 
 
 def predict(model_uri: str, urls: list[str], cfg: Config, progress: bool = True, label: str = "evaluate") -> tuple[dict[str, list], list[dict]]:
     """Every shard scored by a Ray task; (rows of all readable shards, [{shard, error}] for the others)."""
-    import ray  # noqa: PLC0415
+    from dfdc.ray_tasks import RayTasks  # noqa: PLC0415
 
-    from dfdc.progress import TaskProgress  # noqa: PLC0415
-    from dfdc.ray_connect import as_completed, connect  # noqa: PLC0415
-
-    connect(cfg.ray.address)
     device = "cuda" if cfg.eval.gpus_per_task > 0 else "cpu"
-    task = ray.remote(num_cpus=cfg.eval.cpus_per_task, num_gpus=cfg.eval.gpus_per_task, max_retries=2)(score_shard).options(
-        runtime_env={"env_vars": storage.worker_env()})
-    pending = {task.remote(model_uri, url, cfg.eval.batch_size, device): url for url in urls}
     rows: dict[str, list] = {k: [] for k in FIELDS}
     failed = []
-    with TaskProgress(label, total=len(urls), unit="shards", enabled=progress, faces=0, unreadable=0) as bar:
-        for url, got, error in as_completed(pending):
+    with RayTasks(score_shard, label, "shards", len(urls), address=cfg.ray.address, cpus=cfg.eval.cpus_per_task,
+                  gpus=cfg.eval.gpus_per_task, progress=progress, faces=0, unreadable=0) as work:
+        for url, got, error in work.map({url: (model_uri, url, cfg.eval.batch_size, device) for url in urls}):
             if error is not None:
                 failed.append({"shard": url, "error": f"{type(error).__name__}: {error}"})
-                bar.console.print(f"[red]shard {url} unreadable[/red]: {failed[-1]['error']}", highlight=False)
-                bar.advance(unreadable=1)
+                work.note(f"[red]shard {url} unreadable[/red]: {failed[-1]['error']}")
+                work.advance(unreadable=1)
                 continue
             for k in FIELDS:
                 rows[k].extend(got[k])
-            bar.advance(faces=len(got["video"]))
+            work.advance(faces=len(got["video"]))
     return rows, failed
 
 
@@ -111,22 +104,6 @@ def videos(rows: dict[str, list], missing: list[dict], rule: str, temperature: f
         out.setdefault(q["video"], {"label": int(q["label"]), "score": aggregate.NO_FACE_SCORE, "dataset": q.get("dataset"),
                                     "method": q.get("method"), "faces": 0, "set_aside": q["reason"]})
     return out
-
-
-def fit_temperature(rows: dict[str, list], rule: str, clip: float, low: float = 0.5, high: float = 20.0) -> float:
-    """The T in [low, high] for sigmoid(logit / T) that minimises video-level log loss (bounded search
-    over log T). On a val split the model separates perfectly, log loss keeps falling as T -> 0; the
-    lower bound stops calibration from making the model more confident than that on unseen videos."""
-    from scipy.optimize import minimize_scalar  # noqa: PLC0415
-
-    def loss(log_t: float) -> float:
-        table = videos(rows, [], rule, math.exp(log_t))
-        return metrics.log_loss([t["label"] for t in table.values()], [t["score"] for t in table.values()], clip)
-
-    if not 0 < low <= 1 <= high:
-        raise ValueError(f"eval.temperature_range must hold 1 and be above 0, got [{low}, {high}]")
-    best = minimize_scalar(loss, bounds=(math.log(low), math.log(high)), method="bounded", options={"xatol": 1e-4})
-    return float(math.exp(best.x)) if loss(best.x) < loss(0.0) else 1.0
 
 
 def summarize(rows: dict[str, list], missing: list[dict], rule: str, temperature: float, clip: float) -> dict:
@@ -162,9 +139,10 @@ def _name(dataset_uri: str) -> str:
 def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, progress: bool = True, log=print) -> dict:
     """Evaluate on each dataset's `eval.split`; write metrics.json and plots to `out_dir`, log them
     to MLflow; the report."""
-    from train import detector, plots  # noqa: PLC0415
+    from train import model_file  # noqa: PLC0415
+    from train.evaluation import plots  # noqa: PLC0415
 
-    card = detector.read_card(model_uri)
+    card = model_file.read_card(model_uri)
     temperature = float(card.get("temperature", 1.0))
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"model": model_uri, "split": cfg.eval.split, "aggregate": cfg.eval.aggregate, "temperature": temperature, "datasets": {}}
@@ -198,16 +176,16 @@ def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, pr
 def _log_mlflow(cfg: Config, report: dict, files: list[Path], card: dict) -> None:
     import mlflow  # noqa: PLC0415
 
-    from train.tracking import experiment_id  # noqa: PLC0415
+    from train import tracking  # noqa: PLC0415
 
-    with mlflow.start_run(experiment_id=experiment_id(cfg), run_name=f"evaluate-{cfg.eval.split}"):
-        mlflow.set_tags({"model_uri": report["model"], "trained_in_run": str(card.get("mlflow_run_id")), "kind": "evaluation"})
+    tags = {"model_uri": report["model"], "trained_in_run": str(card.get("mlflow_run_id"))}
+    with tracking.open_run(cfg, name=f"evaluate-{cfg.eval.split}", kind="evaluation", tags=tags):
         mlflow.log_params({"split": cfg.eval.split, "aggregate": cfg.eval.aggregate, "temperature": report["temperature"],
                            "datasets": ",".join(report["datasets"])})
         for uri, s in report["datasets"].items():
             name = _name(uri)
             flat = {f"{name}/{level}_{k}": v for level in ("frame", "video") for k, v in s[level].items()}
             flat |= {f"{name}/{m}/video_{k}": v for m, ms in s["by_method"].items() for k, v in ms.items()}
-            mlflow.log_metrics({k.replace(" ", "_"): float(v) for k, v in flat.items() if v is not None and math.isfinite(float(v))})
+            tracking.log_metrics({k.replace(" ", "_"): v for k, v in flat.items() if isinstance(v, (int, float))})
         for f in files:
             mlflow.log_artifact(str(f))

@@ -1,7 +1,8 @@
-"""A trained detector as users get it: `model_fp32.pt` (a plain fp32 state dict for the timm model)
-and beside it `model_fp32.json`, its card: the model, input size, temperature and the ingest
-settings that cropped its training faces, so evaluation and scoring crop new videos the same way.
-`--checkpoint` takes the .pt URI (or a TorchScript file exported from it, with its own card)."""
+"""The model file and its card, the contract between training and evaluation or scoring:
+`model_fp32.pt` (a plain fp32 state dict for the timm model) and beside it `model_fp32.json`, its
+card: the model, input size, temperature and the ingest settings that cropped its training faces, so
+evaluation and scoring crop new videos the same way. `--checkpoint` takes the .pt URI (or a
+TorchScript file exported from it, with its own card)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import torch
 from dfdc import storage
 from dfdc.config import Config, DetectorConfig, IngestConfig, ModelConfig
 
-CARD_FORMAT = "dfdc-scale/detector"
+CARD_FORMAT = "dfdc-scale/detector"  # the card format name, kept: cards already written carry it
 CARD_VERSION = 1
 
 
-class DetectorFileError(ValueError):
+class ModelFileError(ValueError):
     pass
 
 
@@ -34,6 +35,7 @@ def make_card(cfg: Config, **extra) -> dict:
         "format": CARD_FORMAT, "version": CARD_VERSION,
         "model": dataclasses.asdict(cfg.model) | {"pretrained": None},
         "image_size": cfg.data.image_size,
+        "trained_precision": cfg.deepspeed.precision,
         "temperature": 1.0,
         "aggregate": cfg.eval.aggregate,
         "ingest": dataclasses.asdict(cfg.ingest),
@@ -51,11 +53,11 @@ def read_card(model_uri: str) -> dict:
     try:
         card = json.loads(storage.read_bytes(uri))
     except FileNotFoundError as e:
-        raise DetectorFileError(f"{uri} does not exist: --checkpoint takes the model_fp32.pt a training run wrote (its card lies beside it)") from e
+        raise ModelFileError(f"{uri} does not exist: --checkpoint takes the model_fp32.pt a training run wrote (its card lies beside it)") from e
     except json.JSONDecodeError as e:
-        raise DetectorFileError(f"{uri} is not valid JSON: {e}") from e
+        raise ModelFileError(f"{uri} is not valid JSON: {e}") from e
     if card.get("format") != CARD_FORMAT:
-        raise DetectorFileError(f"{uri} is not a {CARD_FORMAT} card (format={card.get('format')!r})")
+        raise ModelFileError(f"{uri} is not a {CARD_FORMAT} card (format={card.get('format')!r})")
     return card
 
 
@@ -83,14 +85,14 @@ def load(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     try:
         data = storage.read_bytes(model_uri)
     except FileNotFoundError as e:
-        raise DetectorFileError(f"{model_uri} does not exist") from e
+        raise ModelFileError(f"{model_uri} does not exist") from e
     if _is_torchscript(data):
         model = torch.jit.load(io.BytesIO(data), map_location=device)
     else:
         try:
             weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  torch raises many kinds for a file that is not a state dict
-            raise DetectorFileError(f"{model_uri} is neither a state dict nor a TorchScript file: {e}") from e
+            raise ModelFileError(f"{model_uri} is neither a state dict nor a TorchScript file: {e}") from e
         model = build_model(ModelConfig(**card["model"]))
         model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), card

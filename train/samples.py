@@ -1,0 +1,54 @@
+"""Face-crop shards (WebDataset tars, local or s3://) to samples. The training loader and
+evaluation both read shards through here, so neither imports the other."""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+import torch
+
+from dfdc import storage
+
+
+def _open_s3(url, mode="rb", bufsize=8192, **_):
+    # Ranged reads of 8 MB blocks; s3fs retries throttling, 5xx and dropped connections with back-off.
+    return storage.open_input(url)
+
+
+def register_s3() -> None:
+    """Let webdataset open s3:// URLs through s3fs. Per process: DataLoader workers start as fresh
+    processes (forkserver), so `worker_init` calls it again in each."""
+    from webdataset.gopen import gopen_schemes  # noqa: PLC0415
+
+    gopen_schemes["s3"] = _open_s3
+
+
+def worker_init(_worker_id: int) -> None:
+    register_s3()
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor
+    labels: torch.Tensor
+    videos: list[str]
+    shards: list[str]  # the shard each sample came from
+    unreadable: tuple[int, int] = (0, 0)  # (loader worker, reads it skipped so far)
+
+
+class Decode:
+    """(PIL image, meta JSON, shard URL) -> (image tensor, label, video, shard URL). A class, not a
+    closure: DataLoader workers get the pipeline pickled."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, sample):
+        image, meta, url = sample
+        meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
+        return self.transform(image), torch.tensor(float(meta["label"])), meta["video"], url
+
+
+def collate(samples) -> Batch:
+    images, labels, videos, urls = zip(*samples)
+    return Batch(torch.stack(images), torch.stack(labels), list(videos), list(urls))
