@@ -11,16 +11,17 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv || $(PY) -m pip install --quiet --user uv \
 		|| $(PY) -m pip install --quiet --break-system-packages uv
 	$(UV) sync --frozen --extra dev
-	@# DeepSpeed JIT-builds its CPU communication op on first use (~1-2 min); once per machine,
-	@# cached in ~/.cache/torch_extensions outside the clone.
+	@# DeepSpeed JIT-builds its CPU communication op and its CPU Adam (deepspeed.offload) on first
+	@# use (~1-2 min each); once per machine, cached in ~/.cache/torch_extensions outside the clone.
 	$(VENV)/bin/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
+	$(VENV)/bin/python -c "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()" >/dev/null
 	@touch $@
 
 test: install
 	$(VENV)/bin/pytest
 
 demo: install
-	$(VENV)/bin/python -m cluster.demo
+	$(VENV)/bin/python -m cluster.local.demo
 
 bench: install
 	$(VENV)/bin/python bench/ingest.py

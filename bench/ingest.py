@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--gop", type=int, default=30, help="frames between keyframes in the synthetic videos")
     args = ap.parse_args()
 
-    from cluster.s3_server import temporary_server
+    from cluster.local.s3_server import temporary_server
     from data_pipeline.extract import extract
     from data_pipeline.faces import build_detector
     from data_pipeline.frames import decode_all, sample_frames

@@ -4,14 +4,14 @@ import os
 import subprocess
 import sys
 
-from cluster.s3_server import free_port
+from cluster.local.s3_server import free_port
 
 
 def dfdc(home, *args, check=True):
     env = dict(os.environ, DFDC_HOME=str(home))
     for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(k, None)
-    return subprocess.run([sys.executable, "-m", "dfdc.cli", *args], env=env, capture_output=True, text=True, check=check)
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, check=check)
 
 
 def client(home):

@@ -1,19 +1,22 @@
-"""The `dfdc` command: a thin layer that parses arguments and calls into the stages."""
+"""The `dfdc` command: a thin layer on top that parses arguments and calls into the stages (no stage
+imports it). Storage failures end any command in one line that names the URI, the cause and the fix."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from dfdc.config import Config, ConfigError, load_config
+from dfdc.storage import StorageError
 
 app = typer.Typer(help="Train deepfake-video detectors at scale: synthesize or ingest corpora, run the local stack.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 local_app = typer.Typer(help="The local stack: an S3 server on 127.0.0.1 with its data in ./.dfdc (or $DFDC_HOME).",
                         no_args_is_help=True)
 app.add_typer(local_app, name="local")
@@ -22,8 +25,9 @@ errors = Console(stderr=True, soft_wrap=True)  # one error, one line: easy to gr
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)
+
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/); embedded defaults otherwise.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key, e.g. --set ingest.frames_per_video=16. Repeatable.")]
@@ -34,6 +38,15 @@ def _config(path: Path | None, sets: list[str] | None) -> Config:
         return load_config(path, sets or [])
     except ConfigError as e:
         raise fail(str(e), 2) from e
+
+
+def main() -> None:
+    """The `dfdc` script."""
+    try:
+        app()
+    except StorageError as e:
+        fail(str(e))
+        sys.exit(1)
 
 
 @app.command()
@@ -75,6 +88,7 @@ def ingest(
     Example: dfdc ingest --source s3://my-bucket/dfdc/raw --dest s3://my-bucket/dfdc/faces-v1
     """
     from data_pipeline.ingest import IngestError, ingest as run  # noqa: PLC0415
+    from data_pipeline.manifest import print_summary  # noqa: PLC0415
     from data_pipeline.sources import SourceError  # noqa: PLC0415
 
     cfg = _config(config, set_)
@@ -84,7 +98,7 @@ def ingest(
         summary = run(source, dest, cfg, dataset=dataset, progress=progress, log=console.print)
     except (SourceError, IngestError, ConfigError) as e:
         raise fail(str(e)) from e
-    print_summary(summary.manifest)
+    print_summary(summary.manifest, console)
 
 
 @app.command()
@@ -111,7 +125,7 @@ CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained mo
 
 
 def _home() -> Path:
-    from cluster.local import home  # noqa: PLC0415
+    from cluster.local.stack import home  # noqa: PLC0415
 
     return home()
 
@@ -134,8 +148,8 @@ def evaluate(
     """
     from data_pipeline.manifest import ManifestError  # noqa: PLC0415
     from train import tracking  # noqa: PLC0415
-    from train.detector import DetectorFileError, read_card  # noqa: PLC0415
-    from train.evaluate import evaluate as run  # noqa: PLC0415
+    from train.evaluation.evaluate import evaluate as run  # noqa: PLC0415
+    from train.model_file import ModelFileError, read_card  # noqa: PLC0415
 
     cfg = _config(config, set_)
     if split:
@@ -147,7 +161,7 @@ def evaluate(
         card = read_card(checkpoint)
         datasets = list(dict.fromkeys(data or [card["trained_on"], *cfg.eval.datasets]))
         report = run(checkpoint, datasets, cfg, out or _home() / cfg.eval.out, progress=progress, log=console.print)
-    except (DetectorFileError, ManifestError, ValueError) as e:
+    except (ModelFileError, ManifestError, ValueError) as e:
         raise fail(str(e)) from e
     for f in report["files"]:
         console.print(f"wrote {f}", highlight=False)
@@ -172,9 +186,9 @@ def score(
 
     Example: dfdc score s3://bucket/incoming/ clip.mp4 --checkpoint s3://dfdc/runs/demo/model_fp32.pt --report scores.html
     """
-    from train import report as html_report  # noqa: PLC0415
-    from train.detector import DetectorFileError  # noqa: PLC0415
-    from train.score import expand, is_scored, score as run  # noqa: PLC0415
+    from train.model_file import ModelFileError  # noqa: PLC0415
+    from train.scoring import report as html_report  # noqa: PLC0415
+    from train.scoring.score import expand, is_scored, score as run  # noqa: PLC0415
 
     cfg = _config(config, set_)
     if ray_address:
@@ -192,7 +206,7 @@ def score(
             failed += not is_scored(line)
             if report:
                 results.append((line, crops))
-    except DetectorFileError as e:
+    except ModelFileError as e:
         raise fail(str(e)) from e
     finally:
         if sink:
@@ -215,26 +229,13 @@ def export(
 
     Example: dfdc export --checkpoint s3://dfdc/runs/demo/model_fp32.pt --out model_ts.pt
     """
-    from train.detector import DetectorFileError, export_torchscript  # noqa: PLC0415
+    from train.model_file import ModelFileError, export_torchscript  # noqa: PLC0415
 
     try:
         diff = export_torchscript(checkpoint, out)
-    except (DetectorFileError, RuntimeError) as e:
+    except (ModelFileError, RuntimeError) as e:
         raise fail(str(e)) from e
     console.print(f"wrote {out} (TorchScript); largest logit difference from the model: {diff:.2e}", highlight=False)
-
-
-def print_summary(manifest: dict) -> None:
-    table = Table(title=f"{manifest['dataset']} shards from {manifest['source']}")
-    for col in ("split", "shards", "samples", "real", "fake", "videos", "MB"):
-        table.add_column(col, justify="right" if col != "split" else "left")
-    for split, t in sorted(manifest["splits"].items()):
-        table.add_row(split, str(t["shards"]), str(t["samples"]), str(t["real"]), str(t["fake"]), str(t["videos"]), f"{t['bytes'] / 1e6:.1f}")
-    console.print(table)
-    v = manifest["videos"]
-    console.print(f"videos: {v['ingested']} ingested, {v['quarantined']} quarantined")
-    for reason, n in manifest["quarantine_counts"].items():
-        console.print(f"  {reason}: {n}")
 
 
 @local_app.command("up")
@@ -243,7 +244,7 @@ def local_up(port: Annotated[Optional[int], typer.Option(help="Port for the S3 s
 
     Example: dfdc local up && eval "$(dfdc local env)"
     """
-    from cluster import local  # noqa: PLC0415
+    from cluster.local import stack as local  # noqa: PLC0415
 
     try:
         state, started = local.up(port)
@@ -263,7 +264,7 @@ def local_down():
 
     Example: dfdc local down
     """
-    from cluster import local  # noqa: PLC0415
+    from cluster.local import stack as local  # noqa: PLC0415
 
     console.print("stopped the S3 server" if local.down() else "nothing to stop")
 
@@ -274,7 +275,7 @@ def local_status():
 
     Example: dfdc local status
     """
-    from cluster import local  # noqa: PLC0415
+    from cluster.local import stack as local  # noqa: PLC0415
 
     state = local.load_state()
     if local.is_running(state):
@@ -290,7 +291,7 @@ def local_env():
 
     Example: eval "$(dfdc local env)"
     """
-    from cluster import local  # noqa: PLC0415
+    from cluster.local import stack as local  # noqa: PLC0415
 
     state = local.load_state()
     if state is None:
@@ -305,7 +306,7 @@ def manifest(dataset: Annotated[str, typer.Argument(help="Dataset root (folder o
 
     Example: dfdc manifest s3://dfdc/faces/demo
     """
-    from data_pipeline.manifest import ManifestError, load  # noqa: PLC0415
+    from data_pipeline.manifest import ManifestError, load, print_summary  # noqa: PLC0415
 
     try:
         data = load(dataset)
@@ -314,8 +315,8 @@ def manifest(dataset: Annotated[str, typer.Argument(help="Dataset root (folder o
     if as_json:
         typer.echo(json.dumps(data, indent=1))
     else:
-        print_summary(data)
+        print_summary(data, console)
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cluster.s3_server import S3Server, free_port, pid_alive, port_in_use, start_s3_server, stop_pid
+from cluster.local.s3_server import S3Server, free_port, pid_alive, port_in_use, start_s3_server, stop_pid
 
 DEFAULT_BUCKET = "dfdc"
 DEFAULT_PORT = 9000

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.s3_server import free_port
+from cluster.local.s3_server import free_port
 
 
 @dataclass

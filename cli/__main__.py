@@ -1,0 +1,5 @@
+"""`python -m cli`: the `dfdc` command."""
+
+from cli.app import main
+
+main()
