@@ -1,103 +1,102 @@
-"""Training step time, side by side in one run: plain torch DDP and DeepSpeed ZeRO 0/1/2/3 on the
-same model and batch, 2 ranks over gloo on this machine's CPUs (or NCCL on GPUs); then the share of
-step time spent waiting for data when shards stream from a local S3 server.
+"""Training speed of the real step (`train.loop.train_step`, what every Ray Train worker runs), side
+by side in one run on this machine's accelerator (a GPU if there is one, else the CPU):
 
-Usage: python bench/train_step.py [--model efficientnet_b0] [--size 128] [--batch 8] [--steps 10]
+  in-memory  the step on one batch already on the device, over and over: the compute limit
+  streamed   the same step fed by the training loader (`train.data.train_loader`) from face-crop
+             shards on S3: images/s, its ratio to in-memory, and the fraction of wall time the rank
+             waited for the next batch
+
+One process, one rank (world size 1, gloo on CPU or NCCL on GPU), the DeepSpeed engine the config
+builds. Without --dataset, a synthetic corpus is ingested (crops at --size) onto a throwaway local S3
+server first.
+
+Usage: python bench/train_step.py [--model efficientnet_b0] [--size 128] [--batch 8] [--steps 20]
+           [--precision fp32] [--zero 2] [--workers 2] [--dataset s3://bucket/faces]
+GPU:   python bench/train_step.py --model efficientnet_b4 --size 380 --batch 32 --precision bf16 --workers 8
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import time
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-import torch.nn.functional as F
-
-from cluster.s3_server import free_port
 
 
-def step_times(rank: int, world: int, port: int, args, mode: str, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    from dfdc.config import load_config  # noqa: PLC0415
-    from train.engine import build_engine  # noqa: PLC0415
-    from train.model import build_model  # noqa: PLC0415
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
-    cfg = load_config(None, [f"model.name={args.model}", f"data.batch_size={args.batch}", "optim.warmup_steps=1"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    images = torch.rand(args.batch, 3, args.size, args.size)
-    labels = torch.randint(0, 2, (args.batch,)).float()
-    if mode == "ddp":
-        net = torch.nn.parallel.DistributedDataParallel(model)
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
-        def step():
-            opt.zero_grad()
-            F.binary_cross_entropy_with_logits(net(images).squeeze(1), labels).backward()
-            opt.step()
-    else:
-        cfg.deepspeed.zero_stage = int(mode[-1])
-        engine, _ = build_engine(model, cfg, world, total_steps=1000)
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores)"
 
-        def step():
-            loss = F.binary_cross_entropy_with_logits(engine(images).squeeze(1), labels)
-            engine.backward(loss)
-            engine.step()
 
-    for _ in range(3):
-        step()
-    dist.barrier()
+def in_memory(engine, cfg, steps: int, warmup: int) -> float:
+    """Images/s of train_step on one batch that stays on the device."""
+    from train.engine import to_device  # noqa: PLC0415
+    from train.loop import train_step  # noqa: PLC0415
+
+    size, batch = cfg.data.image_size, cfg.data.batch_size
+    images, labels = to_device(torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,)).float(), engine)
+    for _ in range(warmup):
+        train_step(engine, images, labels)
+    sync()
     t = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    dist.barrier()
-    if rank == 0:
-        out.put((mode, (time.perf_counter() - t) / args.steps))
-    dist.destroy_process_group()
+    for _ in range(steps):
+        train_step(engine, images, labels)
+    sync()
+    return steps * batch / (time.perf_counter() - t)
 
 
-def data_wait(args) -> float:
-    """Stream a synthetic ingested corpus from a local S3 server through the training loader, and
-    time a model step per batch: the fraction of wall time spent waiting for the next batch."""
-    from dfdc.config import load_config  # noqa: PLC0415
-    from cluster.s3_server import temporary_server  # noqa: PLC0415
+def streamed(engine, cfg, urls: list[str], steps: int, warmup: int) -> tuple[float, float]:
+    """(images/s, data-wait fraction) of train_step fed by the training loader, after `warmup` steps
+    (the loader's workers start then)."""
+    from train.data import train_loader  # noqa: PLC0415
+    from train.engine import to_device  # noqa: PLC0415
+    from train.loop import train_step  # noqa: PLC0415
+
+    loader = train_loader(urls, cfg.data, warmup + steps, seed=0, epoch=0, rank=0, pin_memory=torch.cuda.is_available())
+    wait = 0.0
+    it = iter(loader)
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            t0, wait = time.perf_counter(), 0.0
+        t = time.perf_counter()
+        batch = next(it)
+        wait += time.perf_counter() - t
+        images, labels = to_device(batch.images, batch.labels, engine)
+        train_step(engine, images, labels)
+    sync()
+    wall = time.perf_counter() - t0
+    return steps * cfg.data.batch_size / wall, wait / wall
+
+
+@contextlib.contextmanager
+def dataset(args, cfg):
+    """Train shard URLs: those of --dataset, or of a synthetic corpus on a throwaway S3 server."""
     from data_pipeline import manifest as mf  # noqa: PLC0415
+
+    if args.dataset:
+        yield mf.shard_urls(args.dataset, mf.load(args.dataset), "train")
+        return
+    import ray  # noqa: PLC0415
+
+    from cluster.local.s3_server import temporary_server  # noqa: PLC0415
     from data_pipeline.ingest import ingest  # noqa: PLC0415
     from data_pipeline.synth import synth  # noqa: PLC0415
-    from train.data import train_loader  # noqa: PLC0415
-    from train.model import build_model  # noqa: PLC0415
 
     with temporary_server("bench"):
-        cfg = load_config(None, ["synth.videos=30", "ingest.frames_per_video=8", f"ingest.crop_size={args.size}",
-                                 "ingest.videos_per_task=6", "ingest.val_fraction=0", f"data.batch_size={args.batch}",
-                                 f"data.image_size={args.size}", "data.num_workers=2", f"model.name={args.model}"])
         synth("s3://bench/raw", cfg.synth, log=lambda *_: None)
         ingest("s3://bench/raw", "s3://bench/faces", cfg, progress=False, log=lambda *_: None)
-        import ray  # noqa: PLC0415
-
         ray.shutdown()
-        urls = mf.shard_urls("s3://bench/faces", mf.load("s3://bench/faces"), "train")
-        model = build_model(cfg.model)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        wait = busy = 0.0
-        end = time.perf_counter()
-        for i, (images, labels, _) in enumerate(train_loader(urls, cfg.data, args.steps + 3, 0, 0, 0)):
-            got = time.perf_counter()
-            opt.zero_grad()
-            F.binary_cross_entropy_with_logits(model(images).squeeze(1), labels).backward()
-            opt.step()
-            done = time.perf_counter()
-            if i >= 3:  # after the loader's workers have started
-                wait += got - end
-                busy += done - got
-            end = done
-        return wait / (wait + busy)
+        yield mf.shard_urls("s3://bench/faces", mf.load("s3://bench/faces"), "train")
 
 
 def main() -> None:
@@ -105,20 +104,52 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_b0")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--zero", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    ap.add_argument("--dataset", help="an ingested dataset (with manifest.json) to stream instead of a synthetic one")
     args = ap.parse_args()
-    ctx = mp.get_context("spawn")
-    rows = {}
-    for mode in ("ddp", "zero0", "zero1", "zero2", "zero3"):
-        out = ctx.Queue()
-        mp.start_processes(step_times, args=(2, free_port(), args, mode, out), nprocs=2, join=True, start_method="spawn")
-        name, seconds = out.get()
-        rows[name] = seconds
-    print(f"{args.model} at {args.size}px, batch {args.batch} per rank, 2 ranks (gloo, CPU), {args.steps} timed steps")
-    print(f"{'engine':10} {'step (ms)':>10} {'vs DDP':>8}")
-    for name, s in rows.items():
-        print(f"{name:10} {s * 1000:10.0f} {s / rows['ddp']:7.2f}x")
-    print(f"data-wait fraction streaming from a local S3 server (1 process, 2 loader workers): {data_wait(args):.1%}")
+
+    import torch.distributed as dist  # noqa: PLC0415
+
+    from cluster.local.s3_server import free_port  # noqa: PLC0415
+    from dfdc.config import load_config  # noqa: PLC0415
+    from train.engine import build_engine  # noqa: PLC0415
+    from train.model import build_model  # noqa: PLC0415
+
+    cfg = load_config(None, [
+        f"model.name={args.model}", f"data.image_size={args.size}", f"data.batch_size={args.batch}",
+        f"data.num_workers={args.workers}", f"deepspeed.precision={args.precision}", f"deepspeed.zero_stage={args.zero}",
+        "optim.warmup_steps=1",
+        # the synthetic corpus: crops at the model's size, several shards
+        "synth.videos=24", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", f"ingest.crop_size={args.size}",
+        "ingest.videos_per_task=4", "ingest.val_fraction=0", "ingest.shard_bytes=2000000",
+    ])
+    with dataset(args, cfg) as urls:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(0)
+        torch.manual_seed(0)
+        engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10**6)
+        # In-memory before and after streaming; the faster counts as the limit (whatever else ran on
+        # the machine just before, e.g. the ingest's Ray workers shutting down, slows one of them).
+        before = in_memory(engine, cfg, args.steps, args.warmup)
+        rate, wait = streamed(engine, cfg, urls, args.steps, args.warmup)
+        after = in_memory(engine, cfg, args.steps, args.warmup)
+        compute = max(before, after)
+        dist.destroy_process_group()
+    print(f"{args.model} at {args.size}px, batch {args.batch}, {args.precision}, ZeRO-{args.zero}, 1 rank on {device_name()}, "
+          f"{args.workers} loader workers, {args.steps} timed steps after {args.warmup}")
+    print(f"{'step fed by':12} {'images/s':>9} {'vs in-memory':>13}")
+    print(f"{'in-memory':12} {compute:9.1f} {1.0:12.2f}x   (runs before and after streaming: {before:.1f}, {after:.1f})")
+    print(f"{'streamed':12} {rate:9.1f} {rate / compute:12.2f}x   data-wait fraction {wait:.1%}")
+    print(json.dumps({"device": device_name(), "model": args.model, "size": args.size, "batch": args.batch,
+                      "precision": args.precision, "zero": args.zero, "workers": args.workers,
+                      "in_memory_images_per_s": round(compute, 2), "in_memory_runs": [round(before, 2), round(after, 2)], "streamed_images_per_s": round(rate, 2),
+                      "streamed_vs_in_memory": round(rate / compute, 3), "data_wait_fraction": round(wait, 3)}))
 
 
 if __name__ == "__main__":

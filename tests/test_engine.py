@@ -1,0 +1,49 @@
+"""The DeepSpeed engine in this process (one rank, gloo), without Ray: each precision trains a few
+steps of `train_step`, and the consolidated fp32 weights reproduce the engine's strict-fp32 outputs
+on the probe. (Ray Train runs with bf16, offload and every ZeRO stage are in test_train.py.)"""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from cluster.local.s3_server import free_port
+from dfdc.config import load_config
+from train.checkpoint import TAG, consolidate, probe_diff, probe_input, probe_logits
+from train.engine import build_engine, input_dtype, to_device
+from train.loop import train_step
+from train.model import build_model
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    saved = dict(os.environ)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.parametrize("precision, stage", [("fp32", 1), ("bf16", 2), ("fp16", 0)])
+def test_each_precision_trains_and_consolidates(one_rank, tmp_path, precision, stage):
+    cfg = load_config(None, ["model.name=test_efficientnet", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
+                             f"deepspeed.precision={precision}", f"deepspeed.zero_stage={stage}"])
+    torch.manual_seed(0)
+    engine, ds = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10)
+    assert input_dtype(engine) == {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert all(p.dtype == torch.float32 for p in engine.module.parameters())  # autocast keeps fp32 weights
+    before = probe_logits(engine, 32)["logits"]
+    for i in range(3):
+        images, labels = to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)
+        assert images.dtype == input_dtype(engine)
+        loss = train_step(engine, images, labels)
+        assert torch.isfinite(loss)
+    probe = probe_logits(engine, 32)
+    assert not torch.equal(probe["logits"], before), "the weights moved"
+    engine.save_checkpoint(str(tmp_path), tag=TAG)
+    model = build_model(cfg.model)
+    model.load_state_dict(consolidate(str(tmp_path)), strict=True)
+    assert probe_diff(model, {"input": probe_input(32), **probe}) < 1e-4
