@@ -6,7 +6,6 @@ Scoring new videos uses the same function, so crops at training and at scoring t
 from __future__ import annotations
 
 import zipfile
-import zlib
 from dataclasses import dataclass
 
 from dfdc import storage
@@ -14,7 +13,7 @@ from dfdc.config import IngestConfig
 from data_pipeline.crops import crop_face, encode_jpeg
 from data_pipeline.faces import Detector, Face, track
 from data_pipeline.frames import VideoError, sample_frames
-from data_pipeline.records import VideoRecord
+from data_pipeline.records import ZIP_CONTENT_ERRORS, VideoRecord
 
 Tracked = dict[int, list[tuple[int, Face]]]  # frame index -> [(track id, face)]
 
@@ -63,7 +62,7 @@ class VideoReader:
                 return self._zips[record.uri].read(record.member)
         except storage.NotFound as e:
             raise VideoError("missing_file", f"{record.uri} does not exist") from e
-        except (zipfile.BadZipFile, zlib.error, KeyError, EOFError, ValueError) as e:
+        except ZIP_CONTENT_ERRORS as e:
             raise VideoError("unreadable_zip_member", f"{record.member} in {record.uri}: {type(e).__name__}: {e}") from e
 
     def close(self) -> None:

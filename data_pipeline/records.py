@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -21,6 +24,13 @@ QUARANTINE_REASONS = {
     "unreadable_zip_member": "a video inside a zip part that cannot be read (bad CRC, bad compression)",
     "unrecognised_path": "a video whose path does not fit the dataset's naming, so its label is unknown",
 }
+
+
+# What zipfile raises for a zip's own bytes (quarantine, not retry): damaged, truncated, too short,
+# a member missing, an unsupported compression method (NotImplementedError), an encrypted member
+# (RuntimeError). Storage failures are told apart before these are caught (dfdc.storage.named).
+ZIP_CONTENT_ERRORS = (zipfile.BadZipFile, zlib.error, struct.error, KeyError, EOFError, ValueError, NotImplementedError,
+                      RuntimeError)
 
 
 def is_video(path: str) -> bool:

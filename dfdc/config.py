@@ -125,7 +125,7 @@ class DeepSpeedSection:
     zero_stage: int = 2  # 0, 1, 2 or 3
     offload: bool = False  # optimizer state (and parameters at stage 3) in CPU memory; ZeRO 1-3
     # fp32 | bf16 | fp16: bf16 and fp16 run the model under autocast (fp32 weights and BatchNorm
-    # statistics); fp16 needs loss scaling, which DeepSpeed gives autocast only at zero_stage 0.
+    # statistics; fp16 with a loss scaler).
     precision: str = "fp32"
 
     def check(self) -> None:
@@ -135,9 +135,6 @@ class DeepSpeedSection:
             raise ConfigError(f"deepspeed.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.offload and self.zero_stage == 0:
             raise ConfigError("deepspeed.offload needs deepspeed.zero_stage 1, 2 or 3 (stage 0 has no ZeRO state to offload)")
-        if self.precision == "fp16" and self.zero_stage > 0:
-            raise ConfigError("deepspeed.precision fp16 works with deepspeed.zero_stage 0 only (DeepSpeed scales the loss "
-                              "under autocast only without ZeRO): use bf16 with ZeRO")
 
 
 @dataclass

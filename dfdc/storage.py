@@ -7,6 +7,7 @@ by botocore itself, so the same code talks to AWS, rclone's or moto's S3 server 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import shutil
@@ -74,6 +75,8 @@ FIXES = {
     "unreachable": "{endpoint} cannot be reached: check the network, AWS_ENDPOINT_URL and AWS_REGION",
     "throttled": "S3 kept answering SlowDown after retries: run again later, or raise AWS_MAX_ATTEMPTS",
     "server error": "the S3 server failed after retries: run again later",
+    "storage failure": "reading or writing failed below the data itself: run again; if it persists, check the "
+                       "network, AWS_ENDPOINT_URL and the credentials (or the disk, for a local path)",
     "not found": "check the URI",
 }
 _REFUSED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException", "InvalidToken",
@@ -118,10 +121,28 @@ def _cause(exc: BaseException) -> str | None:
     if "ConnectionRefusedError" in names or "Connection refused" in text:
         return "connection refused"
     if names & {"gaierror", "EndpointConnectionError", "ConnectTimeoutError", "ConnectionError", "TimeoutError",
-                "ClientConnectorError", "ServerDisconnectedError", "ConnectionClosedError", "ReadTimeoutError"}:
+                "ClientConnectorError", "ServerDisconnectedError", "ConnectionClosedError", "ReadTimeoutError",
+                "ClientPayloadError", "ClientOSError", "HTTPClientError", "ResponseStreamingError", "IncompleteRead",
+                "IncompleteReadError", "ProtocolError"}:
         return "unreachable"
     if any(c.startswith("5") and len(c) == 3 for c in codes) or "InternalError" in codes:
         return "server error"
+    return None
+
+
+# errno values of a local or network filesystem failing, not of a file's content.
+_FAILING_DISK = {errno.EIO, errno.ENOTCONN, errno.ESTALE, errno.ETIMEDOUT, errno.EHOSTDOWN, errno.EHOSTUNREACH,
+                 errno.ENETUNREACH, errno.ECONNRESET, errno.ENODEV, errno.ENXIO}
+
+
+def _os_failure(exc: BaseException, uri: str) -> OSError | None:
+    """An OSError below the data that `_cause` did not name: from an s3:// file object any OSError
+    is the service's or the network's (content errors there are ValueError, EOFError, BadZipFile...);
+    on a local path only errno values of a failing disk or network mount."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            if is_remote(uri) or e.errno in _FAILING_DISK:
+                return e
     return None
 
 
@@ -130,11 +151,14 @@ def explain(exc: BaseException, uri: str) -> StorageError | None:
     file whose content cannot be parsed)."""
     if isinstance(exc, StorageError):
         return exc
-    cause = _cause(exc)
+    cause, source = _cause(exc), exc
+    if cause is None and (failing := _os_failure(exc, uri)) is not None:
+        cause, source = "storage failure", failing
     if cause is None:
         return None
-    detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-    fix = FIXES[cause].format(endpoint=_endpoint()) if is_remote(uri) else "check the path and its permissions"
+    detail = f"{type(source).__name__}: {source}".strip().rstrip(":")
+    local_fix = "check the path and its permissions" if cause != "storage failure" else FIXES[cause]
+    fix = FIXES[cause].format(endpoint=_endpoint()) if is_remote(uri) else local_fix
     return (NotFound if cause == "not found" else StorageError)(uri, cause, detail[:300], fix)
 
 

@@ -80,6 +80,18 @@ def test_a_dataset_whose_shards_are_all_gone_fails_the_step(shards):
         next(iter(train_loader(gone, cfg, batches=3, seed=0, epoch=0, rank=0)))
 
 
+def test_samples_that_never_decode_fail_the_step_too(shards):
+    """Shards that read fine but whose every sample fails to decode count as failed reads as well."""
+    buf = io.BytesIO()
+    with wds.TarWriter(buf) as w:
+        for i in range(20):
+            w.write({"__key__": f"x{i:03d}", "jpg": b"not a jpeg", "json": json.dumps({"label": 0, "video": "v"}).encode()})
+    storage.write_bytes(f"{shards}/undecodable.tar", buf.getvalue())
+    cfg = DataConfig(image_size=24, batch_size=4, num_workers=0, max_failed_reads=5)
+    with pytest.raises(DataUnavailable, match="5 reads of training shards failed in a row"):
+        next(iter(train_loader([f"{shards}/undecodable.tar"], cfg, batches=3, seed=0, epoch=0, rank=0)))
+
+
 @pytest.mark.timeout(120)
 def test_this_process_writes_to_s3_after_loader_workers_read_it(shards):
     """Loader workers used to be forked from a process that had used s3fs, and a later S3 write in

@@ -1,6 +1,8 @@
 """Checkpoints: every rank's DeepSpeed files plus `probe.pt` and our `TrainState` (dfdc_state.json),
-reported to Ray Train, which merges them into one checkpoint in `ray.storage_path/run_name/`.
-A checkpoint is complete only when the state JSON is there (rank 0 writes it last)."""
+reported to Ray Train, which uploads all ranks' files into one checkpoint in
+`ray.storage_path/run_name/` and registers it once every rank's upload is done. Workers resume only
+from registered checkpoints; a folder without the state JSON (rank 0 writes it last into its own
+folder) is never loaded."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def start_loader_server() -> None:
     forkserver.ensure_running()
 
 
-def _loader(pipeline, num_workers: int, pin_memory: bool) -> wds.WebLoader:
+def _loader(pipeline, num_workers: int, pin_memory: bool, generator: torch.Generator | None = None) -> wds.WebLoader:
     register_s3()
     context = None
     if num_workers:
@@ -89,7 +89,7 @@ def _loader(pipeline, num_workers: int, pin_memory: bool) -> wds.WebLoader:
         context = mp.get_context("forkserver")
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False,
                          multiprocessing_context=context, worker_init_fn=worker_init if num_workers else None,
-                         pin_memory=pin_memory)
+                         pin_memory=pin_memory, generator=generator)
 
 
 def train_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, epoch: int, rank: int,
@@ -100,16 +100,18 @@ def train_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, epoc
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=base, worker_seed=functools.partial(_worker_seed, base), deterministic=True),
         wds.tarfile_to_samples(handler=errors),
-        wds.map(errors.ok),
         wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(base)),
         wds.decode("pil", handler=errors),
         wds.to_tuple("jpg", "json", "__url__", handler=errors),
         wds.map(Decode(image_transform(cfg.image_size, cfg.augment)), handler=errors),
+        wds.map(errors.ok),  # a sample made it through every stage: the run of failures ends
         wds.batched(cfg.batch_size, collation_fn=collate, partial=False),
         wds.map(errors.tag),
     )
-    # Across the DataLoader workers, stop after exactly `batches` batches.
-    return _loader(pipeline, cfg.num_workers, pin_memory).with_epoch(batches)
+    # Across the DataLoader workers, stop after exactly `batches` batches. The generator seeds the
+    # workers' torch RNG (random augmentations) per run seed, epoch and rank, not the same on all ranks.
+    loader = _loader(pipeline, cfg.num_workers, pin_memory, generator=torch.Generator().manual_seed(base))
+    return loader.with_epoch(batches)
 
 
 def val_loader(urls: list[str], cfg: DataConfig, rank: int, world: int, pin_memory: bool = False):

@@ -1,9 +1,9 @@
 """Our config -> the DeepSpeed config and engine. The DeepSpeed JSON is derived, never hand-edited.
 
-Precision: `bf16` and `fp16` train through DeepSpeed's `torch_autocast`: parameters, gradients'
-master copies and BatchNorm statistics stay fp32, convolutions and matmuls run in the low precision
-(as timm trains CNNs with AMP). DeepSpeed's own `bf16` mode casts parameters but leaves buffers fp32,
-and a BatchNorm layer then fails on its first forward pass (bf16 weights, fp32 running statistics).
+Precision: `bf16` and `fp16` train through DeepSpeed's `torch_autocast`: parameters, gradients and
+BatchNorm statistics stay fp32, convolutions and matmuls run in the low precision (as timm trains
+CNNs with AMP). DeepSpeed's own `bf16` mode casts parameters but leaves buffers fp32, and a BatchNorm
+layer then fails on its first forward pass (bf16 weights, fp32 running statistics).
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "wall_clock_breakdown": False,
     }
     if ds.precision != "fp32":
-        out["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST[ds.precision]}
+        # No "lower precision safe" modules: weights are gathered (ZeRO-3) and gradients reduced in
+        # fp32, as with AMP under DDP. Else ZeRO-3 gathers convolution weights in bf16, the model the
+        # engine runs is no longer the fp32 weights it saves, and the probe check cannot hold.
+        out["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST[ds.precision], "lower_precision_safe_modules": []}
     return out
 
 
@@ -56,12 +59,14 @@ def lr_lambda(warmup: int, total: int):
 def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_steps: int):
     """The DeepSpeed engine around `model`, on this process's accelerator (a GPU when there is one).
     The process group must exist already (Ray Train or the caller made it)."""
+    import types  # noqa: PLC0415
+
     import deepspeed  # noqa: PLC0415  (slow import; only where training runs)
 
     ds_config = deepspeed_config(cfg, world_size)
     cuda = torch.cuda.is_available()
-    if cuda:  # NHWC convolutions use the tensor cores without layout transposes
-        model = model.to(memory_format=torch.channels_last)
+    if cuda:  # NHWC convolutions use the tensor cores without layout transposes (ZeRO 1-3 keep
+        model = model.to(memory_format=torch.channels_last)  # weights in flat buffers: NCHW again)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.deepspeed.offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # noqa: PLC0415
@@ -71,7 +76,10 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_ste
         # fused: one kernel for the whole update on CUDA, instead of several per parameter tensor.
         optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=cuda)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.warmup_steps, total_steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    # On a GPU, the device this process uses now (the one Ray Train gave the rank), not DeepSpeed's
+    # guess from LOCAL_RANK, which is wrong when workers share a GPU.
+    args = types.SimpleNamespace(device_rank=torch.cuda.current_device()) if cuda else None
+    engine, _, _, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine, ds_config
 
 

@@ -24,12 +24,13 @@ from train.model import build_model
 
 
 def plan_epochs(manifest: dict, cfg: Config, world: int) -> tuple[int, float | None]:
-    """Batches per rank per epoch (one pass over the train samples in all), and the fake-class
-    loss weight that balances real and fake (None when not balancing)."""
+    """Batches per rank per epoch (one pass over the train samples in all, in whole optimizer steps),
+    and the fake-class loss weight that balances real and fake (None when not balancing)."""
     train = manifest["splits"].get("train")
     if not train or not train["samples"]:
         raise ValueError(f"dataset {cfg.data.dataset} has no train samples")
-    batches = max(1, train["samples"] // (cfg.data.batch_size * world))
+    # Whole optimizer steps: an epoch (and its checkpoint) never ends inside a gradient accumulation.
+    batches = max(1, train["samples"] // (cfg.data.batch_size * world * cfg.optim.grad_accum)) * cfg.optim.grad_accum
     if cfg.data.balance == "loss":
         pos_weight = train["real"] / max(1, train["fake"])
     elif cfg.data.balance == "none":
@@ -50,12 +51,16 @@ def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: t
     return loss.detach()
 
 
-def checkpoint_now(state: TrainState, batches: int, cfg: Config, device, requested: bool = False) -> bool:
-    """Whether every rank checkpoints after this step. Saving is collective, so a reason that one
-    rank has (the schedule, `ray.checkpoint_every_steps`; or `requested`, e.g. a spot notice on its
-    node) becomes every rank's through a MAX all-reduce. Epoch ends always checkpoint."""
+def checkpoint_now(state: TrainState, batches: int, cfg: Config, device, requested: bool | None = None) -> bool:
+    """Whether every rank checkpoints after this step; epoch ends always checkpoint. The schedule
+    (`ray.checkpoint_every_steps`) is the same on every rank. A request only some ranks see (a spot
+    notice on one node) must become every rank's, because saving is collective: with a source of
+    requests, pass `requested` on every rank and a MAX all-reduce settles it. Without one (None),
+    no collective, so the accelerator is not waited for after every step."""
     every = cfg.ray.checkpoint_every_steps * cfg.optim.grad_accum
     due = bool(every) and state.step % every == 0 and state.batch_in_epoch < batches
+    if requested is None:
+        return due
     flag = torch.tensor([int(due or requested)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
@@ -150,12 +155,13 @@ def train_func(config: dict) -> None:
     total_steps = max(1, batches * cfg.optim.epochs // cfg.optim.grad_accum)
 
     engine, ds_config = build_engine(build_model(cfg.model), cfg, world, total_steps)
+    torch.manual_seed(cfg.optim.seed * 1_000_003 + rank)  # the same init everywhere; from here on, per rank
     device = engine.device
     weight = torch.tensor(pos_weight, device=device) if pos_weight is not None else None
 
     resumed = checkpoint.load(engine, cfg, world)
     state, reload = resumed if resumed else (TrainState(), None)
-    state.config, state.world_size = cfg.to_dict(), world  # only changes check_resume allows
+    state.config, state.world_size = tracking.loggable(cfg), world  # only changes check_resume allows
     run = tracking.open_run(cfg, run_id=state.mlflow_run_id, name=cfg.ray.run_name, system_metrics=cfg.tracking.system_metrics)
     with run if rank == 0 else contextlib.nullcontext() as active:
         if rank == 0:
@@ -233,8 +239,8 @@ def _log_start(active, state: TrainState, reload: dict | None, cfg: Config, ds_c
     import mlflow  # noqa: PLC0415
 
     if state.mlflow_run_id is None:  # a new run
-        mlflow.log_params(tracking.flat(cfg.to_dict()))
-        mlflow.log_dict(cfg.to_dict(), "config.json")
+        mlflow.log_params(tracking.flat(tracking.loggable(cfg)))
+        mlflow.log_dict(tracking.loggable(cfg), "config.json")
         mlflow.log_dict(ds_config, "deepspeed_config.json")
     state.mlflow_run_id = active.info.run_id
     if reload:

@@ -72,7 +72,7 @@ def run(cfg: Config, home: Path, log=print) -> dict:
             name=cfg.ray.run_name, storage_path=path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-            worker_runtime_env=runtime_env({"MLFLOW_TRACKING_URI": cfg.tracking.uri}),
+            worker_runtime_env=runtime_env(),  # the tracking URI travels in the config
         ),
     )
     result = trainer.fit()
@@ -88,7 +88,7 @@ def run(cfg: Config, home: Path, log=print) -> dict:
         "model": final["model"] if final else None,
         "consolidated_max_abs_diff": final["probe_diff"] if final else None,
         "mlflow_run_id": final["mlflow_run_id"] if final else None,
-        "tracking_uri": cfg.tracking.uri, "calibration": calibration,
+        "tracking_uri": tracking.redact(cfg.tracking.uri), "calibration": calibration,
     }
     storage.write_bytes(storage.join(run_uri(cfg), RESULT_FILE), json.dumps(out, indent=1, default=float).encode())
     return out

@@ -4,10 +4,13 @@ in the configured store and experiment, optionally under a parent run (a sweep's
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
 from dfdc.config import Config
+
+log = logging.getLogger(__name__)
 
 
 def resolve(cfg: Config, home: Path) -> None:
@@ -57,9 +60,36 @@ def open_run(cfg: Config, *, run_id: str | None = None, name: str | None = None,
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Into the open run; non-finite values (a metric undefined on one class) are left out."""
+    """Into the open run; non-finite values (a metric undefined on one class) are left out. When the
+    tracking server does not take them (after MLflow's own retries), training goes on: the failure
+    is logged with what was lost."""
     import math  # noqa: PLC0415
 
     import mlflow  # noqa: PLC0415
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}, step=step)
+    values = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    try:
+        mlflow.log_metrics(values, step=step)
+    except Exception as e:  # noqa: BLE001
+        log.warning("MLflow did not take metrics %s at step %s: %s: %s", sorted(values), step, type(e).__name__, e)
+
+
+def loggable(cfg: Config) -> dict:
+    """The config as params, artifacts and checkpoints may hold it: the tracking URI without a password."""
+    out = cfg.to_dict()
+    out["tracking"]["uri"] = redact(out["tracking"]["uri"])
+    return out
+
+
+def redact(uri: str | None) -> str | None:
+    """`uri` without a password (http://user:secret@host -> http://user:***@host): what params,
+    result files and logs may show."""
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+    if not uri or "@" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -99,9 +99,9 @@ def train_job(dashboard_url: str, home: Path, cfg: Config, sets: list[str]) -> d
     """`python -m train` as a job through the Jobs API; its result.json once it succeeded."""
     from cluster import jobs  # noqa: PLC0415
     from dfdc import storage  # noqa: PLC0415
-    from train.run import RESULT_FILE  # noqa: PLC0415
+    from train.run import RESULT_FILE, new_run_name  # noqa: PLC0415
 
-    run_name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = new_run_name(cfg)  # a fresh name: two demos never share a run
     args = [*sets, f"data.dataset={FACES}", f"ray.run_name={run_name}"]
     entrypoint = shlex.join([sys.executable, "-m", "train", "--config", str(CONFIG), *[a for s in args for a in ("--set", s)]])
     client, job = jobs.submit(dashboard_url, entrypoint, {"DFDC_HOME": str(home), "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"})

@@ -15,10 +15,9 @@ import io
 import json
 import posixpath
 import zipfile
-import zlib
 
 from dfdc import storage
-from data_pipeline.records import Quarantined, Scan, VideoRecord, is_video
+from data_pipeline.records import ZIP_CONTENT_ERRORS, Quarantined, Scan, VideoRecord, is_video
 
 NAME = "dfdc"
 
@@ -143,12 +142,12 @@ def _scan_zip(source: str, zip_path: str, out: Scan) -> None:
             for m in metas:
                 try:
                     texts[m] = z.read(m).decode("utf-8")
-                except (zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as e:
+                except (*ZIP_CONTENT_ERRORS, UnicodeDecodeError) as e:
                     texts[m] = None
                     out.quarantine.append(Quarantined(f"{zip_path}/{m}", "malformed_metadata", f"cannot read it: {e}"))
     except storage.StorageError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # e.g. too short to hold a zip's end record
+    except (*ZIP_CONTENT_ERRORS, OSError) as e:  # e.g. too short to hold a zip's end record (a local seek's EINVAL)
         out.quarantine.append(Quarantined(zip_path, "unreadable_zip", f"not a readable zip file: {type(e).__name__}: {e}"))
         return
     if not metas:
