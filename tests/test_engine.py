@@ -1,6 +1,6 @@
-"""The DeepSpeed engine in this process (one rank, gloo), without Ray: each precision trains a few
-steps of `train_step`, and the consolidated fp32 weights reproduce the engine's strict-fp32 outputs
-on the probe. (Ray Train runs with bf16, offload and every ZeRO stage are in test_train.py.)"""
+"""The DeepSpeed engine without Ray (gloo): each precision trains a few steps of `train_step`, and
+the consolidated fp32 weights reproduce the engine's strict-fp32 outputs on the probe. (Ray Train
+runs with bf16, offload and every ZeRO stage are in test_train.py.)"""
 
 import os
 
@@ -29,7 +29,7 @@ def one_rank():
 
 # fp32 first: DeepSpeed keeps its autocast settings in module globals, which a later engine of this
 # process reads; each autocast engine sets them anew.
-@pytest.mark.parametrize("precision, stage", [("fp32", 1), ("bf16", 2), ("bf16", 3), ("fp16", 0), ("fp16", 1)])
+@pytest.mark.parametrize("precision, stage", [("fp32", 1), ("bf16", 2), ("fp16", 0), ("fp16", 1)])
 def test_each_precision_trains_and_consolidates(one_rank, tmp_path, precision, stage):
     cfg = load_config(None, ["model.name=test_efficientnet", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
                              f"deepspeed.precision={precision}", f"deepspeed.zero_stage={stage}"])
@@ -49,3 +49,34 @@ def test_each_precision_trains_and_consolidates(one_rank, tmp_path, precision, s
     model = build_model(cfg.model)
     model.load_state_dict(consolidate(str(tmp_path)), strict=True)
     assert probe_diff(model, {"input": probe_input(32), **probe}) < 1e-4
+
+
+def _two_ranks(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    cfg = load_config(None, ["model.name=efficientnet_b0", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
+                             "deepspeed.precision=bf16", "deepspeed.zero_stage=3"])
+    torch.manual_seed(0)
+    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=2, total_steps=10)
+    for _ in range(3):
+        train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine))
+    probe = probe_logits(engine, 32)
+    engine.save_checkpoint(folder, tag=TAG)
+    if rank == 0:
+        torch.save({"input": probe_input(32), **probe}, os.path.join(folder, "probe.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_bf16_zero3_over_two_ranks_consolidates_to_the_model_it_ran(tmp_path):
+    """ZeRO-3 gathers each rank's shards of a weight for the forward pass. Under autocast DeepSpeed
+    gathers convolution weights in bf16 unless told not to; then the model that ran was not the fp32
+    weights saved (efficientnet_b0: 1.0e-4 relative on the probe, measured). Two processes, because
+    a single rank gathers nothing; efficientnet_b0, because ZeRO-3 keeps small weights gathered."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    model = build_model(load_config(None, ["model.name=efficientnet_b0"]).model)
+    model.load_state_dict(consolidate(str(tmp_path)), strict=True)
+    assert probe_diff(model, torch.load(tmp_path / "probe.pt", weights_only=True)) < 1e-5
