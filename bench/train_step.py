@@ -2,6 +2,7 @@
 by side in one run on this machine's accelerator (a GPU if there is one, else the CPU):
 
   in-memory  the step on one batch already on the device, over and over: the compute limit
+             (on a GPU also with NCHW inputs instead of channels-last, to show what the layout buys)
   streamed   the same step fed by the training loader (`train.data.train_loader`) from face-crop
              shards on S3: images/s, its ratio to in-memory, and the fraction of wall time the rank
              waited for the next batch
@@ -37,13 +38,13 @@ def device_name() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def in_memory(engine, cfg, steps: int, warmup: int) -> float:
+def in_memory(engine, cfg, steps: int, warmup: int, channels_last: bool = True) -> float:
     """Images/s of train_step on one batch that stays on the device."""
     from train.engine import to_device  # noqa: PLC0415
     from train.loop import train_step  # noqa: PLC0415
 
     size, batch = cfg.data.image_size, cfg.data.batch_size
-    images, labels = to_device(torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,)).float(), engine)
+    images, labels = to_device(torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,)).float(), engine, channels_last)
     for _ in range(warmup):
         train_step(engine, images, labels)
     sync()
@@ -139,6 +140,7 @@ def main() -> None:
         before = in_memory(engine, cfg, args.steps, args.warmup)
         rate, wait = streamed(engine, cfg, urls, args.steps, args.warmup)
         after = in_memory(engine, cfg, args.steps, args.warmup)
+        nchw = in_memory(engine, cfg, args.steps, args.warmup, channels_last=False) if torch.cuda.is_available() else None
         compute = max(before, after)
         dist.destroy_process_group()
     print(f"{args.model} at {args.size}px, batch {args.batch}, {args.precision}, ZeRO-{args.zero}, 1 rank on {device_name()}, "
@@ -146,10 +148,13 @@ def main() -> None:
     print(f"{'step fed by':12} {'images/s':>9} {'vs in-memory':>13}")
     print(f"{'in-memory':12} {compute:9.1f} {1.0:12.2f}x   (runs before and after streaming: {before:.1f}, {after:.1f})")
     print(f"{'streamed':12} {rate:9.1f} {rate / compute:12.2f}x   data-wait fraction {wait:.1%}")
+    if nchw is not None:
+        print(f"{'NCHW inputs':12} {nchw:9.1f} {nchw / compute:12.2f}x   (in-memory, inputs not channels-last)")
     print(json.dumps({"device": device_name(), "model": args.model, "size": args.size, "batch": args.batch,
                       "precision": args.precision, "zero": args.zero, "workers": args.workers,
                       "in_memory_images_per_s": round(compute, 2), "in_memory_runs": [round(before, 2), round(after, 2)], "streamed_images_per_s": round(rate, 2),
-                      "streamed_vs_in_memory": round(rate / compute, 3), "data_wait_fraction": round(wait, 3)}))
+                      "streamed_vs_in_memory": round(rate / compute, 3), "data_wait_fraction": round(wait, 3),
+                      "in_memory_nchw_images_per_s": None if nchw is None else round(nchw, 2)}))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from train.model import build_model
 def one_rank():
     saved = dict(os.environ)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    # On a GPU machine the engine is on the GPU: NCCL, as Ray Train uses there.
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
     os.environ.clear()
@@ -69,13 +70,15 @@ def _two_ranks(rank: int, port: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
-def test_bf16_zero3_over_two_ranks_consolidates_to_the_model_it_ran(tmp_path):
+def test_bf16_zero3_over_two_ranks_consolidates_to_the_model_it_ran(tmp_path, monkeypatch):
     """ZeRO-3 gathers each rank's shards of a weight for the forward pass. Under autocast DeepSpeed
     gathers convolution weights in bf16 unless told not to; then the model that ran was not the fp32
     weights saved (efficientnet_b0: 1.0e-4 relative on the probe, measured). Two processes, because
     a single rank gathers nothing; efficientnet_b0, because ZeRO-3 keeps small weights gathered."""
     import torch.multiprocessing as mp
 
+    # Both ranks on the CPU (gloo), also on a GPU machine: NCCL refuses two ranks on one GPU.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     mp.start_processes(_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     model = build_model(load_config(None, ["model.name=efficientnet_b0"]).model)
     model.load_state_dict(consolidate(str(tmp_path)), strict=True)

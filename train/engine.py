@@ -65,8 +65,9 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_ste
 
     ds_config = deepspeed_config(cfg, world_size)
     cuda = torch.cuda.is_available()
-    if cuda:  # NHWC convolutions use the tensor cores without layout transposes (ZeRO 1-3 keep
-        model = model.to(memory_format=torch.channels_last)  # weights in flat buffers: NCHW again)
+    # The weights stay contiguous (NCHW): DeepSpeed broadcasts each weight as a byte view at start,
+    # which a channels-last weight refuses ("stride(-1) must be 1", seen on an H100). Channels-last
+    # inputs (to_device) are enough for cuDNN to pick NHWC convolutions.
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.deepspeed.offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # noqa: PLC0415
@@ -89,10 +90,11 @@ def input_dtype(engine) -> torch.dtype:
     return engine.torch_autocast_dtype() if engine.torch_autocast_enabled() else torch.float32
 
 
-def to_device(images: torch.Tensor, labels: torch.Tensor, engine) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch on the engine's device: copied once (asynchronously from pinned memory), cast there."""
+def to_device(images: torch.Tensor, labels: torch.Tensor, engine, channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on the engine's device: copied once (asynchronously from pinned memory), cast there,
+    channels-last on a GPU (bench/train_step.py measures the step without it too)."""
     device = engine.device
     images = images.to(device, non_blocking=True).to(input_dtype(engine))
-    if device.type == "cuda":
+    if device.type == "cuda" and channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, labels.to(device, non_blocking=True)
