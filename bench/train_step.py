@@ -55,16 +55,21 @@ def in_memory(engine, cfg, steps: int, warmup: int, channels_last: bool = True) 
     return steps * batch / (time.perf_counter() - t)
 
 
-def streamed(engine, cfg, urls: list[str], steps: int, warmup: int) -> tuple[float, float]:
-    """(images/s, data-wait fraction) of train_step fed by the training loader, after `warmup` steps
-    (the loader's workers start then)."""
-    from train.data import train_loader  # noqa: PLC0415
+def streamed(engine, cfg, root: str, steps: int, warmup: int) -> tuple[float, float]:
+    """(images/s, data-wait fraction) of train_step fed by the training loader (in its default
+    order, epochs chained), after `warmup` steps (the loader's workers start then)."""
+    from data_pipeline import manifest as mf  # noqa: PLC0415
+    from data_pipeline import shard_index  # noqa: PLC0415
+    from train.data import batches  # noqa: PLC0415
     from train.engine import to_device  # noqa: PLC0415
     from train.loop import train_step  # noqa: PLC0415
+    from train.sample_reader import train_set_of  # noqa: PLC0415
 
-    loader = train_loader(urls, cfg.data, warmup + steps, seed=0, epoch=0, rank=0, pin_memory=torch.cuda.is_available())
+    urls = mf.shard_urls(root, mf.load(root), "train")
+    shard_index.ensure(urls, log=lambda *_: None)  # a dataset ingested before shards had indexes
+    train = train_set_of(root)
     wait = 0.0
-    it = iter(loader)
+    it = iter(batches(train, urls, cfg.data, warmup + steps))
     for i in range(warmup + steps):
         if i == warmup:
             sync()
@@ -81,11 +86,10 @@ def streamed(engine, cfg, urls: list[str], steps: int, warmup: int) -> tuple[flo
 
 @contextlib.contextmanager
 def dataset(args, cfg):
-    """Train shard URLs: those of --dataset, or of a synthetic corpus on a throwaway S3 server."""
-    from data_pipeline import manifest as mf  # noqa: PLC0415
+    """The dataset root: --dataset, or a synthetic corpus ingested onto a throwaway S3 server."""
 
     if args.dataset:
-        yield mf.shard_urls(args.dataset, mf.load(args.dataset), "train")
+        yield args.dataset
         return
     import ray  # noqa: PLC0415
 
@@ -97,7 +101,7 @@ def dataset(args, cfg):
         synth("s3://bench/raw", cfg.synth, log=lambda *_: None)
         ingest("s3://bench/raw", "s3://bench/faces", cfg, progress=False, log=lambda *_: None)
         ray.shutdown()
-        yield mf.shard_urls("s3://bench/faces", mf.load("s3://bench/faces"), "train")
+        yield "s3://bench/faces"
 
 
 def main() -> None:
@@ -128,7 +132,7 @@ def main() -> None:
         "synth.videos=24", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", f"ingest.crop_size={args.size}",
         "ingest.videos_per_task=4", "ingest.val_fraction=0", "ingest.shard_bytes=2000000",
     ])
-    with dataset(args, cfg) as urls:
+    with dataset(args, cfg) as root:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
         if torch.cuda.is_available():
@@ -138,7 +142,7 @@ def main() -> None:
         # In-memory before and after streaming; the faster counts as the limit (whatever else ran on
         # the machine just before, e.g. the ingest's Ray workers shutting down, slows one of them).
         before = in_memory(engine, cfg, args.steps, args.warmup)
-        rate, wait = streamed(engine, cfg, urls, args.steps, args.warmup)
+        rate, wait = streamed(engine, cfg, root, args.steps, args.warmup)
         after = in_memory(engine, cfg, args.steps, args.warmup)
         nchw = in_memory(engine, cfg, args.steps, args.warmup, channels_last=False) if torch.cuda.is_available() else None
         compute = max(before, after)

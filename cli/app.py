@@ -20,6 +20,9 @@ app = typer.Typer(help="Train deepfake-video detectors at scale: synthesize or i
 local_app = typer.Typer(help="The local stack: an S3 server on 127.0.0.1 with its data in ./.dfdc (or $DFDC_HOME).",
                         no_args_is_help=True)
 app.add_typer(local_app, name="local")
+ledger_app = typer.Typer(help="The ledger of a run trained with data.ledger=true: which samples every rank trained on.",
+                         no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one error, one line: easy to grep
 
@@ -316,6 +319,36 @@ def manifest(dataset: Annotated[str, typer.Argument(help="Dataset root (folder o
         typer.echo(json.dumps(data, indent=1))
     else:
         print_summary(data, console)
+
+
+@ledger_app.command("check")
+def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (local or s3://): <ray.storage_path>/<ray.run_name>.")]):
+    """Per epoch: train samples seen once, never, more than once, across every attempt of the run.
+
+    Passes (exit 0) when every epoch saw each train sample exactly once, apart from the documented
+    remainder of less than one optimizer step at its end. Example: dfdc ledger check s3://dfdc/runs/demo-20261122-...
+    """
+    from rich.table import Table  # noqa: PLC0415
+
+    from train import ledger  # noqa: PLC0415
+
+    attempts = ledger.read_attempts(run_dir)
+    if not attempts:
+        raise fail(f"{run_dir} has no ledger (ledger/attempt-*.json): was it trained with data.ledger=true?")
+    dataset = attempts[max(attempts)]["dataset"]
+    keys = ledger.train_keys(dataset)
+    table = Table(title=f"ledger of {run_dir} ({len(attempts)} attempt(s); {len(keys)} train samples in {dataset})")
+    for col in ("epoch", "attempts", "once", "never", "more than once", "unreadable", "left at the end", "verdict"):
+        table.add_column(col, justify="left" if col in ("attempts", "verdict") else "right")
+    results = ledger.check(run_dir, keys)
+    for r in results:
+        verdict = "exactly once" if r.ok else ("FAILED" + (f": gaps {r.gaps[:3]}" if r.gaps else "")
+                                              + (f": {r.unknown} keys not in the train split" if r.unknown else ""))
+        table.add_row(str(r.epoch), ",".join(map(str, r.attempts)), str(r.once), str(r.never), str(r.more_than_once),
+                      str(r.skipped), f"{r.samples - r.end} (< {r.step})", verdict)
+    console.print(table)
+    if not results or not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

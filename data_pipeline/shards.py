@@ -1,4 +1,5 @@
-"""WebDataset tar shards: written to a local temporary file, uploaded whole when full.
+"""WebDataset tar shards: written to a local temporary file, uploaded whole when full, then their
+index of sample byte ranges (shard_index.py).
 
 A shard therefore appears at its final key only complete (an S3 PUT is atomic; on local disk we
 rename). Names are fixed by the unit and a counter, so a redone unit rewrites the same keys.
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import webdataset as wds
 
 from dfdc import storage
+from data_pipeline import shard_index
 from data_pipeline.extract import Sample
 
 
@@ -52,7 +54,9 @@ class ShardWriter:
         self._writer.close()
         rel = f"shards/{self.split}/{self.prefix}-{len(self.shards):04d}.tar"
         size = os.path.getsize(self._path)
-        storage.put_file(self._path, storage.join(self.dest, rel))
+        uri = storage.join(self.dest, rel)
+        storage.put_file(self._path, uri)
+        shard_index.write_for_local_tar(self._path, uri)  # after the shard: an index never lists a missing shard
         os.remove(self._path)
         self.shards.append(ShardInfo(url=rel, split=self.split, samples=self._count, bytes=size,
                                      labels={"real": self._labels["real"], "fake": self._labels["fake"]}))

@@ -74,10 +74,15 @@ class RayConfig:
     address: str | None = None
     cpus_per_task: float = 1.0  # ingest tasks
     gpus_per_task: float = 0.0  # > 0 with detector.device=cuda: several tasks can share a GPU
-    # Ray Train
-    num_workers: int = 2
+    # Ray Train: a number of workers, or "min..max" for elastic training (Ray Train starts with as
+    # many as fit, up to max, and restarts on fewer or more as nodes come and go; each restart goes on
+    # from the last checkpoint's global position, converting its ZeRO state to the new world size).
+    num_workers: int | str = 2
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # 1 on GPU nodes
+    # Custom Ray resources each training worker also needs, e.g. {"spot_gpu": 1} to keep workers on
+    # the nodes that advertise it.
+    worker_resources: dict[str, float] = field(default_factory=dict)
     storage_path: str = "s3://dfdc/runs"  # checkpoints and run state: s3:// or a folder
     # None: a new run with a name of its own (printed); a name that has checkpoints resumes that run.
     run_name: str | None = None
@@ -85,7 +90,28 @@ class RayConfig:
     # Also checkpoint every this many optimizer steps inside an epoch (0: at epoch ends only), so a
     # run killed mid-epoch (a spot node lost) loses at most this many steps.
     checkpoint_every_steps: int = 0
-    max_failures: int = 0  # whole-group restarts Ray Train may do on a worker failure
+    max_failures: int = 0  # whole-group restarts Ray Train may do on a worker failure (-1: no limit)
+    # Restarts after nodes were preempted (spot), counted apart from max_failures (-1: no limit).
+    max_preemption_failures: int = -1
+    # Elastic runs: how often Ray Train considers growing a healthy group (seconds).
+    elastic_resize_interval_s: float = 60.0
+
+    def workers(self) -> tuple[int, int]:
+        """(min, max) workers; equal unless elastic."""
+        if isinstance(self.num_workers, int):
+            low = high = self.num_workers
+        else:
+            low_text, sep, high_text = self.num_workers.partition("..")
+            try:
+                low, high = int(low_text), int(high_text if sep else low_text)
+            except ValueError:
+                raise ConfigError(f"ray.num_workers must be a number or min..max, got {self.num_workers!r}") from None
+        if not 1 <= low <= high:
+            raise ConfigError(f"ray.num_workers must be at least 1 (and min <= max), got {self.num_workers!r}")
+        return low, high
+
+    def check(self) -> None:
+        self.workers()
 
 
 @dataclass
@@ -97,9 +123,27 @@ class DataConfig:
     shuffle_buffer: int = 1000
     balance: str = "loss"  # loss: weight fakes by real/fake ratio; none
     augment: bool = True
-    # The loader skips (and counts) an unreadable shard or sample, but stops with an error after this
-    # many in a row: a dataset that cannot be read (expired keys, deleted shards) fails the step.
+    # permutation: an epoch is one pass over every train sample in a seeded order, the same for any
+    # number of ranks (train/order.py); resampled: shards drawn with replacement (no exact epochs).
+    order: str = "permutation"
+    # The loader skips (and counts) a sample (or, resampled, a shard) whose bytes cannot be read, but
+    # stops with an error after this many in a row: a dataset that cannot be read fails the step.
     max_failed_reads: int = 16
+    # Ranged reads that fail for storage reasons (after s3fs's own retries) are tried this many times
+    # more, 1, 2, 4, ... s apart, before the step fails: never skipped, the run restarts or stops.
+    read_retries: int = 4
+    # A rank reads each of its samples with a ranged GET; two of its ranges in one shard closer than
+    # this many bytes are read as one (fewer requests, more bytes: each rank also reads the gap).
+    merge_gap_bytes: int = 0
+    # Every rank appends one JSON line per batch (its position and sample keys) under
+    # <run dir>/ledger/: the proof that an epoch saw every sample once (`dfdc ledger check`).
+    ledger: bool = False
+
+    def check(self) -> None:
+        if self.order not in ("permutation", "resampled"):
+            raise ConfigError(f"data.order must be permutation or resampled, got {self.order!r}")
+        if self.ledger and self.order != "permutation":
+            raise ConfigError("data.ledger needs data.order=permutation (a resampled stream has no positions to prove)")
 
 
 @dataclass
@@ -249,7 +293,12 @@ def _coerce(value, hint, key: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        for option in inner[:-1]:  # the first type the value fits
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key {key} must be a list, got {value!r}")

@@ -1,6 +1,7 @@
 """An HTTP proxy in front of the S3 server that fails some requests the way S3 does under load:
 503 SlowDown, and connections dropped before any answer. For testing retries, not a mock: every
-request it lets through is served by the real server."""
+request it lets through is served by the real server. It also counts the bytes it passes on
+(bench/loader_order.py measures read amplification with it, failing nothing)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class FlakyProxy:
         self.fail_when = fail_when
         self.injected = {"503": 0, "reset": 0}
         self.forwarded = 0
+        self.bytes_served = 0  # bodies of GET answers passed on: what readers fetched
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,6 +64,8 @@ class FlakyProxy:
                 length = resp.getheader("Content-Length") if self.command == "HEAD" else None
                 self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
+                if self.command == "GET":
+                    proxy.bytes_served += len(data)
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 up.close()

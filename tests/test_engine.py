@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from cluster.local.s3_server import free_port
 from dfdc.config import load_config
-from train.checkpoint import TAG, consolidate, probe_diff, probe_input, probe_logits
+from train.checkpoint import TAG, consolidate, probe_diff, probe_input, probe_logits, restore_buffers, to_universal
 from train.engine import build_engine, input_dtype, to_device
 from train.loop import train_step
 from train.model import build_model
@@ -70,11 +70,12 @@ def _two_ranks(rank: int, port: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
-def test_bf16_zero3_over_two_ranks_consolidates_to_the_model_it_ran(tmp_path, monkeypatch):
+def test_bf16_zero3_over_two_ranks_consolidates_and_resumes_on_one(tmp_path, monkeypatch, one_rank):
     """ZeRO-3 gathers each rank's shards of a weight for the forward pass. Under autocast DeepSpeed
     gathers convolution weights in bf16 unless told not to; then the model that ran was not the fp32
     weights saved (efficientnet_b0: 1.0e-4 relative on the probe, measured). Two processes, because
-    a single rank gathers nothing; efficientnet_b0, because ZeRO-3 keeps small weights gathered."""
+    a single rank gathers nothing; efficientnet_b0, because ZeRO-3 keeps small weights gathered.
+    Then one rank loads that 2-rank checkpoint through DeepSpeed's universal format and goes on."""
     import torch.multiprocessing as mp
 
     # Both ranks on the CPU (gloo), also on a GPU machine: NCCL refuses two ranks on one GPU.
@@ -82,4 +83,16 @@ def test_bf16_zero3_over_two_ranks_consolidates_to_the_model_it_ran(tmp_path, mo
     mp.start_processes(_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     model = build_model(load_config(None, ["model.name=efficientnet_b0"]).model)
     model.load_state_dict(consolidate(str(tmp_path)), strict=True)
-    assert probe_diff(model, torch.load(tmp_path / "probe.pt", weights_only=True)) < 1e-5
+    probe = torch.load(tmp_path / "probe.pt", weights_only=True)
+    assert probe_diff(model, probe) < 1e-5
+
+    cfg = load_config(None, ["model.name=efficientnet_b0", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
+                             "deepspeed.precision=bf16", "deepspeed.zero_stage=3"])
+    engine, ds = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10, universal=True)
+    assert ds["checkpoint"] == {"load_universal": True}
+    to_universal(str(tmp_path), str(tmp_path / "universal"))
+    engine.load_checkpoint(str(tmp_path / "universal"), tag=TAG)
+    restore_buffers(engine.module, str(tmp_path))  # the universal format has no buffers (BatchNorm statistics)
+    assert (probe_logits(engine, 32)["logits_fp32"] - probe["logits_fp32"]).abs().max() < 1e-5
+    assert engine.global_steps == 3 and engine.lr_scheduler.last_epoch == 3  # the schedule goes on where it was
+    assert torch.isfinite(train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)))

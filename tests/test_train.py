@@ -15,7 +15,9 @@ import mlflow
 import pytest
 import timm
 import torch
+from typer.testing import CliRunner
 
+from cli.app import app
 from dfdc import storage
 from dfdc.config import ConfigError, load_config
 from data_pipeline import manifest as mf
@@ -42,22 +44,25 @@ def load_fp32(uri: str) -> dict:
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
 
 
-def test_zero3_killed_mid_epoch_resumes_then_consolidates_and_calibrates(shards, tmp_path, ray_address):
-    """A real ZeRO-3 training job, its driver SIGKILLed once a mid-epoch checkpoint is registered (what
-    losing the node that runs it does), started again with the same run name: it resumes at that step
-    and loader position into the same MLflow run, finishes, and leaves a checked fp32 model with its
-    card. A resume whose config changes what the checkpoint means is refused, naming the key, before
-    any worker starts. (ZeRO-2 trains in test_demo.py.)"""
-    sets = train_sets(shards, tmp_path, "deepspeed.zero_stage=3", "data.batch_size=4", "optim.epochs=1",
+def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_and_calibrates(shards, tmp_path, ray_address):
+    """A real ZeRO-3 training job on one worker, its driver SIGKILLed once a mid-epoch checkpoint is
+    registered (what losing the node that runs it does), started again with the same run name on two
+    workers: the checkpoint is converted to DeepSpeed's universal format and resharded, the run goes
+    on from the global position into the same MLflow run, the ledger shows every train sample of the
+    epoch once, and it leaves a checked fp32 model with its card. A resume whose config changes what
+    the checkpoint means is refused, naming the key, before any worker starts."""
+    from train import ledger
+
+    sets = train_sets(shards, tmp_path, "deepspeed.zero_stage=3", "data.batch_size=4", "optim.epochs=1", "data.ledger=true",
                       "ray.checkpoint_every_steps=3", "ray.run_name=killed")
     cfg = load_config(None, sets)
-    batches, _ = plan_epochs(mf.load(shards), cfg, 2)
+    batches, _ = plan_epochs(mf.load(shards), cfg, 1)
     assert batches > 6, "the test needs two mid-epoch checkpoints before the epoch ends"
     snapshot = "s3://test/runs/killed/checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
     log = open(tmp_path / "first.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "train", *[a for s in sets for a in ("--set", s)]],
-                            env=os.environ | {"RAY_ADDRESS": ray_address}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    first = [a for s in sets + ["ray.num_workers=1"] for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *first], env=os.environ | {"RAY_ADDRESS": ray_address},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not storage.exists(snapshot):
@@ -68,20 +73,28 @@ def test_zero3_killed_mid_epoch_resumes_then_consolidates_and_calibrates(shards,
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     latest = json.loads(storage.read_bytes(snapshot))["latest_checkpoint_result"]["metrics"]
-    assert 0 < latest["step"] < batches, latest
+    assert 0 < latest["step"] < batches and latest["position"] == latest["step"] * 4, latest
 
-    out = run(cfg, tmp_path)
-    # Every batch of the epoch ran once in all: the resumed job took the rest from the checkpoint's position.
-    assert out["metrics"]["step"] == batches and out["metrics"]["epoch"] == 1
+    out = run(cfg, tmp_path)  # ray.num_workers=2, the default
+    assert out["metrics"]["epoch"] == 1
     assert "video_auc" in out["metrics"] and "video_log_loss" in out["metrics"]
+    # Every train sample once: 1 rank up to the checkpoint's position, then 2 ranks from there.
+    [epoch] = ledger.check("s3://test/runs/killed", ledger.train_keys(shards))
+    assert epoch.ok and epoch.never < 8 and epoch.more_than_once == 0 and epoch.attempts == [0, 1], epoch
+    assert sorted(ledger.read_attempts("s3://test/runs/killed")) == [0, 1]
+    checked = CliRunner().invoke(app, ["ledger", "check", "s3://test/runs/killed"])
+    assert checked.exit_code == 0 and "exactly once" in checked.output, checked.output
     client = mlflow.MlflowClient(cfg.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id])
     assert len(runs) == 1, "the resumed job continued the killed job's MLflow run"
     r = runs[0]
     assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_at_step")] == [latest["step"]]
-    assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_at_batch_in_epoch")] == [latest["step"]]
-    # The reloaded engine gave the checkpoint's outputs exactly: identical weights.
-    assert client.get_metric_history(r.info.run_id, "reload_max_abs_diff")[0].value == 0.0
+    assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_at_position")] == [latest["position"]]
+    assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_from_world_size")] == [1]
+    assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_on_world_size")] == [2]
+    assert any("universal" in v for k, v in r.data.tags.items() if k.startswith("resumed_at_step_"))
+    # The resharded engine gave the checkpoint's outputs: the same weights and BatchNorm statistics.
+    assert client.get_metric_history(r.info.run_id, "reload_max_abs_diff")[0].value < 1e-5
 
     assert r.data.params["deepspeed.zero_stage"] == "3" and r.data.params["model.name"] == "test_efficientnet"
     assert out["metrics"]["unreadable_shards"] == 0 and out["metrics"]["missing_samples"] == 0
@@ -105,8 +118,6 @@ def test_zero3_killed_mid_epoch_resumes_then_consolidates_and_calibrates(shards,
 
     with pytest.raises(ResumeError, match=r"data\.batch_size was 4 and is now 8"):
         run(load_config(None, sets + ["data.batch_size=8"]), tmp_path)
-    with pytest.raises(ResumeError, match=r"ray\.num_workers was 2 and is now 1"):
-        run(load_config(None, sets + ["ray.num_workers=1"]), tmp_path)
 
 
 def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(shards, tmp_path):
@@ -224,8 +235,24 @@ def test_resume_allows_some_changes_and_refuses_others_naming_the_key():
                        ("optim.seed", "3"), ("model.name", "resnet18"), ("deepspeed.zero_stage", "3"), ("optim.lr", "0.1")]:
         with pytest.raises(ResumeError, match=rf"{key.replace('.', '[.]')} was .* and is now"):
             check_resume(saved, load_config(None, ["data.batch_size=8", f"{key}={value}"]), 2, "ckpt")
-    with pytest.raises(ResumeError, match="ray.num_workers was 2 and is now 4"):
-        check_resume(saved, load_config(None, ["data.batch_size=8"]), 4, "ckpt")
+    # Another world size goes on from the global position; a resampled stream has none to go on from.
+    check_resume(saved, load_config(None, ["data.batch_size=8"]), 4, "ckpt")
+    resampled = TrainState(epoch=1, step=40, world_size=2, config=load_config(None, ["data.batch_size=8", "data.order=resampled"]).to_dict())
+    with pytest.raises(ResumeError, match="ray.num_workers was 2 and is now 4, and data.order=resampled"):
+        check_resume(resampled, load_config(None, ["data.batch_size=8", "data.order=resampled"]), 4, "ckpt")
+    with pytest.raises(ResumeError, match=r"data[.]order was 'permutation' and is now 'resampled'"):
+        check_resume(saved, load_config(None, ["data.batch_size=8", "data.order=resampled"]), 2, "ckpt")
+
+
+@pytest.mark.parametrize("value, expected", [(2, (2, 2)), ("1..3", (1, 3)), ("4", (4, 4))])
+def test_num_workers_is_a_number_or_an_elastic_range(value, expected):
+    assert load_config(None, [f"ray.num_workers={value}"]).ray.workers() == expected
+
+
+@pytest.mark.parametrize("value", ["0", "3..1", "two", "1..x"])
+def test_num_workers_that_cannot_work_are_refused_at_load(value):
+    with pytest.raises(ConfigError, match="ray.num_workers must be"):
+        load_config(None, [f"ray.num_workers={value}"])
 
 
 def test_new_runs_get_names_of_their_own():

@@ -34,10 +34,9 @@ class TrainState:
     into the same MLflow run, and to refuse a resume whose config would change what that means."""
 
     epoch: int = 0  # epochs finished
-    batch_in_epoch: int = 0  # batches of the current epoch done on every rank
-    step: int = 0  # micro-batches done (DeepSpeed steps the optimizer every optim.grad_accum of them)
-    samples_per_rank: int = 0
-    world_size: int = 0
+    position: int = 0  # samples of the current epoch's order handed out (train/order.py): any world size goes on from here
+    step: int = 0  # micro-batches done on each rank (DeepSpeed steps the optimizer every optim.grad_accum of them)
+    world_size: int = 0  # ranks that wrote the checkpoint
     mlflow_run_id: str | None = None
     config: dict = field(default_factory=dict)
 
@@ -51,6 +50,11 @@ class TrainState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def run_uri(cfg: Config) -> str:
+    """The run's folder: its checkpoints, ledger, final model and result."""
+    return storage.join(cfg.ray.storage_path, cfg.ray.run_name)
+
+
 class ResumeError(ValueError):
     """The new config would change what the checkpoint's position means, or cannot load it."""
 
@@ -59,7 +63,8 @@ class ResumeError(ValueError):
 # workers, checkpoint cadence, augmentation, ...).
 FIXED_ON_RESUME = {
     "data.dataset": "the saved position counts batches of that dataset",
-    "data.batch_size": "the saved position counts batches of that size",
+    "data.batch_size": "the saved steps and learning-rate schedule count batches of that size",
+    "data.order": "the saved position is a place in that order",
     "optim.grad_accum": "the saved steps count micro-batches of that accumulation",
     "optim.seed": "the saved position is a place in the order that seed draws",
     "model.name": "the checkpoint holds that model's weights",
@@ -80,19 +85,22 @@ def _get(config: dict, key: str):
     return node
 
 
-def check_resume(saved: TrainState, cfg: Config, world_size: int, where: str) -> None:
+def check_resume(saved: TrainState, cfg: Config, world_size: int | None, where: str) -> None:
     """Refuse to resume from the checkpoint at `where` when the new config changes a key that fixes
-    the meaning of its position or its state; the message names the key."""
+    the meaning of its position or its state; the message names the key. `world_size` None: not
+    known yet (an elastic run, checked again by the workers)."""
     new = cfg.to_dict()
     for key, why in FIXED_ON_RESUME.items():
         old_value, new_value = _get(saved.config, key), _get(new, key)
         if saved.config and old_value != new_value:
             raise ResumeError(f"cannot resume from {where}: {key} was {old_value!r} and is now {new_value!r} ({why}); "
                               f"set it back, or start a new run (another ray.run_name, or none for a fresh name)")
-    if saved.world_size and saved.world_size != world_size:
-        raise ResumeError(f"cannot resume from {where}: ray.num_workers was {saved.world_size} and is now {world_size} "
-                          f"(the checkpoint's ZeRO state is split over {saved.world_size} ranks and cannot be resharded yet); "
-                          f"set it back, or start a new run")
+    # Another world size: the position is global (train/order.py) and the ZeRO state is converted
+    # to DeepSpeed's universal format on load (stages 1-3; stage 0's state is whole in every file).
+    # A resampled stream has no global order to go on from, so it keeps its world size.
+    if world_size and saved.world_size and saved.world_size != world_size and cfg.data.order != "permutation":
+        raise ResumeError(f"cannot resume from {where}: ray.num_workers was {saved.world_size} and is now {world_size}, "
+                          f"and data.order=resampled has no global position to go on from; set it back, or start a new run")
 
 
 def probe_input(image_size: int) -> torch.Tensor:
@@ -184,10 +192,18 @@ def latest_state(run_uri: str) -> tuple[TrainState, str] | None:
     return None
 
 
-def load(engine, cfg: Config, world_size: int) -> tuple[TrainState, dict] | None:
-    """Restore the engine from the latest complete checkpoint of this run: (its state, what the
-    reload measured), or None for a new run. `reload_max_abs_diff` is how far the reloaded engine's
-    probe outputs are from the ones saved with the checkpoint (0 when the weights came back exactly)."""
+@dataclass
+class Found:
+    """The checkpoint a worker resumes from, read before its engine is built."""
+
+    checkpoint: object  # ray.train.Checkpoint
+    state: TrainState
+    universal: bool  # written by another number of ranks, with ZeRO state to reshard
+
+
+def find(cfg: Config, world_size: int) -> Found | None:
+    """The latest complete checkpoint of this run (Ray Train hands it to restarted workers), its
+    state, and whether it must be converted to load on `world_size` ranks."""
     import ray.train  # noqa: PLC0415
 
     ckpt = ray.train.get_checkpoint()
@@ -195,14 +211,54 @@ def load(engine, cfg: Config, world_size: int) -> tuple[TrainState, dict] | None
         ckpt = latest_complete(ckpt)
     if ckpt is None:
         return None
-    with ckpt.as_directory() as d:
-        with open(os.path.join(d, STATE)) as f:
-            state = TrainState.from_json(f.read())
-        check_resume(state, cfg, world_size, ckpt.path)
-        engine.load_checkpoint(d, tag=TAG)
+    with ckpt.as_directory() as d, open(os.path.join(d, STATE)) as f:
+        state = TrainState.from_json(f.read())
+    check_resume(state, cfg, world_size, ckpt.path)
+    universal = state.world_size not in (0, world_size) and cfg.deepspeed.zero_stage > 0
+    return Found(ckpt, state, universal)
+
+
+def to_universal(src: str, dst: str) -> None:
+    """DeepSpeed's ds_to_universal on the checkpoint in `src`, written to `dst` with the same tag:
+    each parameter's fp32 weights and optimizer state, whole, for any number of ranks to load."""
+    import argparse  # noqa: PLC0415
+    import contextlib as cl  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    from deepspeed.checkpoint import ds_to_universal  # noqa: PLC0415
+
+    args = argparse.Namespace(input_folder=os.path.join(src, TAG), output_folder=os.path.join(dst, TAG),
+                              num_extract_workers=1, num_merge_workers=1,  # no process pool inside a Ray worker
+                              keep_temp_folder=False, strict=True, inject_missing_state=True)
+    with cl.redirect_stdout(io.StringIO()):  # its progress bars and prints, per parameter
+        ds_to_universal.main(args)
+
+
+def restore_buffers(module: torch.nn.Module, checkpoint_dir: str) -> None:
+    """Buffers (BatchNorm running statistics) from the checkpoint's first model-states file. A
+    universal load restores parameters and optimizer state only: without this, running means came
+    back as zeros (measured). Every rank saved the same buffers (loop.sync_buffers)."""
+    path = sorted(glob.glob(os.path.join(checkpoint_dir, TAG, "*model_states.pt")))[0]
+    saved = torch.load(path, map_location="cpu", weights_only=False)["module"]
+    with torch.no_grad():
+        for name, buf in module.named_buffers():
+            buf.copy_(saved[name])
+
+
+def load(engine, found: Found, cfg: Config) -> tuple[TrainState, dict]:
+    """Restore the engine from `found`: its state, and what the reload measured.
+    `reload_max_abs_diff` is how far the reloaded engine's probe outputs are from the ones saved
+    with the checkpoint (0 when the weights came back exactly). A checkpoint of another world size
+    is converted first (`found.universal`: the engine was built to load the universal format)."""
+    with found.checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="dfdc-universal-") as converted:
+        if found.universal:
+            to_universal(d, converted)
+        engine.load_checkpoint(converted if found.universal else d, tag=TAG)
+        if found.universal:
+            restore_buffers(engine.module, d)
         saved = torch.load(os.path.join(d, PROBE), map_location="cpu", weights_only=True)
     diff = float((probe_logits(engine, cfg.data.image_size)["logits"] - saved["logits"]).abs().max())
-    return state, {"resumed_from": ckpt.path, "reload_max_abs_diff": diff}
+    return found.state, {"resumed_from": found.checkpoint.path, "reload_max_abs_diff": diff, "converted": found.universal}
 
 
 def consolidate(checkpoint_dir: str) -> dict:

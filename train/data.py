@@ -1,10 +1,18 @@
 """Stream face-crop shards from S3 (or disk) into batches, without copying the dataset first.
 
-Training: every rank draws shards at random with replacement from the manifest's train shards
-(webdataset's resampled mode, seeded by run seed, epoch, rank and worker) and stops after exactly
-`batches` batches, so every rank runs the same number of steps and none waits at the end of an epoch
-(the DDP hang with uneven shards cannot happen). Validation reads each val shard once, split across
-ranks; the loop in `loop.py` keeps ranks in step when their shares differ.
+Training (`epoch_loader`, the default `data.order: permutation`): each epoch is one permutation of
+all train samples (train/order.py), handed out in global batches; each rank reads only its own
+samples, with ranged reads (train/sample_reader.py). Loader worker w of a rank makes the rank's
+batches w, w + workers, ...; the DataLoader takes them round-robin, so they arrive in order, each
+tagged with its position, which the loop checks.
+
+`resampled_loader` (`data.order: resampled`, what training did before) draws shards at random with
+replacement: no index needed, but an epoch is not one pass (about a third of the samples are not
+seen and others twice). Kept to compare with (bench/loader_order.py) and for datasets whose
+shards cannot be indexed.
+
+Validation reads each val shard once, split across ranks; the loop in `loop.py` keeps ranks in
+step when their shares differ.
 
 Loader workers start from a fork server, not by forking the rank: a process that has used s3fs
 (its event loop thread, open connections) is not safe to fork.
@@ -16,13 +24,17 @@ import functools
 import logging
 import random
 
+import numpy as np
+
 import torch
 import torch.multiprocessing as mp
 import webdataset as wds
 
 from dfdc import storage
 from dfdc.config import DataConfig
-from train.samples import Batch, Decode, collate, register_s3, worker_init
+from train.order import epoch_order, rank_slice
+from train.sample_reader import DataUnavailable, SampleReader, TrainSet
+from train.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
 from train.transforms import image_transform
 
 log = logging.getLogger(__name__)
@@ -30,10 +42,6 @@ log = logging.getLogger(__name__)
 # Modules the fork server imports once, so that each loader worker it forks starts in milliseconds
 # ("__main__" too: else every worker re-imports the main script, as spawn does).
 _PRELOAD = ["__main__", "torch", "torchvision", "webdataset", "s3fs", "train.samples", "train.transforms"]
-
-
-class DataUnavailable(RuntimeError):
-    """The training data cannot be read: many reads in a row failed."""
 
 
 class ReadErrors:
@@ -92,9 +100,9 @@ def _loader(pipeline, num_workers: int, pin_memory: bool, generator: torch.Gener
                          pin_memory=pin_memory, generator=generator)
 
 
-def train_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, epoch: int, rank: int,
-                 pin_memory: bool = False) -> wds.WebLoader:
-    """Exactly `batches` batches of `cfg.batch_size` for this rank and epoch."""
+def resampled_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, epoch: int, rank: int,
+                     pin_memory: bool = False) -> wds.WebLoader:
+    """Exactly `batches` batches of `cfg.batch_size` for this rank and epoch, from shards drawn with replacement."""
     base = (seed * 1_000_003 + epoch) * 10_007 + rank
     errors = ReadErrors(cfg.max_failed_reads, "training shards")
     pipeline = wds.DataPipeline(
@@ -102,7 +110,7 @@ def train_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, epoc
         wds.tarfile_to_samples(handler=errors),
         wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(base)),
         wds.decode("pil", handler=errors),
-        wds.to_tuple("jpg", "json", "__url__", handler=errors),
+        wds.to_tuple("jpg", "json", "__url__", "__key__", handler=errors),
         wds.map(Decode(image_transform(cfg.image_size, cfg.augment)), handler=errors),
         wds.map(errors.ok),  # a sample made it through every stage: the run of failures ends
         wds.batched(cfg.batch_size, collation_fn=collate, partial=False),
@@ -126,7 +134,7 @@ def val_loader(urls: list[str], cfg: DataConfig, rank: int, world: int, pin_memo
         wds.split_by_worker,
         wds.tarfile_to_samples(handler=errors),
         wds.decode("pil", handler=errors),
-        wds.to_tuple("jpg", "json", "__url__", handler=errors),
+        wds.to_tuple("jpg", "json", "__url__", "__key__", handler=errors),
         wds.map(Decode(image_transform(cfg.image_size, False)), handler=errors),
         wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
     )
@@ -138,3 +146,75 @@ def unreadable_total(seen: dict[int, int], batch: Batch) -> int:
     worker, count = batch.unreadable
     seen[worker] = count
     return sum(seen.values())
+
+
+class EpochStream(torch.utils.data.IterableDataset):
+    """This rank's batches of one epoch's order from `position` on: `batches` of them. A loader
+    worker makes every `workers`-th batch, fetching `prefetch` of its batches' samples at once."""
+
+    def __init__(self, train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, batches: int,
+                 rank: int, world: int, prefetch: int = 4):
+        self.train, self.cfg, self.seed, self.epoch = train, cfg, seed, epoch
+        self.position, self.batches, self.rank, self.world, self.prefetch = position, batches, rank, world, prefetch
+        self.transform = image_transform(cfg.image_size, cfg.augment)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        order = epoch_order(self.train.counts, self.seed, self.epoch)
+        reader = SampleReader(self.train, self.cfg.read_retries, self.cfg.merge_gap_bytes)
+        mine = list(range(worker, self.batches, workers))
+        skipped_total = in_a_row = 0
+        for c in range(0, len(mine), self.prefetch):
+            chunk = mine[c:c + self.prefetch]
+            spans = [rank_slice(self.position, k, self.rank, self.cfg.batch_size, self.world) for k in chunk]
+            ids = np.concatenate([order[a:b] for a, b in spans])
+            before = reader.bytes, reader.requests
+            fetched = iter(reader.fetch(ids))
+            for n, (a, b) in enumerate(spans):
+                items, skipped = [], []
+                for sample_id in order[a:b]:
+                    sample = next(fetched)
+                    if not isinstance(sample, Exception):
+                        try:
+                            items.append((*decode_sample(sample.image, sample.meta, self.transform), sample.url, sample.key))
+                            in_a_row = 0
+                            continue
+                        except (KeyError, ValueError, TypeError, OSError) as e:  # metadata without a label, an image the transform refuses
+                            sample = e
+                    key = reader.key_of(int(sample_id))
+                    skipped.append(key)
+                    skipped_total += 1
+                    in_a_row += 1
+                    log.warning("skipping sample %s: its bytes cannot be read (%s: %s)", key, type(sample).__name__, sample)
+                    if self.cfg.max_failed_reads and in_a_row >= self.cfg.max_failed_reads:
+                        raise DataUnavailable(f"{in_a_row} samples in a row could not be read (data.max_failed_reads); "
+                                              f"the last: {key}: {type(sample).__name__}: {sample}")
+                if not items:
+                    raise DataUnavailable(f"no sample of the batch at position {a} of epoch {self.epoch} could be read: "
+                                          f"{', '.join(skipped)}")
+                batch = collate(items)
+                read = (reader.bytes - before[0], reader.requests - before[1]) if n == 0 else (0, 0)
+                yield batch._replace(unreadable=(worker, skipped_total), position=a, skipped=skipped, read=read)
+
+
+def epoch_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, batches: int, rank: int,
+                 world: int, pin_memory: bool = False) -> wds.WebLoader:
+    """This rank's next `batches` batches of the epoch's permutation, from the global `position`."""
+    stream = EpochStream(train, cfg, seed, epoch, position, batches, rank, world)
+    # The generator seeds the workers' torch RNG (random augmentations) per run seed, epoch, position and rank.
+    base = ((seed * 1_000_003 + epoch) * 10_007 + rank) * 1_000_003 + position
+    return _loader(stream, min(cfg.num_workers, max(1, batches)), pin_memory, generator=torch.Generator().manual_seed(base))
+
+
+def batches(train: TrainSet, urls: list[str], cfg: DataConfig, n: int, rank: int = 0, world: int = 1, seed: int = 0):
+    """`n` batches of one rank from epoch 0 on, epochs chained as training runs them, in `cfg.order`
+    (for bench/, which times the loader and the step outside Ray Train)."""
+    from train.order import batches_left  # noqa: PLC0415
+
+    epoch = 0
+    while n > 0:
+        take = min(n, batches_left(train.samples, 0, cfg.batch_size, world))
+        yield from (epoch_loader(train, cfg, seed, epoch, 0, take, rank, world) if cfg.order == "permutation"
+                    else resampled_loader(urls, cfg, take, seed, epoch, rank))
+        n, epoch = n - take, epoch + 1

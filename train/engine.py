@@ -17,7 +17,9 @@ from dfdc.config import Config
 AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
 
 
-def deepspeed_config(cfg: Config, world_size: int) -> dict:
+def deepspeed_config(cfg: Config, world_size: int, universal: bool = False) -> dict:
+    """`universal`: the engine will load a checkpoint converted to DeepSpeed's universal format (one
+    written by another number of ranks, see checkpoint.py)."""
     ds = cfg.deepspeed  # checked when the config was loaded (dfdc/config.py)
     zero: dict = {"stage": ds.zero_stage}
     if ds.offload:
@@ -36,6 +38,8 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if universal:
+        out["checkpoint"] = {"load_universal": True}
     if ds.precision != "fp32":
         # No "lower precision safe" modules: weights are gathered (ZeRO-3) and gradients reduced in
         # fp32, as with AMP under DDP. Else ZeRO-3 gathers convolution weights in bf16, the model the
@@ -56,14 +60,14 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_steps: int):
+def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_steps: int, universal: bool = False):
     """The DeepSpeed engine around `model`, on this process's accelerator (a GPU when there is one).
     The process group must exist already (Ray Train or the caller made it)."""
     import types  # noqa: PLC0415
 
     import deepspeed  # noqa: PLC0415  (slow import; only where training runs)
 
-    ds_config = deepspeed_config(cfg, world_size)
+    ds_config = deepspeed_config(cfg, world_size, universal)
     cuda = torch.cuda.is_available()
     # The weights stay contiguous (NCHW): DeepSpeed broadcasts each weight as a byte view at start,
     # which a channels-last weight refuses ("stride(-1) must be 1", seen on an H100). Channels-last

@@ -17,20 +17,27 @@ from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
 from train import checkpoint, tracking
 from train.checkpoint import TrainState
-from train.data import start_loader_server, train_loader, unreadable_total, val_loader
+from train.data import epoch_loader, resampled_loader, start_loader_server, unreadable_total, val_loader
+from train.ledger import Ledger, start_attempt
+from train.order import batches_left
+from train.sample_reader import train_set_of
 from train.engine import build_engine, input_dtype, to_device
 from train.evaluation import aggregate, metrics
 from train.model import build_model
 
 
 def plan_epochs(manifest: dict, cfg: Config, world: int) -> tuple[int, float | None]:
-    """Batches per rank per epoch (one pass over the train samples in all, in whole optimizer steps),
-    and the fake-class loss weight that balances real and fake (None when not balancing)."""
+    """Batches per rank in a whole epoch (one pass over the train samples in all, in whole optimizer
+    steps: an epoch, and its checkpoint, never ends inside a gradient accumulation), and the
+    fake-class loss weight that balances real and fake (None when not balancing)."""
     train = manifest["splits"].get("train")
     if not train or not train["samples"]:
         raise ValueError(f"dataset {cfg.data.dataset} has no train samples")
-    # Whole optimizer steps: an epoch (and its checkpoint) never ends inside a gradient accumulation.
-    batches = max(1, train["samples"] // (cfg.data.batch_size * world * cfg.optim.grad_accum)) * cfg.optim.grad_accum
+    batches = batches_left(train["samples"], 0, cfg.data.batch_size, world, cfg.optim.grad_accum)
+    if not batches:
+        raise ValueError(f"dataset {cfg.data.dataset} has {train['samples']} train samples, fewer than one optimizer step "
+                         f"takes (data.batch_size x ray.num_workers x optim.grad_accum = "
+                         f"{cfg.data.batch_size * world * cfg.optim.grad_accum})")
     if cfg.data.balance == "loss":
         pos_weight = train["real"] / max(1, train["fake"])
     elif cfg.data.balance == "none":
@@ -51,14 +58,14 @@ def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: t
     return loss.detach()
 
 
-def checkpoint_now(state: TrainState, batches: int, cfg: Config, device, requested: bool | None = None) -> bool:
+def checkpoint_now(state: TrainState, last: bool, cfg: Config, device, requested: bool | None = None) -> bool:
     """Whether every rank checkpoints after this step; epoch ends always checkpoint. The schedule
     (`ray.checkpoint_every_steps`) is the same on every rank. A request only some ranks see (a spot
     notice on one node) must become every rank's, because saving is collective: with a source of
     requests, pass `requested` on every rank and a MAX all-reduce settles it. Without one (None),
     no collective, so the accelerator is not waited for after every step."""
     every = cfg.ray.checkpoint_every_steps * cfg.optim.grad_accum
-    due = bool(every) and state.step % every == 0 and state.batch_in_epoch < batches
+    due = bool(every) and state.step % every == 0 and not last  # `last`: the epoch's end checkpoints anyway
     if requested is None:
         return due
     flag = torch.tensor([int(due or requested)], device=device)
@@ -150,59 +157,93 @@ def train_func(config: dict) -> None:
 
     manifest = mf.load(cfg.data.dataset)
     train_urls = mf.shard_urls(cfg.data.dataset, manifest, "train")
+    counts = [s["samples"] for s in manifest["shards"] if s["split"] == "train"]
+    train_set = train_set_of(cfg.data.dataset, manifest) if cfg.data.order == "permutation" else None
     val_shards = {storage.join(cfg.data.dataset, s["url"]): s["samples"] for s in manifest["shards"] if s["split"] == "val"}
     batches, pos_weight = plan_epochs(manifest, cfg, world)
     total_steps = max(1, batches * cfg.optim.epochs // cfg.optim.grad_accum)
+    global_batch = cfg.data.batch_size * world
 
-    engine, ds_config = build_engine(build_model(cfg.model), cfg, world, total_steps)
+    found = checkpoint.find(cfg, world)  # before the engine: a checkpoint of another world size changes its config
+    engine, ds_config = build_engine(build_model(cfg.model), cfg, world, total_steps, universal=found is not None and found.universal)
     torch.manual_seed(cfg.optim.seed * 1_000_003 + rank)  # the same init everywhere; from here on, per rank
     device = engine.device
     weight = torch.tensor(pos_weight, device=device) if pos_weight is not None else None
 
-    resumed = checkpoint.load(engine, cfg, world)
+    resumed = checkpoint.load(engine, found, cfg) if found else None
     state, reload = resumed if resumed else (TrainState(), None)
+    saved_world = state.world_size
     state.config, state.world_size = tracking.loggable(cfg), world  # only changes check_resume allows
+    ledger = _open_ledger(cfg, rank, world, state, reload) if cfg.data.ledger else None
     run = tracking.open_run(cfg, run_id=state.mlflow_run_id, name=cfg.ray.run_name, system_metrics=cfg.tracking.system_metrics)
     with run if rank == 0 else contextlib.nullcontext() as active:
         if rank == 0:
-            _log_start(active, state, reload, cfg, ds_config)
+            _log_start(active, state, reload, saved_world, world, cfg, ds_config)
+        first = True
         for epoch in range(state.epoch, cfg.optim.epochs):
-            start = state.batch_in_epoch if epoch == state.epoch else 0
-            state.epoch, state.batch_in_epoch = epoch, start
-            loader = train_loader(train_urls, cfg.data, batches - start, cfg.optim.seed, epoch * 100_003 + start, rank,
-                                  pin_memory=device.type == "cuda")
+            start = state.position if epoch == state.epoch else 0
+            state.epoch, state.position = epoch, start
+            batches = batches_left(sum(counts), start, cfg.data.batch_size, world, cfg.optim.grad_accum)
+            if ledger:  # an attempt that loaded a checkpoint says where it took the epoch up
+                ledger.begin_epoch(epoch, resumed_from=start if first and reload else None)
+            first = False
+            pin = device.type == "cuda"
+            loader = (epoch_loader(train_set, cfg.data, cfg.optim.seed, epoch, start, batches, rank, world, pin_memory=pin)
+                      if train_set else
+                      resampled_loader(train_urls, cfg.data, batches, cfg.optim.seed, epoch * 100_003 + start, rank, pin_memory=pin))
             engine.train()
             window, epoch_loss = _Window(), torch.zeros((), device=device)
             skipped: dict[int, int] = {}
-            for done, batch in enumerate(loader, start=start + 1):
+            for done, batch in enumerate(loader, start=1):
+                if train_set and batch.position != state.position + rank * cfg.data.batch_size:
+                    raise RuntimeError(f"rank {rank} got the batch at position {batch.position} of epoch {epoch}, expected "
+                                       f"{state.position + rank * cfg.data.batch_size}: the loader's order is broken")
                 window.got_batch()
                 images, labels = to_device(batch.images, batch.labels, engine)
                 loss = train_step(engine, images, labels, weight)
                 window.add(loss)
                 epoch_loss += loss
                 state.step += 1
-                state.batch_in_epoch = done
-                state.samples_per_rank += len(labels)
+                state.position += global_batch
                 window.step_done()
+                if ledger:
+                    ledger.add(batch.position, batch.keys, batch.skipped)
                 unreadable = unreadable_total(skipped, batch)  # this epoch's skipped reads on this rank
                 if rank == 0 and state.step % cfg.tracking.log_every == 0:
-                    tracking.log_metrics(window.flush(cfg.data.batch_size * world) | {
+                    tracking.log_metrics(window.flush(global_batch) | {
                         "lr": engine.get_lr()[0], "train_unreadable_reads": unreadable}, step=state.step)
-                if checkpoint_now(state, batches, cfg, device):
+                if checkpoint_now(state, done == batches, cfg, device):
                     sync_buffers(engine.module)
-                    report = {"epoch": epoch, "step": state.step, "train_loss": float(epoch_loss) / max(1, done - start)}
+                    if ledger:
+                        ledger.flush()  # before the checkpoint: every batch before its position is on record
+                    report = {"epoch": epoch, "step": state.step, "position": state.position,
+                              "train_loss": float(epoch_loss) / done}
                     checkpoint.save(engine, state, report, rank, cfg.data.image_size)
                     window.restart()
+            if ledger:
+                ledger.flush()
             sync_buffers(engine.module)
             val = validate(engine, val_shards, cfg, rank, world)
-            state.epoch, state.batch_in_epoch = epoch + 1, 0
-            report = {"epoch": epoch + 1, "step": state.step,
-                      "train_loss": float(epoch_loss) / max(1, batches - start) if batches > start else float("nan"),
+            state.epoch, state.position = epoch + 1, 0
+            report = {"epoch": epoch + 1, "step": state.step, "position": 0,
+                      "train_loss": float(epoch_loss) / batches if batches else float("nan"),
                       "train_unreadable_reads": float(sum(skipped.values())), **val}
             if rank == 0:
                 tracking.log_metrics({f"val_{k}": v for k, v in val.items()} | {"epoch": epoch + 1}, step=state.step)
                 _print_epoch(report, cfg, val)
             checkpoint.save(engine, state, report, rank, cfg.data.image_size)
+
+
+def _open_ledger(cfg: Config, rank: int, world: int, state: TrainState, reload: dict | None) -> Ledger:
+    """Number this start of the run on rank 0 and tell every rank."""
+    info = [None]
+    if rank == 0:
+        info[0] = start_attempt(checkpoint.run_uri(cfg), {
+            "world_size": world, "batch_size": cfg.data.batch_size, "grad_accum": cfg.optim.grad_accum,
+            "seed": cfg.optim.seed, "dataset": cfg.data.dataset, "epoch": state.epoch, "position": state.position,
+            "resumed_from": reload["resumed_from"] if reload else None})
+    dist.broadcast_object_list(info, src=0)
+    return Ledger(checkpoint.run_uri(cfg), info[0], rank)
 
 
 class _Window:
@@ -235,7 +276,7 @@ class _Window:
         return out
 
 
-def _log_start(active, state: TrainState, reload: dict | None, cfg: Config, ds_config: dict) -> None:
+def _log_start(active, state: TrainState, reload: dict | None, saved_world: int, world: int, cfg: Config, ds_config: dict) -> None:
     import mlflow  # noqa: PLC0415
 
     if state.mlflow_run_id is None:  # a new run
@@ -244,10 +285,14 @@ def _log_start(active, state: TrainState, reload: dict | None, cfg: Config, ds_c
         mlflow.log_dict(ds_config, "deepspeed_config.json")
     state.mlflow_run_id = active.info.run_id
     if reload:
-        tracking.log_metrics({"resumed_at_step": state.step, "resumed_at_batch_in_epoch": state.batch_in_epoch,
+        tracking.log_metrics({"resumed_at_step": state.step, "resumed_at_position": state.position,
+                              "resumed_from_world_size": saved_world, "resumed_on_world_size": world,
                               "reload_max_abs_diff": reload["reload_max_abs_diff"]}, step=state.step)
-        print(f"resumed from {reload['resumed_from']} at epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step}",
-              flush=True)
+        if reload.get("converted"):
+            mlflow.set_tag(f"resumed_at_step_{state.step}", f"converted a {saved_world}-rank checkpoint to DeepSpeed's "
+                                                            f"universal format and loaded it on {world} ranks")
+        print(f"resumed from {reload['resumed_from']} at epoch {state.epoch}, position {state.position}, step {state.step}"
+              f"{f' (written by {saved_world} ranks, now {world})' if saved_world != world else ''}", flush=True)
 
 
 def _print_epoch(report: dict, cfg: Config, val: dict) -> None:

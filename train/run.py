@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dfdc import storage
 from dfdc.config import Config
+from train.checkpoint import run_uri
 
 MODEL_FILE = "model_fp32.pt"
 RESULT_FILE = "result.json"
@@ -24,10 +25,6 @@ PROBE_TOLERANCE = 1e-4  # relative to the logits' size; strict fp32 on any two m
 def new_run_name(cfg: Config) -> str:
     """A name no other run has: a new run never resumes somebody else's checkpoints by accident."""
     return f"{cfg.tracking.experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-
-
-def run_uri(cfg: Config) -> str:
-    return storage.join(cfg.ray.storage_path, cfg.ray.run_name)
 
 
 def storage_for_ray(uri: str):
@@ -58,20 +55,30 @@ def run(cfg: Config, home: Path, log=print) -> dict:
     else:
         found = checkpoint.latest_state(run_uri(cfg))
         if found:  # fail here, in one line, before any worker starts
-            checkpoint.check_resume(found[0], cfg, cfg.ray.num_workers, found[1])
+            low, high = cfg.ray.workers()
+            checkpoint.check_resume(found[0], cfg, low if low == high else None, found[1])
         log(f"run {cfg.ray.run_name} ({'resuming from ' + found[1] if found else 'new'})")
+    if cfg.data.order == "permutation":  # the loader reads samples by their byte ranges
+        from data_pipeline import manifest as mf  # noqa: PLC0415
+        from data_pipeline import shard_index  # noqa: PLC0415
+
+        shard_index.ensure(mf.shard_urls(cfg.data.dataset, mf.load(cfg.data.dataset), "train"), log=log)
     connect(cfg.ray.address, log_to_driver=True)
     path, fs = storage_for_ray(cfg.ray.storage_path)
     use_gpu = cfg.ray.gpus_per_worker > 0
-    resources = {"CPU": cfg.ray.cpus_per_worker} | ({"GPU": cfg.ray.gpus_per_worker} if use_gpu else {})
+    resources = {"CPU": cfg.ray.cpus_per_worker} | ({"GPU": cfg.ray.gpus_per_worker} if use_gpu else {}) | cfg.ray.worker_resources
+    low, high = cfg.ray.workers()
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"cfg": cfg.to_dict()},
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=use_gpu,
+                                     resources_per_worker=resources,
+                                     elastic_resize_monitor_interval_s=cfg.ray.elastic_resize_interval_s),
         run_config=RunConfig(
             name=cfg.ray.run_name, storage_path=path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures,
+                                         max_preemption_failures=cfg.ray.max_preemption_failures),
             worker_runtime_env=runtime_env(),  # the tracking URI travels in the config
         ),
     )

@@ -34,21 +34,30 @@ class Batch(NamedTuple):
     videos: list[str]
     shards: list[str]  # the shard each sample came from
     unreadable: tuple[int, int] = (0, 0)  # (loader worker, reads it skipped so far)
+    keys: list[str] = []  # the samples' keys (the ledger's record)
+    position: int = -1  # where this batch starts in the epoch's order (-1: a stream without one)
+    skipped: list[str] = []  # keys of this batch's samples whose own bytes could not be read
+    read: tuple[int, int] = (0, 0)  # (bytes, requests) fetched from storage for this batch
 
 
 class Decode:
-    """(PIL image, meta JSON, shard URL) -> (image tensor, label, video, shard URL). A class, not a
-    closure: DataLoader workers get the pipeline pickled."""
+    """(PIL image, meta JSON, shard URL, key) -> (image tensor, label, video, shard URL, key). A
+    class, not a closure: DataLoader workers get the pipeline pickled."""
 
     def __init__(self, transform):
         self.transform = transform
 
     def __call__(self, sample):
-        image, meta, url = sample
+        image, meta, url, key = sample
         meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
-        return self.transform(image), torch.tensor(float(meta["label"])), meta["video"], url
+        return *decode_sample(image, meta, self.transform), url, key
 
 
 def collate(samples) -> Batch:
-    images, labels, videos, urls = zip(*samples)
-    return Batch(torch.stack(images), torch.stack(labels), list(videos), list(urls))
+    """(image tensor, label, video, shard URL, key) samples to a Batch."""
+    images, labels, videos, urls, keys = zip(*samples)
+    return Batch(torch.stack(images), torch.stack(labels), list(videos), list(urls), keys=list(keys))
+
+
+def decode_sample(image, meta: dict, transform) -> tuple[torch.Tensor, torch.Tensor, str]:
+    return transform(image), torch.tensor(float(meta["label"])), meta["video"]

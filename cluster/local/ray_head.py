@@ -32,21 +32,26 @@ class RayHead:
         return f"http://127.0.0.1:{self.dashboard_port}" if self.dashboard_port else None
 
     def stop(self, timeout: float = 10.0) -> None:
+        _stop_group(self.pid, timeout)
+
+
+def _stop_group(pid: int, timeout: float) -> None:
+    """SIGTERM the process group of `ray start --block`, then SIGKILL what is left after `timeout`."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            os.killpg(self.pid, signal.SIGTERM)
+            os.killpg(pid, 0)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def start_head(num_cpus: int, dashboard: bool, log_path: Path, env: dict[str, str] | None = None, timeout: float = 120.0) -> RayHead:
@@ -88,3 +93,50 @@ def _ready(head: RayHead) -> bool:
             return True
     except OSError:
         return False
+
+
+@dataclass
+class RayNode:
+    """A worker node joined to a head on this machine (`ray start --address --block`, own process group)."""
+
+    pid: int
+    name: str
+
+    def kill_raylet(self) -> None:
+        """What losing the machine looks like to Ray: its raylet dies without a word (SIGKILL)."""
+        import psutil  # noqa: PLC0415
+
+        raylets = [p for p in psutil.Process(self.pid).children(recursive=True) if p.name() == "raylet"]
+        if not raylets:
+            raise RuntimeError(f"node {self.name} has no raylet to kill")
+        for p in raylets:
+            p.kill()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        _stop_group(self.pid, timeout)
+
+
+def start_worker_node(head_address: str, num_cpus: int, resources: dict[str, float], log_path: Path,
+                      timeout: float = 120.0) -> RayNode:
+    """Another Ray node on this machine, joined to the head: tests that lose nodes kill these. Returns
+    once the head lists it as alive."""
+    import json  # noqa: PLC0415
+
+    import ray  # noqa: PLC0415
+
+    name = f"node-{free_port()}"
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", f"--address={head_address}", f"--num-cpus={num_cpus}",
+           f"--resources={json.dumps(resources)}", f"--node-name={name}", "--disable-usage-stats"]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    node = RayNode(proc.pid, name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start (worker node) exited with {proc.returncode}; see {log_path}")
+        if any(n["Alive"] and n.get("NodeName") == name for n in ray.nodes()):
+            return node
+        time.sleep(1)
+    node.stop()
+    raise RuntimeError(f"the Ray node {name} did not join within {timeout:.0f}s; see {log_path}")

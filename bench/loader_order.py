@@ -1,0 +1,116 @@
+"""The epoch order's price: the training loader's samples/s and read amplification with an epoch as
+one permutation of the samples read by ranged GETs (`data.order: permutation`, the default) beside
+shards drawn with replacement and streamed whole (`data.order: resampled`, what training did
+before), on the same shards on a local S3 server (rclone), in one run.
+
+  speed       samples/s delivered as training tensors (decode + augment), 1 rank, 1 and 2 loader
+              workers, after 2 warm-up batches
+  accounting  through a counting HTTP proxy in front of the server (no loader workers, so nothing
+              is read ahead and left unused): bytes fetched per byte of the samples in the train
+              split, GET requests, and how many train samples one epoch's batches saw once, never
+              and more than once; the permutation also with 2 ranks (their bytes summed)
+
+Usage: python bench/loader_order.py [--size 128] [--batch 8] [--batches 40] [--videos 48] [--dataset s3://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections import Counter
+
+import s3fs
+from rich.progress import track
+
+
+def speed(train, urls, cfg, n: int) -> float:
+    from train.data import batches  # noqa: PLC0415
+
+    it = batches(train, urls, cfg, n + 2)
+    for _ in range(2):
+        next(it)
+    t, samples = time.perf_counter(), 0
+    for batch in it:
+        samples += len(batch.keys)
+    return samples / (time.perf_counter() - t)
+
+
+def accounting(train, urls, keys: list[str], cfg, world: int, endpoint: str) -> dict:
+    """One epoch's batches of every rank, read through the counting proxy."""
+    from tests.flaky_proxy import FlakyProxy  # noqa: PLC0415
+    from train.data import batches  # noqa: PLC0415
+    from train.order import batches_left  # noqa: PLC0415
+
+    cfg = dataclasses.replace(cfg, num_workers=0)
+    per_rank = batches_left(train.samples, 0, cfg.batch_size, world)
+    seen: Counter = Counter()
+    with FlakyProxy(endpoint, lambda *_: None) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            for rank in range(world):
+                for batch in batches(train, urls, cfg, per_rank, rank, world):
+                    seen.update(batch.keys)
+        finally:
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
+            s3fs.S3FileSystem.clear_instance_cache()
+    return {"bytes_per_sample_byte": proxy.bytes_served / train.bytes, "requests": proxy.forwarded,
+            "once": sum(seen[k] == 1 for k in keys), "never": sum(seen[k] == 0 for k in keys),
+            "more_than_once": sum(seen[k] > 1 for k in keys)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=128, help="crop size (px)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batches", type=int, default=40, help="timed batches per speed run")
+    ap.add_argument("--videos", type=int, default=48, help="synthetic videos to ingest")
+    ap.add_argument("--dataset", help="an ingested dataset on S3 (with manifest.json) instead of a synthetic one")
+    args = ap.parse_args()
+
+    from train_step import dataset  # noqa: PLC0415  (bench/: the same synthetic corpus)
+
+    from data_pipeline import manifest as mf  # noqa: PLC0415
+    from data_pipeline import shard_index  # noqa: PLC0415
+    from dfdc.config import load_config  # noqa: PLC0415
+    from train.ledger import train_keys  # noqa: PLC0415
+    from train.sample_reader import train_set_of  # noqa: PLC0415
+
+    cfg = load_config(None, [
+        f"data.image_size={args.size}", f"data.batch_size={args.batch}", "data.shuffle_buffer=100",
+        f"synth.videos={args.videos}", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", f"ingest.crop_size={args.size}",
+        "ingest.videos_per_task=4", "ingest.val_fraction=0", "ingest.shard_bytes=1000000",
+    ])
+    with dataset(args, cfg) as root:
+        urls = mf.shard_urls(root, mf.load(root), "train")
+        shard_index.ensure(urls, log=lambda *_: None)
+        train = train_set_of(root)
+        keys = train_keys(root)
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        runs = [(order, workers) for workers in (1, 2) for order in ("permutation", "resampled")]
+        rates = {}
+        for order, workers in track(runs, description="speed"):
+            rates[order, workers] = speed(train, urls, dataclasses.replace(cfg.data, order=order, num_workers=workers), args.batches)
+        books = {}
+        for order, world in track([("permutation", 1), ("permutation", 2), ("resampled", 1)], description="accounting"):
+            books[order, world] = accounting(train, urls, keys, dataclasses.replace(cfg.data, order=order), world, endpoint)
+    print(f"{len(urls)} train shards, {train.samples} samples, {train.bytes / 1e6:.1f} MB of samples; crops {args.size}px, "
+          f"batch {args.batch}; local S3 server; {os.cpu_count()} cores")
+    print(f"{'order':12} {'workers':>7} {'samples/s':>10} {'vs resampled':>13}")
+    for order, workers in runs:
+        ratio = rates[order, workers] / rates["resampled", workers]
+        print(f"{order:12} {workers:7d} {rates[order, workers]:10.1f} {ratio:12.2f}x")
+    print(f"{'order':12} {'ranks':>7} {'bytes read / sample bytes':>26} {'GETs':>6} {'seen once':>10} {'never':>6} {'twice+':>7}")
+    for (order, world), b in books.items():
+        print(f"{order:12} {world:7d} {b['bytes_per_sample_byte']:26.2f} {b['requests']:6d} "
+              f"{b['once']:10d} {b['never']:6d} {b['more_than_once']:7d}")
+    print(json.dumps({"samples": train.samples, "sample_bytes": train.bytes, "shards": len(urls),
+                      "speed": {f"{o}/{w}": round(r, 1) for (o, w), r in rates.items()},
+                      "accounting": {f"{o}/{w}": b for (o, w), b in books.items()}}, default=float))
+
+
+if __name__ == "__main__":
+    main()

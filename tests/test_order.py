@@ -1,0 +1,74 @@
+"""The epoch order and the ledger's reading rules, without storage services (the ledger on a folder)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from train import ledger
+from train.order import batches_left, epoch_order, locate, rank_slice
+
+
+def test_an_epoch_is_a_permutation_fixed_by_seed_and_epoch_only():
+    counts = [5, 17, 40, 3]
+    order = epoch_order(counts, seed=7, epoch=2)
+    assert sorted(order.tolist()) == list(range(65))
+    assert np.array_equal(order, epoch_order(counts, 7, 2))
+    assert not np.array_equal(order, epoch_order(counts, 7, 3)) and not np.array_equal(order, epoch_order(counts, 8, 2))
+    shard, i = locate(order, counts)
+    assert all(0 <= i[j] < counts[shard[j]] for j in range(len(order)))
+    # Consecutive samples come from many shards: a window of 8 draws from at least 3 of the 4.
+    assert min(len(set(shard[j:j + 8])) for j in range(0, 56, 8)) >= 2
+
+
+def _consumed(samples, positions_and_worlds, batch_size, accum=1):
+    """Positions every rank takes over attempts that each start at `position` with `world` ranks and
+    run `steps` optimizer steps (None: to the end of the epoch)."""
+    taken = []
+    for position, world, steps in positions_and_worlds:
+        n = batches_left(samples, position, batch_size, world, accum)
+        n = n if steps is None else min(n, steps * accum)
+        for k in range(n):
+            for r in range(world):
+                taken += list(range(*rank_slice(position, k, r, batch_size, world)))
+    return taken
+
+
+def test_positions_cover_the_order_once_across_changes_of_world_size():
+    samples, b = 103, 4
+    # 2 ranks for 5 steps (position 40), then 3 ranks to the end.
+    taken = _consumed(samples, [(0, 2, 5), (40, 3, None)], b)
+    assert len(taken) == len(set(taken)) and taken == list(range(len(taken)))
+    assert samples - len(taken) < b * 3  # the remainder: less than one global batch of the last world size
+    # Every rank runs the same number of batches, in whole optimizer steps.
+    assert batches_left(samples, 0, b, 2, accum := 3) % accum == 0 and batches_left(samples, 0, b, 2, 3) == 12
+    assert batches_left(10, 0, 4, 3) == 0
+
+
+def test_ledger_keeps_each_attempts_batches_below_the_next_resume(tmp_path):
+    run = str(tmp_path / "run")
+    keys = [f"k{i}" for i in range(12)]
+    order = keys  # the test's "permutation": identity
+    a0 = ledger.start_attempt(run, {"world_size": 2, "batch_size": 2, "grad_accum": 1, "dataset": "-"})
+    a1 = ledger.start_attempt(run, {"world_size": 1, "batch_size": 2, "grad_accum": 1, "dataset": "-"})
+    assert (a0, a1) == (0, 1)
+    for rank in (0, 1):  # attempt 0: two global batches (positions 0..7), then it died; its checkpoint was at 4
+        book = ledger.Ledger(run, a0, rank)
+        book.begin_epoch(0, None)
+        for g in (0, 4):
+            p = g + 2 * rank
+            book.add(p, order[p:p + 2], [])
+        book.flush()
+    book = ledger.Ledger(run, a1, 0)  # attempt 1 on one rank resumes at 4 and goes to the end
+    book.begin_epoch(0, resumed_from=4)
+    for p in range(4, 12, 2):
+        book.add(p, order[p:p + 1], order[p + 1:p + 2])  # one unreadable sample per batch: still consumed
+    book.flush()
+    [result] = ledger.check(run, keys)
+    assert result.ok and result.once == 12 and result.never == 0 and result.skipped == 4, result
+    assert result.attempts == [0, 1] and result.end == 12 and result.step == 2
+    # Without its resume line, attempt 1 reads as a start of the epoch over: attempt 0's batches are
+    # dropped and positions 0..3 are a gap.
+    path = tmp_path / "run/ledger/epoch-0/attempt-1-rank-0.jsonl"
+    path.write_text("\n".join(path.read_text().splitlines()[1:]) + "\n")
+    [broken] = ledger.check(run, keys)
+    assert not broken.ok and broken.gaps == [(0, 4)] and broken.never == 4

@@ -1,0 +1,154 @@
+"""The ledger (`data.ledger: true`): which samples every rank trained on, batch by batch, so that
+anyone can check that an epoch saw every train sample once, across failures, restarts and changes
+of world size. A contract like the manifest; docs/training.md describes it.
+
+Under `<run dir>/ledger/`:
+- `attempt-<A>.json`, one per start of the run (A = 0, 1, ...): world size, batch size, grad_accum,
+  the dataset, and where it resumed.
+- `epoch-<E>/attempt-<A>-rank-<R>.jsonl`, one line per batch:
+  `{"epoch": E, "attempt": A, "rank": R, "position": P, "keys": [...]}` (plus `"skipped": [...]`, the
+  keys of samples whose own bytes could not be read), P being where the batch starts in the epoch's
+  order. An attempt that resumes an epoch first writes `{"epoch": E, "attempt": A, "resumed_from": P}`.
+
+S3 has no append: a rank keeps its lines of the epoch and rewrites its file before every checkpoint
+and at the end of the epoch, so every batch before a checkpoint's position is in storage before
+the checkpoint is. Lines past the position the next attempt resumed from are the work that attempt
+redid; the reader drops them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from dfdc import storage
+
+DIR = "ledger"
+
+
+def start_attempt(run_uri: str, info: dict) -> int:
+    """Number this start of the run (on rank 0, before any batch) and record it."""
+    names = storage.list_files(storage.join(run_uri, DIR))
+    done = [int(m.group(1)) for name in names if (m := re.fullmatch(r"attempt-(\d+)\.json", name))]
+    attempt = max(done, default=-1) + 1
+    storage.write_bytes(storage.join(run_uri, DIR, f"attempt-{attempt}.json"),
+                        json.dumps({"attempt": attempt, **info}, indent=1).encode())
+    return attempt
+
+
+class Ledger:
+    """One rank's lines for the current epoch."""
+
+    def __init__(self, run_uri: str, attempt: int, rank: int):
+        self.run_uri, self.attempt, self.rank = run_uri, attempt, rank
+        self.epoch, self.lines = -1, []
+
+    def begin_epoch(self, epoch: int, resumed_from: int | None) -> None:
+        self.epoch, self.lines = epoch, []
+        if resumed_from is not None:
+            self.lines.append(json.dumps({"epoch": epoch, "attempt": self.attempt, "resumed_from": resumed_from}))
+
+    def add(self, position: int, keys: list[str], skipped: list[str]) -> None:
+        line = {"epoch": self.epoch, "attempt": self.attempt, "rank": self.rank, "position": position, "keys": keys}
+        if skipped:
+            line["skipped"] = skipped
+        self.lines.append(json.dumps(line))
+
+    def flush(self) -> None:
+        if self.lines:
+            uri = storage.join(self.run_uri, DIR, f"epoch-{self.epoch}", f"attempt-{self.attempt}-rank-{self.rank}.jsonl")
+            storage.write_bytes(uri, ("\n".join(self.lines) + "\n").encode())
+
+
+@dataclass
+class EpochCheck:
+    epoch: int
+    samples: int  # train samples in the manifest
+    once: int = 0
+    never: int = 0
+    more_than_once: int = 0
+    skipped: int = 0  # read but unreadable (counted as seen: their position was consumed)
+    unknown: int = 0  # keys not in the manifest's train split
+    end: int = 0  # the position the epoch's batches reached
+    step: int = 0  # samples per optimizer step of the attempt that ended the epoch
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # position ranges no kept batch covers
+    attempts: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every sample once, apart from the remainder of less than one optimizer step at the end."""
+        return (not self.more_than_once and not self.unknown and not self.gaps
+                and self.samples - self.end < self.step and self.never == self.samples - self.end)
+
+
+def read_attempts(run_uri: str) -> dict[int, dict]:
+    out = {}
+    for name in storage.list_files(storage.join(run_uri, DIR)):
+        if m := re.fullmatch(r"attempt-(\d+)\.json", name):
+            out[int(m.group(1))] = json.loads(storage.read_bytes(storage.join(run_uri, DIR, name)))
+    return out
+
+
+def kept_batches(run_uri: str, epoch: int) -> list[dict]:
+    """The batches of `epoch` that count: each attempt's, below the position the next attempt (that
+    wrote for this epoch) resumed from."""
+    prefix = storage.join(run_uri, DIR, f"epoch-{epoch}")
+    by_attempt: dict[int, list[dict]] = {}
+    resumed: dict[int, int] = {}
+    for name in storage.list_files(prefix):
+        if not (m := re.fullmatch(r"attempt-(\d+)-rank-(\d+)\.jsonl", name)):
+            continue
+        attempt = int(m.group(1))
+        for text in storage.read_bytes(storage.join(prefix, name)).decode().splitlines():
+            line = json.loads(text)
+            if "resumed_from" in line:
+                resumed[attempt] = min(resumed.get(attempt, line["resumed_from"]), line["resumed_from"])
+            else:
+                by_attempt.setdefault(attempt, []).append(line)
+    attempts = sorted(set(by_attempt) | set(resumed))
+    kept = []
+    for i, attempt in enumerate(attempts):
+        limit = resumed.get(attempts[i + 1], 0) if i + 1 < len(attempts) else None
+        kept += [b for b in by_attempt.get(attempt, []) if limit is None or b["position"] < limit]
+    return kept
+
+
+def train_keys(dataset: str) -> list[str]:
+    """The keys of the dataset's train samples, from its shards' indexes."""
+    from data_pipeline import manifest as mf  # noqa: PLC0415
+    from data_pipeline import shard_index  # noqa: PLC0415
+
+    data = mf.load(dataset)
+    counts = [s["samples"] for s in data["shards"] if s["split"] == "train"]
+    return [s[0] for url, n in zip(mf.shard_urls(dataset, data, "train"), counts) for s in shard_index.read(url, n)]
+
+
+def check(run_uri: str, train_keys: list[str]) -> list[EpochCheck]:
+    """Per epoch in the ledger: how many train samples were seen once, never, more than once."""
+    attempts = read_attempts(run_uri)
+    epochs = sorted(int(m.group(1)) for name in storage.list_files(storage.join(run_uri, DIR))
+                    if (m := re.fullmatch(r"epoch-(\d+)/.*", name)))
+    known = set(train_keys)
+    out = []
+    for epoch in sorted(set(epochs)):
+        batches = kept_batches(run_uri, epoch)
+        result = EpochCheck(epoch, len(known), attempts=sorted({b["attempt"] for b in batches}))
+        seen = Counter(k for b in batches for k in b["keys"] + b.get("skipped", []))
+        result.skipped = sum(len(b.get("skipped", [])) for b in batches)
+        result.unknown = sum(n for k, n in seen.items() if k not in known)
+        result.once = sum(1 for k in known if seen[k] == 1)
+        result.never = sum(1 for k in known if seen[k] == 0)
+        result.more_than_once = sum(1 for k in known if seen[k] > 1)
+        covered = sorted((b["position"], b["position"] + len(b["keys"]) + len(b.get("skipped", []))) for b in batches)
+        at = 0
+        for start, end in covered:
+            if start > at:
+                result.gaps.append((at, start))
+            at = max(at, end)
+        result.end = at
+        last = attempts.get(max(result.attempts), {}) if result.attempts else {}
+        result.step = last.get("batch_size", 0) * last.get("world_size", 0) * last.get("grad_accum", 1)
+        out.append(result)
+    return out

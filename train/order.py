@@ -1,0 +1,45 @@
+"""The order of an epoch and where a run stands in it.
+
+An epoch is one permutation of all train samples, a pure function of (seed, epoch, the manifest's
+train shards): the number of ranks and loader workers does not enter it. Sample ids number the
+samples shard by shard in manifest order (shard 0's samples, then shard 1's, ...).
+
+Ranks take the order in global batches of `batch_size x world` samples: in global batch k, rank r
+gets positions [P + k*G + r*B, P + k*G + (r+1)*B), P being where this attempt started the epoch.
+So the state of the stream is one number, the position: samples of the epoch's order handed out
+before the current global batch. Any world size can go on from it.
+
+The end of an epoch: every rank runs the same number of batches, in whole optimizer steps, so the
+last `(samples - P) mod (batch_size x world x grad_accum)` samples of the order (fewer than one
+optimizer step's worth) are not trained on in that epoch. The next epoch is a new permutation, so
+each epoch leaves out different ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def epoch_order(counts: list[int], seed: int, epoch: int) -> np.ndarray:
+    """Sample ids in the order of `epoch`."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch]))
+    return rng.permutation(int(sum(counts)))
+
+
+def locate(ids: np.ndarray, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(shard number, sample number within the shard) of each sample id."""
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    shard = np.searchsorted(starts, ids, side="right") - 1
+    return shard, ids - starts[shard]
+
+
+def batches_left(samples: int, position: int, batch_size: int, world: int, grad_accum: int = 1) -> int:
+    """Batches each rank runs from `position` to the end of the epoch: whole optimizer steps only."""
+    step = batch_size * world * grad_accum
+    return max(0, (samples - position) // step) * grad_accum
+
+
+def rank_slice(position: int, batch: int, rank: int, batch_size: int, world: int) -> tuple[int, int]:
+    """The positions of a rank's `batch`-th batch after `position`: [start, end)."""
+    start = position + batch * batch_size * world + rank * batch_size
+    return start, start + batch_size

@@ -1,0 +1,144 @@
+"""Read chosen samples out of tar shards with ranged reads: the train set's byte ranges (from the
+shards' indexes, data_pipeline/shard_index.py), one concurrent batch of GETs per call.
+
+Storage failures (after s3fs's own retries) are retried here a bounded number of times and then
+raised as DataUnavailable: a sample is never set aside because the network or the keys failed.
+Only a sample whose own bytes cannot be parsed or decoded is skipped (and named).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from fsspec.utils import merge_offset_ranges
+from PIL import Image
+
+from data_pipeline import shard_index
+from dfdc import storage
+from train.order import locate
+
+log = logging.getLogger(__name__)
+
+class DataUnavailable(RuntimeError):
+    """The training data cannot be read: storage kept failing, or many samples in a row were unreadable."""
+
+
+@dataclass
+class TrainSet:
+    """The train shards and where each sample lies in them (sample ids number samples shard by shard)."""
+
+    urls: list[str]
+    counts: list[int]
+    starts: np.ndarray  # by sample id
+    ends: np.ndarray
+
+    @property
+    def samples(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def bytes(self) -> int:
+        return int((self.ends - self.starts).sum())
+
+
+def load_train_set(urls: list[str], counts: list[int]) -> TrainSet:
+    """Read every train shard's index (concurrently), checked against the manifest's counts."""
+    with ThreadPoolExecutor(8) as pool:
+        indexes = list(pool.map(lambda uc: shard_index.read(*uc), zip(urls, counts)))
+    starts = np.array([s[1] for index in indexes for s in index], dtype=np.int64)
+    ends = np.array([s[2] for index in indexes for s in index], dtype=np.int64)
+    return TrainSet(list(urls), list(counts), starts, ends)
+
+
+def train_set_of(dataset: str, manifest: dict | None = None) -> TrainSet:
+    """The train set of an ingested dataset (its manifest's train shards, in manifest order)."""
+    from data_pipeline import manifest as mf  # noqa: PLC0415
+
+    manifest = manifest or mf.load(dataset)
+    return load_train_set(mf.shard_urls(dataset, manifest, "train"),
+                          [s["samples"] for s in manifest["shards"] if s["split"] == "train"])
+
+
+@dataclass
+class Sample:
+    key: str
+    image: Image.Image
+    meta: dict
+    url: str
+
+
+class SampleReader:
+    """Fetch samples by id. Counts what it read (bytes, requests) for the read-amplification figures."""
+
+    def __init__(self, train: TrainSet, retries: int, merge_gap: int = 0):
+        self.train, self.retries, self.merge_gap = train, retries, merge_gap
+        self.bytes = self.requests = 0
+        self._keys: dict[int, list[str]] = {}
+
+    def key_of(self, sample_id: int) -> str:
+        """The key of a sample from its shard's index (for samples whose own bytes are unreadable)."""
+        shard, i = (int(x[0]) for x in locate(np.array([sample_id]), self.train.counts))
+        if shard not in self._keys:
+            self._keys[shard] = [s[0] for s in shard_index.read(self.train.urls[shard])]
+        return self._keys[shard][int(i)]
+
+    def fetch(self, ids: np.ndarray) -> list[Sample | Exception]:
+        """The samples `ids`, in that order; a sample whose bytes cannot be parsed is its exception."""
+        shard, _ = locate(ids, self.train.counts)
+        starts, ends = self.train.starts[ids], self.train.ends[ids]
+        by_sample = sorted(range(len(ids)), key=lambda j: (shard[j], starts[j]))
+        paths = [self.train.urls[shard[j]] for j in by_sample]
+        merged = merge_offset_ranges(paths, [int(starts[j]) for j in by_sample], [int(ends[j]) for j in by_sample],
+                                     max_gap=self.merge_gap, sort=False)
+        blobs = self._get(*merged)
+        out: list[Sample | Exception] = [None] * len(ids)  # type: ignore[list-item]
+        r = 0
+        for j in by_sample:
+            url, start, end = self.train.urls[shard[j]], int(starts[j]), int(ends[j])
+            while not (merged[0][r] == url and merged[1][r] <= start and end <= merged[2][r]):
+                r += 1
+            offset = start - merged[1][r]
+            out[j] = _parse(blobs[r][offset:offset + end - start], url)
+        return out
+
+    def _get(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+        fs, _ = storage.filesystem(paths[0])
+        local = [storage.filesystem(p)[1] for p in paths]
+        for attempt in range(self.retries + 1):
+            blobs = fs.cat_ranges(local, starts, ends, on_error="return")
+            self.requests += len(paths)
+            failed = [(p, b) for p, b in zip(paths, blobs) if isinstance(b, BaseException)]
+            if not failed:
+                self.bytes += sum(len(b) for b in blobs)
+                return blobs
+            url, exc = failed[0]
+            why = storage.explain(exc, url) or f"{url}: {type(exc).__name__}: {exc}"
+            if attempt == self.retries:
+                raise DataUnavailable(f"{len(failed)} of {len(paths)} ranged reads of training shards failed "
+                                      f"{self.retries + 1} times (data.read_retries); the first: {why}")
+            log.warning("retrying %d failed ranged reads in %d s: %s", len(failed), 2 ** attempt, why)
+            time.sleep(2 ** attempt)
+        raise AssertionError("unreachable")
+
+
+def _parse(data: bytes, url: str) -> Sample | Exception:
+    """One sample's members (a piece of tar) to its key, decoded image and metadata."""
+    try:
+        members = {}
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for m in tar:
+                if m.isfile():
+                    key, _, ext = m.name.partition(".")
+                    members[ext] = tar.extractfile(m).read()
+        image = Image.open(io.BytesIO(members["jpg"]))
+        image.load()
+        return Sample(key, image.convert("RGB"), json.loads(members["json"]), url)
+    except Exception as e:  # noqa: BLE001  the sample's own bytes: tar, JPEG or JSON that does not parse
+        return e
