@@ -26,6 +26,7 @@ demo: install
 bench: install
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/train_step.py
+	$(VENV)/bin/python bench/loader_order.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

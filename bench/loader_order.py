@@ -10,7 +10,8 @@ before), on the same shards on a local S3 server (rclone), in one run.
               split, GET requests, and how many train samples one epoch's batches saw once, never
               and more than once; the permutation also with 2 ranks (their bytes summed)
 
-Usage: python bench/loader_order.py [--size 128] [--batch 8] [--batches 40] [--videos 48] [--dataset s3://...]
+Usage: python bench/loader_order.py [--size 128] [--batch 8] [--batches 40] [--videos 48] [--merge-gap 0]
+           [--dataset s3://...]
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40, help="timed batches per speed run")
     ap.add_argument("--videos", type=int, default=48, help="synthetic videos to ingest")
     ap.add_argument("--dataset", help="an ingested dataset on S3 (with manifest.json) instead of a synthetic one")
+    ap.add_argument("--merge-gap", type=int, default=0, help="data.merge_gap_bytes for the permutation order")
     args = ap.parse_args()
 
     from train_step import dataset  # noqa: PLC0415  (bench/: the same synthetic corpus)
@@ -81,6 +83,7 @@ def main() -> None:
 
     cfg = load_config(None, [
         f"data.image_size={args.size}", f"data.batch_size={args.batch}", "data.shuffle_buffer=100",
+        f"data.merge_gap_bytes={args.merge_gap}",
         f"synth.videos={args.videos}", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", f"ingest.crop_size={args.size}",
         "ingest.videos_per_task=4", "ingest.val_fraction=0", "ingest.shard_bytes=1000000",
     ])
@@ -98,7 +101,7 @@ def main() -> None:
         for order, world in track([("permutation", 1), ("permutation", 2), ("resampled", 1)], description="accounting"):
             books[order, world] = accounting(train, urls, keys, dataclasses.replace(cfg.data, order=order), world, endpoint)
     print(f"{len(urls)} train shards, {train.samples} samples, {train.bytes / 1e6:.1f} MB of samples; crops {args.size}px, "
-          f"batch {args.batch}; local S3 server; {os.cpu_count()} cores")
+          f"batch {args.batch}; data.merge_gap_bytes {args.merge_gap}; local S3 server; {os.cpu_count()} cores")
     print(f"{'order':12} {'workers':>7} {'samples/s':>10} {'vs resampled':>13}")
     for order, workers in runs:
         ratio = rates[order, workers] / rates["resampled", workers]

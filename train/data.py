@@ -150,7 +150,10 @@ def unreadable_total(seen: dict[int, int], batch: Batch) -> int:
 
 class EpochStream(torch.utils.data.IterableDataset):
     """This rank's batches of one epoch's order from `position` on: `batches` of them. A loader
-    worker makes every `workers`-th batch, fetching `prefetch` of its batches' samples at once."""
+    worker makes every `workers`-th batch. It fetches its batches' samples `prefetch` batches at a
+    time with concurrent GETs, the next group in a thread while it decodes and augments this one, so
+    that S3's per-request latency (tens of ms) waits beside the CPU work. (On the local server here,
+    where a GET waits little, the overlap changed nothing measurable: docs/performance.md.)"""
 
     def __init__(self, train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, batches: int,
                  rank: int, world: int, prefetch: int = 4):
@@ -159,43 +162,53 @@ class EpochStream(torch.utils.data.IterableDataset):
         self.transform = image_transform(cfg.image_size, cfg.augment)
 
     def __iter__(self):
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         order = epoch_order(self.train.counts, self.seed, self.epoch)
         reader = SampleReader(self.train, self.cfg.read_retries, self.cfg.merge_gap_bytes)
         mine = list(range(worker, self.batches, workers))
-        skipped_total = in_a_row = 0
-        for c in range(0, len(mine), self.prefetch):
-            chunk = mine[c:c + self.prefetch]
-            spans = [rank_slice(self.position, k, self.rank, self.cfg.batch_size, self.world) for k in chunk]
-            ids = np.concatenate([order[a:b] for a, b in spans])
+        groups = [mine[c:c + self.prefetch] for c in range(0, len(mine), self.prefetch)]
+
+        def fetch(group):
+            spans = [rank_slice(self.position, k, self.rank, self.cfg.batch_size, self.world) for k in group]
             before = reader.bytes, reader.requests
-            fetched = iter(reader.fetch(ids))
-            for n, (a, b) in enumerate(spans):
-                items, skipped = [], []
-                for sample_id in order[a:b]:
-                    sample = next(fetched)
-                    if not isinstance(sample, Exception):
-                        try:
-                            items.append((*decode_sample(sample.image, sample.meta, self.transform), sample.url, sample.key))
-                            in_a_row = 0
-                            continue
-                        except (KeyError, ValueError, TypeError, OSError) as e:  # metadata without a label, an image the transform refuses
-                            sample = e
-                    key = reader.key_of(int(sample_id))
-                    skipped.append(key)
-                    skipped_total += 1
-                    in_a_row += 1
-                    log.warning("skipping sample %s: its bytes cannot be read (%s: %s)", key, type(sample).__name__, sample)
-                    if self.cfg.max_failed_reads and in_a_row >= self.cfg.max_failed_reads:
-                        raise DataUnavailable(f"{in_a_row} samples in a row could not be read (data.max_failed_reads); "
-                                              f"the last: {key}: {type(sample).__name__}: {sample}")
-                if not items:
-                    raise DataUnavailable(f"no sample of the batch at position {a} of epoch {self.epoch} could be read: "
-                                          f"{', '.join(skipped)}")
-                batch = collate(items)
-                read = (reader.bytes - before[0], reader.requests - before[1]) if n == 0 else (0, 0)
-                yield batch._replace(unreadable=(worker, skipped_total), position=a, skipped=skipped, read=read)
+            samples = reader.fetch(np.concatenate([order[a:b] for a, b in spans]))
+            return spans, samples, (reader.bytes - before[0], reader.requests - before[1])
+
+        skipped_total = in_a_row = 0
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(fetch, groups[0]) if groups else None
+            for g in range(len(groups)):
+                spans, samples, read = pending.result()
+                if g + 1 < len(groups):
+                    pending = pool.submit(fetch, groups[g + 1])
+                fetched = iter(samples)
+                for n, (a, b) in enumerate(spans):
+                    items, skipped = [], []
+                    for sample_id in order[a:b]:
+                        sample = next(fetched)
+                        if not isinstance(sample, Exception):
+                            try:
+                                items.append((*decode_sample(sample.image, sample.meta, self.transform), sample.url, sample.key))
+                                in_a_row = 0
+                                continue
+                            except (KeyError, ValueError, TypeError, OSError) as e:  # metadata without a label, an image the transform refuses
+                                sample = e
+                        key = reader.key_of(int(sample_id))
+                        skipped.append(key)
+                        skipped_total += 1
+                        in_a_row += 1
+                        log.warning("skipping sample %s: its bytes cannot be read (%s: %s)", key, type(sample).__name__, sample)
+                        if self.cfg.max_failed_reads and in_a_row >= self.cfg.max_failed_reads:
+                            raise DataUnavailable(f"{in_a_row} samples in a row could not be read (data.max_failed_reads); "
+                                                  f"the last: {key}: {type(sample).__name__}: {sample}")
+                    if not items:
+                        raise DataUnavailable(f"no sample of the batch at position {a} of epoch {self.epoch} could be read: "
+                                              f"{', '.join(skipped)}")
+                    yield collate(items)._replace(unreadable=(worker, skipped_total), position=a, skipped=skipped,
+                                                  read=read if n == 0 else (0, 0))
 
 
 def epoch_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, batches: int, rank: int,
