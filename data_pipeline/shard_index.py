@@ -12,6 +12,7 @@ before indexes existed, by reading each tar once.
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from typing import IO
 
@@ -26,6 +27,16 @@ class ShardIndexError(ValueError):
     """A shard's index is missing its fields or does not match the manifest."""
 
 
+_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(key, extension) of a tar member, by webdataset's rule: the key ends at the first dot of the
+    file name (dots in folder names stay in the key)."""
+    m = _NAME.match(name)
+    return (m.group(1), m.group(2)) if m else (name, "")
+
+
 def index_uri(shard_uri: str) -> str:
     return shard_uri.removesuffix(".tar") + SUFFIX
 
@@ -37,7 +48,7 @@ def build(fileobj: IO[bytes]) -> list[list]:
         for member in tar:
             if not member.isfile():
                 continue
-            key = member.name.split(".", 1)[0]  # webdataset's rule: the key ends at the first dot
+            key = split_name(member.name)[0]
             end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
             if samples and samples[-1][0] == key:
                 samples[-1][2] = end

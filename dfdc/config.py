@@ -266,6 +266,10 @@ def config_from_dict(data: dict) -> Config:
         check = getattr(getattr(cfg, section.name), "check", None)
         if check:
             check()
+    low, high = cfg.ray.workers()
+    if low != high and cfg.data.order == "resampled":
+        raise ConfigError(f"ray.num_workers={cfg.ray.num_workers!r} (elastic) needs data.order=permutation: a restart on "
+                          f"another number of workers goes on from the epoch's global position, which a resampled stream lacks")
     return cfg
 
 

@@ -72,3 +72,47 @@ def test_ledger_keeps_each_attempts_batches_below_the_next_resume(tmp_path):
     path.write_text("\n".join(path.read_text().splitlines()[1:]) + "\n")
     [broken] = ledger.check(run, keys)
     assert not broken.ok and broken.gaps == [(0, 4)] and broken.never == 4
+
+
+def test_ledger_drops_batches_past_any_later_resume(tmp_path):
+    """Attempt 2 fell back to an older checkpoint (position 2) than attempt 1 resumed from (4):
+    attempt 0's batches at 2 and beyond were redone and must not count twice."""
+    run = str(tmp_path / "run")
+    keys = [f"k{i}" for i in range(8)]
+    for a in range(3):
+        ledger.start_attempt(run, {"world_size": 1, "batch_size": 2, "grad_accum": 1, "dataset": "-"})
+    lines = {0: (None, [0, 2, 4]), 1: (4, [4]), 2: (2, [2, 4, 6])}
+    for attempt, (resumed, positions) in lines.items():
+        book = ledger.Ledger(run, attempt, 0)
+        book.begin_epoch(0, resumed)
+        for p in positions:
+            book.add(p, keys[p:p + 2], [])
+        book.flush()
+    [result] = ledger.check(run, keys)
+    assert result.ok and result.once == 8 and result.more_than_once == 0, result
+
+
+def test_an_attempt_that_only_resumed_sets_the_remainder(tmp_path):
+    """Resumed at 8 of 10 on 2 ranks (4 per step): no batch left, but the remainder rule is that
+    attempt's (2 < 4), not the 1-rank attempt's (2 samples per step)."""
+    run = str(tmp_path / "run")
+    keys = [f"k{i}" for i in range(10)]
+    ledger.start_attempt(run, {"world_size": 1, "batch_size": 2, "grad_accum": 1, "dataset": "-"})
+    ledger.start_attempt(run, {"world_size": 2, "batch_size": 2, "grad_accum": 1, "dataset": "-"})
+    book = ledger.Ledger(run, 0, 0)
+    book.begin_epoch(0, None)
+    for p in (0, 2, 4, 6):
+        book.add(p, keys[p:p + 2], [])
+    book.flush()
+    book = ledger.Ledger(run, 1, 0)
+    book.begin_epoch(0, 8)
+    book.flush()
+    [result] = ledger.check(run, keys)
+    assert result.ok and result.attempts == [0, 1] and result.step == 4 and result.never == 2, result
+
+
+def test_keys_end_at_the_first_dot_of_the_file_name():
+    from data_pipeline.shard_index import split_name
+
+    assert split_name("ff.c23/abc%2Emp4/f00001-00.jpg") == ("ff.c23/abc%2Emp4/f00001-00", "jpg")
+    assert split_name("s00001.json") == ("s00001", "json")

@@ -266,3 +266,27 @@ def test_lr_warms_up_then_decays_to_zero():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
     assert all(f(s) >= f(s + 1) for s in range(10, 110))
+
+
+def test_lr_schedule_ends_at_the_last_step_after_a_change_of_world_size():
+    from train.loop import planned_steps
+
+    cfg = load_config(None, ["data.batch_size=4", "optim.epochs=2"])
+    assert planned_steps(100, cfg, 1, None) == 50 and planned_steps(100, cfg, 2, None) == 24
+    # 30 steps on 1 rank (position 120 of epoch 0 would be past the end: use epoch 1, position 20).
+    saved = TrainState(epoch=1, position=20, step=30, world_size=1)
+    assert planned_steps(100, cfg, 2, saved) == 30 + (100 - 20) // 8
+
+
+def test_checkpoints_from_before_the_epoch_order_read_as_resampled():
+    old = json.dumps({"epoch": 0, "batch_in_epoch": 3, "step": 3, "world_size": 2,
+                      "config": {"data": {"batch_size": 4, "dataset": "s3://x"}}})
+    state = TrainState.from_json(old)
+    assert state.position == 24 and state.config["data"]["order"] == "resampled"
+    with pytest.raises(ResumeError, match="data[.]order was 'resampled' and is now 'permutation'"):
+        check_resume(state, load_config(None, ["data.batch_size=4", "data.dataset=s3://x"]), 2, "ckpt")
+
+
+def test_elastic_workers_need_the_permutation_order():
+    with pytest.raises(ConfigError, match="elastic.*needs data.order=permutation"):
+        load_config(None, ["ray.num_workers=1..2", "data.order=resampled"])

@@ -46,6 +46,10 @@ class TrainState:
     @classmethod
     def from_json(cls, text: str | bytes) -> TrainState:
         data = json.loads(text)
+        if "batch_in_epoch" in data and "position" not in data:  # written before the epoch order had a position:
+            cfg = data.get("config", {})                            # it trained on the resampled stream
+            cfg.setdefault("data", {}).setdefault("order", "resampled")
+            data["position"] = data["batch_in_epoch"] * cfg["data"].get("batch_size", 0) * data.get("world_size", 0)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -242,7 +246,8 @@ def restore_buffers(module: torch.nn.Module, checkpoint_dir: str) -> None:
     saved = torch.load(path, map_location="cpu", weights_only=False)["module"]
     with torch.no_grad():
         for name, buf in module.named_buffers():
-            buf.copy_(saved[name])
+            if name in saved:  # non-persistent buffers are not saved, and need not be
+                buf.copy_(saved[name])
 
 
 def load(engine, found: Found, cfg: Config) -> tuple[TrainState, dict]:

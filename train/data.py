@@ -178,7 +178,8 @@ class EpochStream(torch.utils.data.IterableDataset):
             return spans, samples, (reader.bytes - before[0], reader.requests - before[1])
 
         skipped_total = in_a_row = 0
-        with ThreadPoolExecutor(1) as pool:
+        pool = ThreadPoolExecutor(1)
+        try:
             pending = pool.submit(fetch, groups[0]) if groups else None
             for g in range(len(groups)):
                 spans, samples, read = pending.result()
@@ -209,6 +210,8 @@ class EpochStream(torch.utils.data.IterableDataset):
                                               f"{', '.join(skipped)}")
                     yield collate(items)._replace(unreadable=(worker, skipped_total), position=a, skipped=skipped,
                                                   read=read if n == 0 else (0, 0))
+        finally:  # closed early or failed: do not wait for a fetch nobody will use (it may be sleeping between retries)
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def epoch_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, batches: int, rank: int,

@@ -91,9 +91,10 @@ def read_attempts(run_uri: str) -> dict[int, dict]:
     return out
 
 
-def kept_batches(run_uri: str, epoch: int) -> list[dict]:
-    """The batches of `epoch` that count: each attempt's, below the position the next attempt (that
-    wrote for this epoch) resumed from."""
+def kept_batches(run_uri: str, epoch: int) -> tuple[list[dict], list[int]]:
+    """The batches of `epoch` that count, and the attempts that wrote for it. An attempt's batch
+    counts when its position is below where every later attempt (that wrote for this epoch) took
+    the epoch up: its `resumed_from`, or 0 when it began the epoch from the start."""
     prefix = storage.join(run_uri, DIR, f"epoch-{epoch}")
     by_attempt: dict[int, list[dict]] = {}
     resumed: dict[int, int] = {}
@@ -101,18 +102,20 @@ def kept_batches(run_uri: str, epoch: int) -> list[dict]:
         if not (m := re.fullmatch(r"attempt-(\d+)-rank-(\d+)\.jsonl", name)):
             continue
         attempt = int(m.group(1))
+        by_attempt.setdefault(attempt, [])
         for text in storage.read_bytes(storage.join(prefix, name)).decode().splitlines():
             line = json.loads(text)
             if "resumed_from" in line:
                 resumed[attempt] = min(resumed.get(attempt, line["resumed_from"]), line["resumed_from"])
             else:
-                by_attempt.setdefault(attempt, []).append(line)
-    attempts = sorted(set(by_attempt) | set(resumed))
+                by_attempt[attempt].append(line)
+    attempts = sorted(by_attempt)
     kept = []
     for i, attempt in enumerate(attempts):
-        limit = resumed.get(attempts[i + 1], 0) if i + 1 < len(attempts) else None
-        kept += [b for b in by_attempt.get(attempt, []) if limit is None or b["position"] < limit]
-    return kept
+        later = [resumed.get(a, 0) for a in attempts[i + 1:]]
+        limit = min(later) if later else None
+        kept += [b for b in by_attempt[attempt] if limit is None or b["position"] < limit]
+    return kept, attempts
 
 
 def train_keys(dataset: str) -> list[str]:
@@ -133,8 +136,8 @@ def check(run_uri: str, train_keys: list[str]) -> list[EpochCheck]:
     known = set(train_keys)
     out = []
     for epoch in sorted(set(epochs)):
-        batches = kept_batches(run_uri, epoch)
-        result = EpochCheck(epoch, len(known), attempts=sorted({b["attempt"] for b in batches}))
+        batches, wrote = kept_batches(run_uri, epoch)
+        result = EpochCheck(epoch, len(known), attempts=wrote)
         seen = Counter(k for b in batches for k in b["keys"] + b.get("skipped", []))
         result.skipped = sum(len(b.get("skipped", [])) for b in batches)
         result.unknown = sum(n for k, n in seen.items() if k not in known)
@@ -148,7 +151,7 @@ def check(run_uri: str, train_keys: list[str]) -> list[EpochCheck]:
                 result.gaps.append((at, start))
             at = max(at, end)
         result.end = at
-        last = attempts.get(max(result.attempts), {}) if result.attempts else {}
+        last = attempts.get(max(wrote), {}) if wrote else {}  # the attempt that ended the epoch sets the remainder
         result.step = last.get("batch_size", 0) * last.get("world_size", 0) * last.get("grad_accum", 1)
         out.append(result)
     return out

@@ -47,6 +47,22 @@ def plan_epochs(manifest: dict, cfg: Config, world: int) -> tuple[int, float | N
     return batches, pos_weight
 
 
+def planned_steps(samples: int, cfg: Config, world: int, saved: TrainState | None) -> int:
+    """Optimizer steps of the whole run, for the learning-rate schedule: the steps a resumed run
+    already took (at whatever world size) plus those left at this world size. The scheduler's step
+    count comes back from the checkpoint, so after a change of world size the cosine still ends at
+    the last step."""
+    accum = cfg.optim.grad_accum
+    per_epoch = batches_left(samples, 0, cfg.data.batch_size, world, accum) // accum
+    if saved is None:
+        return max(1, per_epoch * cfg.optim.epochs)
+    left = 0
+    if saved.epoch < cfg.optim.epochs:
+        left = (batches_left(samples, saved.position, cfg.data.batch_size, world, accum) // accum
+                + per_epoch * (cfg.optim.epochs - saved.epoch - 1))
+    return max(1, saved.step // accum + left)
+
+
 def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """One micro-batch: forward, loss, backward, and the optimizer step once `optim.grad_accum`
     micro-batches are in. Inputs already on the engine's device (engine.to_device). Returns the loss
@@ -161,10 +177,10 @@ def train_func(config: dict) -> None:
     train_set = train_set_of(cfg.data.dataset, manifest) if cfg.data.order == "permutation" else None
     val_shards = {storage.join(cfg.data.dataset, s["url"]): s["samples"] for s in manifest["shards"] if s["split"] == "val"}
     batches, pos_weight = plan_epochs(manifest, cfg, world)
-    total_steps = max(1, batches * cfg.optim.epochs // cfg.optim.grad_accum)
     global_batch = cfg.data.batch_size * world
 
     found = checkpoint.find(cfg, world)  # before the engine: a checkpoint of another world size changes its config
+    total_steps = planned_steps(sum(counts), cfg, world, found.state if found else None)
     engine, ds_config = build_engine(build_model(cfg.model), cfg, world, total_steps, universal=found is not None and found.universal)
     torch.manual_seed(cfg.optim.seed * 1_000_003 + rank)  # the same init everywhere; from here on, per rank
     device = engine.device

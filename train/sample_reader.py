@@ -109,22 +109,33 @@ class SampleReader:
         return out
 
     def _get(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+        """The ranges' bytes. Failed ranges (storage failures) are fetched again, only they, up to
+        `retries` more times, 1, 2, 4, ... s apart; then DataUnavailable names the first."""
         fs, _ = storage.filesystem(paths[0])
         local = [storage.filesystem(p)[1] for p in paths]
+        out: list = [None] * len(paths)
+        todo = list(range(len(paths)))
         for attempt in range(self.retries + 1):
-            blobs = fs.cat_ranges(local, starts, ends, on_error="return")
-            self.requests += len(paths)
-            failed = [(p, b) for p, b in zip(paths, blobs) if isinstance(b, BaseException)]
+            blobs = fs.cat_ranges([local[i] for i in todo], [starts[i] for i in todo], [ends[i] for i in todo],
+                                  on_error="return")
+            self.requests += len(todo)
+            failed = []
+            for i, blob in zip(todo, blobs):
+                if isinstance(blob, BaseException):
+                    failed.append((i, blob))
+                else:
+                    out[i] = blob
+                    self.bytes += len(blob)
             if not failed:
-                self.bytes += sum(len(b) for b in blobs)
-                return blobs
-            url, exc = failed[0]
-            why = storage.explain(exc, url) or f"{url}: {type(exc).__name__}: {exc}"
+                return out
+            i, exc = failed[0]
+            why = storage.explain(exc, paths[i]) or f"{paths[i]}: {type(exc).__name__}: {exc}"
             if attempt == self.retries:
                 raise DataUnavailable(f"{len(failed)} of {len(paths)} ranged reads of training shards failed "
                                       f"{self.retries + 1} times (data.read_retries); the first: {why}")
             log.warning("retrying %d failed ranged reads in %d s: %s", len(failed), 2 ** attempt, why)
             time.sleep(2 ** attempt)
+            todo = [i for i, _ in failed]
         raise AssertionError("unreachable")
 
 
@@ -135,7 +146,7 @@ def _parse(data: bytes, url: str) -> Sample | Exception:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for m in tar:
                 if m.isfile():
-                    key, _, ext = m.name.partition(".")
+                    key, ext = shard_index.split_name(m.name)
                     members[ext] = tar.extractfile(m).read()
         image = Image.open(io.BytesIO(members["jpg"]))
         image.load()
