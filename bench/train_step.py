@@ -3,7 +3,7 @@ by side in one run on this machine's accelerator (a GPU if there is one, else th
 
   in-memory  the step on one batch already on the device, over and over: the compute limit
              (on a GPU also with NCHW inputs instead of channels-last, to show what the layout buys)
-  streamed   the same step fed by the training loader (`train.data.train_loader`) from face-crop
+  streamed   the same step fed by the training loader (`train.data.batches`, in the default epoch order) from face-crop
              shards on S3: images/s, its ratio to in-memory, and the fraction of wall time the rank
              waited for the next batch
 
