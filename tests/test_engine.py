@@ -70,7 +70,25 @@ def _two_ranks(rank: int, port: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
-def test_bf16_zero3_over_two_ranks_consolidates_and_resumes_on_one(tmp_path, monkeypatch, one_rank):
+def _one_rank_resumes(rank: int, port: int, folder: str) -> None:
+    """Load the 2-rank ZeRO-3 checkpoint in `folder` on one rank through DeepSpeed's universal format."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    cfg = load_config(None, ["model.name=efficientnet_b0", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
+                             "deepspeed.precision=bf16", "deepspeed.zero_stage=3"])
+    engine, ds = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10, universal=True)
+    assert ds["checkpoint"] == {"load_universal": True}
+    to_universal(folder, os.path.join(folder, "universal"))
+    engine.load_checkpoint(os.path.join(folder, "universal"), tag=TAG)
+    restore_buffers(engine.module, folder)  # the universal format has no buffers (BatchNorm statistics)
+    probe = torch.load(os.path.join(folder, "probe.pt"), weights_only=True)
+    assert (probe_logits(engine, 32)["logits_fp32"] - probe["logits_fp32"]).abs().max() < 1e-5
+    assert engine.global_steps == 3 and engine.lr_scheduler.last_epoch == 3  # the schedule goes on where it was
+    assert torch.isfinite(train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)))
+    dist.destroy_process_group()
+
+
+def test_bf16_zero3_over_two_ranks_consolidates_and_resumes_on_one(tmp_path, monkeypatch):
     """ZeRO-3 gathers each rank's shards of a weight for the forward pass. Under autocast DeepSpeed
     gathers convolution weights in bf16 unless told not to; then the model that ran was not the fp32
     weights saved (efficientnet_b0: 1.0e-4 relative on the probe, measured). Two processes, because
@@ -86,13 +104,6 @@ def test_bf16_zero3_over_two_ranks_consolidates_and_resumes_on_one(tmp_path, mon
     probe = torch.load(tmp_path / "probe.pt", weights_only=True)
     assert probe_diff(model, probe) < 1e-5
 
-    cfg = load_config(None, ["model.name=efficientnet_b0", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
-                             "deepspeed.precision=bf16", "deepspeed.zero_stage=3"])
-    engine, ds = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10, universal=True)
-    assert ds["checkpoint"] == {"load_universal": True}
-    to_universal(str(tmp_path), str(tmp_path / "universal"))
-    engine.load_checkpoint(str(tmp_path / "universal"), tag=TAG)
-    restore_buffers(engine.module, str(tmp_path))  # the universal format has no buffers (BatchNorm statistics)
-    assert (probe_logits(engine, 32)["logits_fp32"] - probe["logits_fp32"]).abs().max() < 1e-5
-    assert engine.global_steps == 3 and engine.lr_scheduler.last_epoch == 3  # the schedule goes on where it was
-    assert torch.isfinite(train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)))
+    # In a process of its own too: a ZeRO-3 engine patches torch.nn.functional.linear for the rest of
+    # its process (DeepSpeed's zero3_linear_wrap), which later TorchScript exports here cannot trace.
+    mp.start_processes(_one_rank_resumes, args=(free_port(), str(tmp_path)), nprocs=1, join=True, start_method="spawn")

@@ -83,7 +83,7 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
     assert epoch.ok and epoch.never < 8 and epoch.more_than_once == 0 and epoch.attempts == [0, 1], epoch
     assert sorted(ledger.read_attempts("s3://test/runs/killed")) == [0, 1]
     checked = CliRunner().invoke(app, ["ledger", "check", "s3://test/runs/killed"])
-    assert checked.exit_code == 0 and "exactly once" in checked.output, checked.output
+    assert checked.exit_code == 0 and "FAILED" not in checked.output, checked.output  # exit 1 when an epoch fails
     client = mlflow.MlflowClient(cfg.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id])
     assert len(runs) == 1, "the resumed job continued the killed job's MLflow run"
