@@ -4,13 +4,17 @@ shards drawn with replacement and streamed whole (`data.order: resampled`, what 
 before), on the same shards on a local S3 server (rclone), in one run.
 
   speed       samples/s delivered as training tensors (decode + augment), 1 rank, 1 and 2 loader
-              workers, after 2 warm-up batches
+              workers (--workers), after 2 warm-up batches; the two orders run in turn, `--rounds` times each
+              (runs on this kind of machine vary by 10-20%: one pair of runs cannot tell a few
+              per cent), and the table shows each one's median and the spread of the ratio; also
+              the S3 server's CPU per sample when it runs on this machine (found by its port): on
+              these few cores it competes with the loader, which S3 itself does not
   accounting  through a counting HTTP proxy in front of the server (no loader workers, so nothing
               is read ahead and left unused): bytes fetched per byte of the samples in the train
               split, GET requests, and how many train samples one epoch's batches saw once, never
               and more than once; the permutation also with 2 ranks (their bytes summed)
 
-Usage: python bench/loader_order.py [--size 128] [--batch 8] [--batches 40] [--videos 48] [--merge-gap 0]
+Usage: python bench/loader_order.py [--size 128] [--batch 8] [--batches 80] [--workers 1,2] [--rounds 3] [--videos 48] [--merge-gap 0]
            [--dataset s3://...]
 """
 
@@ -20,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import time
 from collections import Counter
 
@@ -27,16 +32,31 @@ import s3fs
 from rich.progress import track
 
 
-def speed(train, urls, cfg, n: int) -> float:
+def server_process(endpoint: str):
+    """The process serving `endpoint` on this machine (its CPU time is the server's share of the
+    cores, which S3 itself does not take from a training node), or None."""
+    import psutil  # noqa: PLC0415
+
+    port = int(endpoint.rsplit(":", 1)[1]) if endpoint.count(":") == 2 else None
+    for c in psutil.net_connections("tcp"):
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid:
+            return psutil.Process(c.pid)
+    return None
+
+
+def speed(train, urls, cfg, n: int, server) -> tuple[float, float]:
+    """samples/s, and the server's CPU ms per sample meanwhile (nan if unknown)."""
     from train.data import batches  # noqa: PLC0415
 
     it = batches(train, urls, cfg, n + 2)
     for _ in range(2):
         next(it)
+    cpu = sum(server.cpu_times()[:2]) if server else float("nan")
     t, samples = time.perf_counter(), 0
     for batch in it:
         samples += len(batch.keys)
-    return samples / (time.perf_counter() - t)
+    cpu = sum(server.cpu_times()[:2]) - cpu if server else cpu
+    return samples / (time.perf_counter() - t), cpu * 1e3 / samples
 
 
 def accounting(train, urls, keys: list[str], cfg, world: int, endpoint: str) -> dict:
@@ -67,7 +87,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=128, help="crop size (px)")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--batches", type=int, default=40, help="timed batches per speed run")
+    ap.add_argument("--batches", type=int, default=80, help="timed batches per speed run")
+    ap.add_argument("--workers", default="1,2", help="loader worker counts to time, comma-separated")
+    ap.add_argument("--rounds", type=int, default=3, help="speed runs of each order and worker count, taken in turn")
     ap.add_argument("--videos", type=int, default=48, help="synthetic videos to ingest")
     ap.add_argument("--dataset", help="an ingested dataset on S3 (with manifest.json) instead of a synthetic one")
     ap.add_argument("--merge-gap", type=int, default=0, help="data.merge_gap_bytes for the permutation order")
@@ -93,25 +115,33 @@ def main() -> None:
         train = train_set_of(root)
         keys = train_keys(root)
         endpoint = os.environ["AWS_ENDPOINT_URL"]
-        runs = [(order, workers) for workers in (1, 2) for order in ("permutation", "resampled")]
-        rates = {}
-        for order, workers in track(runs, description="speed"):
-            rates[order, workers] = speed(train, urls, dataclasses.replace(cfg.data, order=order, num_workers=workers), args.batches)
+        runs = [(order, int(workers)) for workers in args.workers.split(",") for order in ("permutation", "resampled")]
+        every: dict = {run: [] for run in runs}
+        server_ms: dict = {run: [] for run in runs}
+        server = server_process(endpoint)
+        for order, workers in track(runs * args.rounds, description="speed"):
+            rate, ms = speed(train, urls, dataclasses.replace(cfg.data, order=order, num_workers=workers), args.batches, server)
+            every[order, workers].append(rate)
+            server_ms[order, workers].append(ms)
+        rates = {run: statistics.median(r) for run, r in every.items()}
         books = {}
         for order, world in track([("permutation", 1), ("permutation", 2), ("resampled", 1)], description="accounting"):
             books[order, world] = accounting(train, urls, keys, dataclasses.replace(cfg.data, order=order), world, endpoint)
     print(f"{len(urls)} train shards, {train.samples} samples, {train.bytes / 1e6:.1f} MB of samples; crops {args.size}px, "
           f"batch {args.batch}; data.merge_gap_bytes {args.merge_gap}; local S3 server; {os.cpu_count()} cores")
-    print(f"{'order':12} {'workers':>7} {'samples/s':>10} {'vs resampled':>13}")
+    print(f"{'order':12} {'workers':>7} {'samples/s (median)':>19} {'vs resampled':>13} {'round by round':>15} "
+          f"{'server CPU ms/sample':>21}")
     for order, workers in runs:
         ratio = rates[order, workers] / rates["resampled", workers]
-        print(f"{order:12} {workers:7d} {rates[order, workers]:10.1f} {ratio:12.2f}x")
+        pairs = [a / b for a, b in zip(every[order, workers], every["resampled", workers])]
+        print(f"{order:12} {workers:7d} {rates[order, workers]:19.1f} {ratio:12.2f}x {min(pairs):7.2f}-{max(pairs):.2f}x "
+              f"{statistics.median(server_ms[order, workers]):21.2f}")
     print(f"{'order':12} {'ranks':>7} {'bytes read / sample bytes':>26} {'GETs':>6} {'seen once':>10} {'never':>6} {'twice+':>7}")
     for (order, world), b in books.items():
         print(f"{order:12} {world:7d} {b['bytes_per_sample_byte']:26.2f} {b['requests']:6d} "
               f"{b['once']:10d} {b['never']:6d} {b['more_than_once']:7d}")
     print(json.dumps({"samples": train.samples, "sample_bytes": train.bytes, "shards": len(urls),
-                      "speed": {f"{o}/{w}": round(r, 1) for (o, w), r in rates.items()},
+                      "speed": {f"{o}/{w}": [round(x, 1) for x in r] for (o, w), r in every.items()},
                       "accounting": {f"{o}/{w}": b for (o, w), b in books.items()}}, default=float))
 
 

@@ -3,8 +3,8 @@ by side in one run on this machine's accelerator (a GPU if there is one, else th
 
   in-memory  the step on one batch already on the device, over and over: the compute limit
              (on a GPU also with NCHW inputs instead of channels-last, to show what the layout buys)
-  streamed   the same step fed by the training loader (`train.data.batches`, in the default epoch order) from face-crop
-             shards on S3: images/s, its ratio to in-memory, and the fraction of wall time the rank
+  streamed   the same step fed by the training loader (`train.data.batches`, in --order, by default the
+             epoch permutation) from face-crop shards on S3: images/s, its ratio to in-memory, and the fraction of wall time the rank
              waited for the next batch
 
 One process, one rank (world size 1, gloo on CPU or NCCL on GPU), the DeepSpeed engine the config
@@ -12,7 +12,7 @@ builds. Without --dataset, a synthetic corpus is ingested (crops at --size) onto
 server first.
 
 Usage: python bench/train_step.py [--model efficientnet_b0] [--size 128] [--batch 8] [--steps 20]
-           [--precision fp32] [--zero 2] [--workers 2] [--dataset s3://bucket/faces]
+           [--precision fp32] [--zero 2] [--workers 2] [--order permutation] [--dataset s3://bucket/faces]
 GPU:   python bench/train_step.py --model efficientnet_b4 --size 380 --batch 32 --precision bf16 --workers 8
 """
 
@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     ap.add_argument("--zero", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    ap.add_argument("--order", default="permutation", choices=("permutation", "resampled"), help="data.order of the streamed run")
     ap.add_argument("--dataset", help="an ingested dataset (with manifest.json) to stream instead of a synthetic one")
     args = ap.parse_args()
 
@@ -126,7 +127,7 @@ def main() -> None:
 
     cfg = load_config(None, [
         f"model.name={args.model}", f"data.image_size={args.size}", f"data.batch_size={args.batch}",
-        f"data.num_workers={args.workers}", f"deepspeed.precision={args.precision}", f"deepspeed.zero_stage={args.zero}",
+        f"data.num_workers={args.workers}", f"data.order={args.order}", f"deepspeed.precision={args.precision}", f"deepspeed.zero_stage={args.zero}",
         "optim.warmup_steps=1",
         # the synthetic corpus: crops at the model's size, several shards
         "synth.videos=24", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", f"ingest.crop_size={args.size}",
@@ -148,14 +149,14 @@ def main() -> None:
         compute = max(before, after)
         dist.destroy_process_group()
     print(f"{args.model} at {args.size}px, batch {args.batch}, {args.precision}, ZeRO-{args.zero}, 1 rank on {device_name()}, "
-          f"{args.workers} loader workers, {args.steps} timed steps after {args.warmup}")
+          f"{args.workers} loader workers ({args.order} order), {args.steps} timed steps after {args.warmup}")
     print(f"{'step fed by':12} {'images/s':>9} {'vs in-memory':>13}")
     print(f"{'in-memory':12} {compute:9.1f} {1.0:12.2f}x   (runs before and after streaming: {before:.1f}, {after:.1f})")
     print(f"{'streamed':12} {rate:9.1f} {rate / compute:12.2f}x   data-wait fraction {wait:.1%}")
     if nchw is not None:
         print(f"{'NCHW inputs':12} {nchw:9.1f} {nchw / compute:12.2f}x   (in-memory, inputs not channels-last)")
     print(json.dumps({"device": device_name(), "model": args.model, "size": args.size, "batch": args.batch,
-                      "precision": args.precision, "zero": args.zero, "workers": args.workers,
+                      "precision": args.precision, "zero": args.zero, "workers": args.workers, "order": args.order,
                       "in_memory_images_per_s": round(compute, 2), "in_memory_runs": [round(before, 2), round(after, 2)], "streamed_images_per_s": round(rate, 2),
                       "streamed_vs_in_memory": round(rate / compute, 3), "data_wait_fraction": round(wait, 3),
                       "in_memory_nchw_images_per_s": None if nchw is None else round(nchw, 2)}))

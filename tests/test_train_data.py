@@ -181,3 +181,49 @@ def test_a_sample_whose_bytes_are_bad_is_skipped_and_named_a_missing_shard_fails
     cfg = DataConfig(image_size=24, batch_size=4, num_workers=0, read_retries=1)
     with pytest.raises(DataUnavailable, match=r"failed 2 times \(data.read_retries\).*doomed\.tar: not found"):
         next(iter(epoch_loader(train, cfg, 0, 0, 0, 3, 0, 1)))
+
+
+def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(shards, s3_server, monkeypatch, caplog):
+    """The epoch loader's ranged GETs (presigned URLs, train/range_reads.py) through a proxy that
+    answers 503 SlowDown to one read in three and drops the connection of another: every sample
+    arrives. With keys the server refuses, and with nothing listening, the step fails naming the
+    shard and the cause, and no message holds the presigned URL's signature or credential."""
+    import s3fs
+
+    from tests.flaky_proxy import FlakyProxy, every_third_read_fails
+
+    urls = [f"{shards}/a.tar", f"{shards}/b.tar"]
+    shard_index.ensure(urls, log=lambda *_: None)
+    train = load_train_set(urls, [5, 17])
+
+    def epoch(read_retries=4):
+        cfg = DataConfig(image_size=24, batch_size=2, num_workers=0, augment=False, read_retries=read_retries)
+        return [k for b in epoch_loader(train, cfg, 0, 0, 0, 11, 0, 1) for k in b.keys]
+
+    def use(**env):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()  # clients made before keep the old settings
+
+    try:
+        with FlakyProxy(s3_server.endpoint, every_third_read_fails(".tar")) as proxy:
+            use(AWS_ENDPOINT_URL=proxy.endpoint)
+            assert len(set(epoch())) == 22
+        assert proxy.injected["503"] >= 2 and proxy.injected["reset"] >= 2, proxy.injected
+
+        use(AWS_ENDPOINT_URL=s3_server.endpoint, AWS_SECRET_ACCESS_KEY="not-the-secret")
+        with pytest.raises(DataUnavailable, match=r"a\.tar|b\.tar") as refused:
+            epoch(read_retries=1)
+        assert "credentials refused" in str(refused.value)
+
+        from cluster.local.s3_server import free_port
+
+        use(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+        with pytest.raises(DataUnavailable) as nobody:
+            epoch(read_retries=1)
+        assert "connection refused" in str(nobody.value)
+        for text in (str(refused.value), str(nobody.value), *(r.getMessage() for r in caplog.records)):
+            assert "X-Amz-" not in text and s3_server.key not in text, text  # the query of a presigned URL
+    finally:
+        monkeypatch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -1,7 +1,8 @@
 """Read chosen samples out of tar shards with ranged reads: the train set's byte ranges (from the
-shards' indexes, data_pipeline/shard_index.py), one concurrent batch of GETs per call.
+shards' indexes, data_pipeline/shard_index.py), one concurrent batch of GETs per call
+(train/range_reads.py).
 
-Storage failures (after s3fs's own retries) are retried here a bounded number of times and then
+Storage failures (after the HTTP client's own retries) are retried here a bounded number of times and then
 raised as DataUnavailable: a sample is never set aside because the network or the keys failed.
 Only a sample whose own bytes cannot be parsed or decoded is skipped (and named).
 """
@@ -23,6 +24,7 @@ from PIL import Image
 from data_pipeline import shard_index
 from dfdc import storage
 from train.order import locate
+from train.range_reads import range_reads
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +113,11 @@ class SampleReader:
     def _get(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
         """The ranges' bytes. Failed ranges (storage failures) are fetched again, only they, up to
         `retries` more times, 1, 2, 4, ... s apart; then DataUnavailable names the first."""
-        fs, _ = storage.filesystem(paths[0])
-        local = [storage.filesystem(p)[1] for p in paths]
+        reads = range_reads()
         out: list = [None] * len(paths)
         todo = list(range(len(paths)))
         for attempt in range(self.retries + 1):
-            blobs = fs.cat_ranges([local[i] for i in todo], [starts[i] for i in todo], [ends[i] for i in todo],
-                                  on_error="return")
+            blobs = reads.cat_ranges([paths[i] for i in todo], [starts[i] for i in todo], [ends[i] for i in todo])
             self.requests += len(todo)
             failed = []
             for i, blob in zip(todo, blobs):

@@ -1,0 +1,158 @@
+"""Many byte ranges of objects at once: the training loader's one GET per sample.
+
+Through s3fs every GET runs botocore's whole request pipeline (build, sign, parse): about 0.75 ms
+of CPU per GET on the 2-core bench machine, as much as decoding a 128 px crop, and on the same cores.
+Here each object's URL is presigned once every few minutes (by s3fs, so the endpoint, the bucket's
+region and the credential chain are those of every other read) and the ranges go out as plain
+HTTP GETs with a Range header on a keep-alive pool (urllib3, the HTTP library under botocore):
+about 0.45 ms of CPU each (docs/performance.md). Other filesystems go through fsspec's cat_ranges.
+
+A presigned URL holds credentials (the session token, with temporary keys), so it is never logged
+and never put in an error: errors name the s3:// URI and the byte range only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+
+import urllib3
+
+from dfdc import storage
+
+# Signed for 15 minutes, re-signed after 5: a URL in use never outlives its signature, and
+# temporary keys (instance roles) that roll over in between are picked up.
+URL_EXPIRES_S, URL_REUSE_S = 900, 300
+CONCURRENCY = 32  # GETs in flight per loader worker: S3 answers in tens of ms, so many must wait at once
+QUICK_TRIES = 3  # a range that fails with 5xx or a broken connection is tried again at once (0.2, 0.4 s);
+# what still fails goes back to the caller, which retries it later (train/sample_reader.py)
+
+
+class RangeReadError(OSError):
+    """A ranged GET that failed below the data. `response` has botocore's shape, so that
+    dfdc.storage.explain names the cause as it does for s3fs's errors."""
+
+    def __init__(self, uri: str, start: int, end: int, detail: str, code: str = "", status: int = 0):
+        super().__init__(f"GET {uri} bytes {start}-{end - 1}: {detail}")
+        self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        self.transient = status >= 500 or status == 429
+
+
+class RangeConnectionError(RangeReadError, ConnectionError):
+    """The server could not be reached or the connection broke."""
+
+    def __init__(self, uri: str, start: int, end: int, detail: str):
+        super().__init__(uri, start, end, detail)
+        self.transient = True
+
+
+def _scrub(text: str) -> str:
+    """Drop query strings (a presigned URL's credentials) from an HTTP library's message."""
+    return re.sub(r"\?\S*", "?…", text)
+
+
+class _ScrubQueries(logging.Filter):
+    """urllib3 logs request URLs (at DEBUG, and on retries): never with a presigned URL's query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _scrub(record.getMessage()), ()
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_ScrubQueries())
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        return ET.fromstring(body).findtext("Code") or ""
+    except ET.ParseError:
+        return ""
+
+
+class RangeReads:
+    """Ranged GETs for one process (one per loader worker: connections and signatures are reused)."""
+
+    def __init__(self):
+        self._signed: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+        self._http = urllib3.PoolManager(maxsize=CONCURRENCY, retries=False,
+                                         timeout=urllib3.Timeout(connect=10, read=60))
+        self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="range-get")
+        self._signer = None
+
+    def cat_ranges(self, uris: list[str], starts: list[int], ends: list[int]) -> list[bytes | Exception]:
+        """Each range's bytes, or the exception of a storage failure, in order."""
+        if not uris[0].startswith("s3://"):
+            fs, _ = storage.filesystem(uris[0])
+            return fs.cat_ranges([storage.filesystem(u)[1] for u in uris], starts, ends, on_error="return")
+        return list(self._pool.map(self._get, uris, starts, ends))
+
+    def _get(self, uri: str, start: int, end: int) -> bytes | Exception:
+        for attempt in range(QUICK_TRIES):
+            if attempt:
+                time.sleep(0.1 * 2 ** attempt)
+            got = self._get_once(uri, start, end)
+            if not getattr(got, "transient", False):
+                break
+        return got
+
+    def _url(self, uri: str) -> str:
+        import s3fs  # noqa: PLC0415
+
+        # SigV4 (s3fs presigns with the legacy SigV2 otherwise, which new regions and rclone refuse),
+        # and on AWS each bucket's own region: a presigned URL is not redirected to another region.
+        # (Other S3 servers, named by AWS_ENDPOINT_URL, have one region and no answer to s3fs's
+        # lookup, which s3fs then repeats before every signature.) s3fs keeps one such client per
+        # process; a new one (clear_instance_cache after the endpoint or the keys changed) makes
+        # every URL signed by the old one stale.
+        signer = s3fs.S3FileSystem(cache_regions="AWS_ENDPOINT_URL" not in os.environ,
+                                   config_kwargs={"signature_version": "s3v4"})
+        now = time.monotonic()
+        with self._lock:
+            if signer is not self._signer:
+                self._signer, self._signed = signer, {}
+            signed = self._signed.get(uri)
+        if signed and now - signed[0] < URL_REUSE_S:
+            return signed[1]
+        url = signer.url(uri.removeprefix("s3://"), expires=URL_EXPIRES_S)
+        with self._lock:
+            self._signed[uri] = (now, url)
+        return url
+
+    def _get_once(self, uri: str, start: int, end: int) -> bytes | Exception:
+        try:
+            resp = self._http.request("GET", self._url(uri), headers={"Range": f"bytes={start}-{end - 1}"})
+        except urllib3.exceptions.HTTPError as e:
+            reason = getattr(e, "reason", None) or e
+            return RangeConnectionError(uri, start, end, f"{type(reason).__name__}: {_scrub(str(reason))}")
+        except Exception as e:  # noqa: BLE001  signing failed (no credentials...): botocore's error, no URL in it
+            return e
+        body = resp.data
+        if resp.status in (200, 206):
+            if len(body) == end - start:  # rclone answers a ranged GET with 200 and the range's bytes
+                return body
+            if resp.status == 200 and "Content-Range" not in resp.headers and len(body) >= end:
+                return body[start:end]  # a server that ignores Range sends the whole object
+            return RangeReadError(uri, start, end, f"HTTP {resp.status} with {len(body)} bytes for a range of "
+                                  f"{end - start}", status=resp.status)
+        if resp.status == 403:  # an expired or refused signature: sign again before the next try
+            with self._lock:
+                self._signed.pop(uri, None)
+        code = _error_code(body)
+        return RangeReadError(uri, start, end, f"HTTP {resp.status} {code}".strip(), code=code, status=resp.status)
+
+
+_reads: tuple[int, RangeReads] | None = None
+
+
+def range_reads() -> RangeReads:
+    """This process's RangeReads (a process started by fork gets its own)."""
+    global _reads
+    if _reads is None or _reads[0] != os.getpid():
+        _reads = (os.getpid(), RangeReads())
+    return _reads[1]
