@@ -27,6 +27,7 @@ bench: install
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/train_step.py
 	$(VENV)/bin/python bench/loader_order.py
+	$(VENV)/bin/python bench/get_cpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -196,8 +196,9 @@ def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(shards, s3_s
     shard_index.ensure(urls, log=lambda *_: None)
     train = load_train_set(urls, [5, 17])
 
-    def epoch(read_retries=4):
-        cfg = DataConfig(image_size=24, batch_size=2, num_workers=0, augment=False, read_retries=read_retries)
+    def epoch(read_retries=4, client="presigned"):
+        cfg = DataConfig(image_size=24, batch_size=2, num_workers=0, augment=False, read_retries=read_retries,
+                         range_reads=client)
         return [k for b in epoch_loader(train, cfg, 0, 0, 0, 11, 0, 1) for k in b.keys]
 
     def use(**env):
@@ -205,6 +206,8 @@ def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(shards, s3_s
             monkeypatch.setenv(k, v)
         s3fs.S3FileSystem.clear_instance_cache()  # clients made before keep the old settings
 
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # urllib3 logs request URLs at DEBUG: scrubbed
+    assert epoch() == epoch(client="s3fs"), "data.range_reads: s3fs reads the same samples"
     try:
         with FlakyProxy(s3_server.endpoint, every_third_read_fails(".tar")) as proxy:
             use(AWS_ENDPOINT_URL=proxy.endpoint)

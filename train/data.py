@@ -167,7 +167,7 @@ class EpochStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         order = epoch_order(self.train.counts, self.seed, self.epoch)
-        reader = SampleReader(self.train, self.cfg.read_retries, self.cfg.merge_gap_bytes)
+        reader = SampleReader(self.train, self.cfg.read_retries, self.cfg.merge_gap_bytes, self.cfg.range_reads)
         mine = list(range(worker, self.batches, workers))
         groups = [mine[c:c + self.prefetch] for c in range(0, len(mine), self.prefetch)]
 

@@ -1,11 +1,11 @@
 """Many byte ranges of objects at once: the training loader's one GET per sample.
 
-Through s3fs every GET runs botocore's whole request pipeline (build, sign, parse): about 0.75 ms
+Through s3fs every GET runs botocore's whole request pipeline (build, sign, parse): about 0.95 ms
 of CPU per GET on the 2-core bench machine, as much as decoding a 128 px crop, and on the same cores.
 Here each object's URL is presigned once every few minutes (by s3fs, so the endpoint, the bucket's
 region and the credential chain are those of every other read) and the ranges go out as plain
 HTTP GETs with a Range header on a keep-alive pool (urllib3, the HTTP library under botocore):
-about 0.45 ms of CPU each (docs/performance.md). Other filesystems go through fsspec's cat_ranges.
+about 0.5 ms of CPU each (bench/get_cpu.py). Other filesystems go through fsspec's cat_ranges.
 
 A presigned URL holds credentials (the session token, with temporary keys), so it is never logged
 and never put in an error: errors name the s3:// URI and the byte range only.
@@ -23,14 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import urllib3
 
-from dfdc import storage
 
 # Signed for 15 minutes, re-signed after 5: a URL in use never outlives its signature, and
 # temporary keys (instance roles) that roll over in between are picked up.
 URL_EXPIRES_S, URL_REUSE_S = 900, 300
 CONCURRENCY = 32  # GETs in flight per loader worker: S3 answers in tens of ms, so many must wait at once
-QUICK_TRIES = 3  # a range that fails with 5xx or a broken connection is tried again at once (0.2, 0.4 s);
-# what still fails goes back to the caller, which retries it later (train/sample_reader.py)
+QUICK_TRIES = 3  # a range that fails with 5xx or a broken connection is tried again at once (0.2, 0.4 s),
+# and once after 400/403 with a new signature; what still fails goes back to the caller, which
+# retries it later (train/sample_reader.py)
 
 
 class RangeReadError(OSError):
@@ -41,6 +41,7 @@ class RangeReadError(OSError):
         super().__init__(f"GET {uri} bytes {start}-{end - 1}: {detail}")
         self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
         self.transient = status >= 500 or status == 429
+        self.resign = status in (400, 403)  # an expired URL or token: S3 answers 400 ExpiredToken or 403
 
 
 class RangeConnectionError(RangeReadError, ConnectionError):
@@ -80,7 +81,12 @@ class RangeReads:
     def __init__(self):
         self._signed: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
+        # Certificates as botocore checks them: AWS_CA_BUNDLE, else certifi's. HTTP(S) proxies are
+        # not used here: `data.range_reads: s3fs` for networks that need one.
+        import certifi  # noqa: PLC0415
+
         self._http = urllib3.PoolManager(maxsize=CONCURRENCY, retries=False,
+                                         ca_certs=os.environ.get("AWS_CA_BUNDLE") or certifi.where(),
                                          timeout=urllib3.Timeout(connect=10, read=60))
         self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="range-get")
         self._signer = None
@@ -88,8 +94,9 @@ class RangeReads:
     def cat_ranges(self, uris: list[str], starts: list[int], ends: list[int]) -> list[bytes | Exception]:
         """Each range's bytes, or the exception of a storage failure, in order."""
         if not uris[0].startswith("s3://"):
-            fs, _ = storage.filesystem(uris[0])
-            return fs.cat_ranges([storage.filesystem(u)[1] for u in uris], starts, ends, on_error="return")
+            from train.sample_reader import s3fs_cat_ranges  # noqa: PLC0415
+
+            return s3fs_cat_ranges(uris, starts, ends)
         return list(self._pool.map(self._get, uris, starts, ends))
 
     def _get(self, uri: str, start: int, end: int) -> bytes | Exception:
@@ -97,7 +104,7 @@ class RangeReads:
             if attempt:
                 time.sleep(0.1 * 2 ** attempt)
             got = self._get_once(uri, start, end)
-            if not getattr(got, "transient", False):
+            if not (getattr(got, "transient", False) or (attempt == 0 and getattr(got, "resign", False))):
                 break
         return got
 
@@ -106,11 +113,12 @@ class RangeReads:
 
         # SigV4 (s3fs presigns with the legacy SigV2 otherwise, which new regions and rclone refuse),
         # and on AWS each bucket's own region: a presigned URL is not redirected to another region.
-        # (Other S3 servers, named by AWS_ENDPOINT_URL, have one region and no answer to s3fs's
+        # (Other S3 servers, named by AWS_ENDPOINT_URL(_S3), have one region and no answer to s3fs's
         # lookup, which s3fs then repeats before every signature.) s3fs keeps one such client per
         # process; a new one (clear_instance_cache after the endpoint or the keys changed) makes
         # every URL signed by the old one stale.
-        signer = s3fs.S3FileSystem(cache_regions="AWS_ENDPOINT_URL" not in os.environ,
+        custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        signer = s3fs.S3FileSystem(cache_regions=not custom,
                                    config_kwargs={"signature_version": "s3v4"})
         now = time.monotonic()
         with self._lock:
@@ -134,13 +142,15 @@ class RangeReads:
             return e
         body = resp.data
         if resp.status in (200, 206):
-            if len(body) == end - start:  # rclone answers a ranged GET with 200 and the range's bytes
-                return body
-            if resp.status == 200 and "Content-Range" not in resp.headers and len(body) >= end:
+            got = resp.headers.get("Content-Range")
+            if got is not None:  # rclone answers a ranged GET with 200 and a Content-Range; S3 with 206
+                if got.split("/")[0].strip() == f"bytes {start}-{end - 1}" and len(body) == end - start:
+                    return body
+            elif resp.status == 200 and len(body) >= end:
                 return body[start:end]  # a server that ignores Range sends the whole object
-            return RangeReadError(uri, start, end, f"HTTP {resp.status} with {len(body)} bytes for a range of "
-                                  f"{end - start}", status=resp.status)
-        if resp.status == 403:  # an expired or refused signature: sign again before the next try
+            return RangeReadError(uri, start, end, f"HTTP {resp.status} with {len(body)} bytes and Content-Range "
+                                  f"{got!r} for the range", status=resp.status)
+        if 400 <= resp.status < 500:  # perhaps an expired signature or token: sign again before the next try
             with self._lock:
                 self._signed.pop(uri, None)
         code = _error_code(body)
