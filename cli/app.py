@@ -124,6 +124,50 @@ def train(
     raise typer.Exit(train_main(args))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    address: Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", help="The cluster's dashboard URL; through `ray dashboard CLUSTER.yaml`: http://127.0.0.1:8265.")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job's log until it ends (default), or return once it is submitted.")] = True,
+    stop: Annotated[Optional[str], typer.Option(help="Stop the job with this id instead of submitting one.")] = None,
+    working_dir: Annotated[str, typer.Option(help="The project folder the job runs in (uploaded without .venv, .dfdc, .git, caches).")] = ".",
+    mlflow: Annotated[Optional[str], typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI for the job.")] = None,
+    python: Annotated[str, typer.Option(help="The interpreter on the cluster (its PATH's `python` by default).")] = "python",
+    print_only: Annotated[bool, typer.Option("--print", help="Print the equivalent `ray job submit` command and submit nothing.")] = False,
+):
+    """Run a dfdc command (train, ingest, evaluate, score, ...) as a Ray job on a cluster.
+
+    Example: dfdc submit --address http://127.0.0.1:8265 -- train --config configs/dfdc_b7.yaml --set data.dataset=s3://b/faces
+    """
+    from cluster import jobs, submit as sub  # noqa: PLC0415
+
+    if not address:
+        raise fail("no cluster: give --address (the dashboard URL, http://127.0.0.1:8265 through `ray dashboard`) or set RAY_ADDRESS", 2)
+    if stop:
+        client = jobs.client(address)
+        client.stop_job(stop)
+        status = jobs.follow(client, stop, poll_s=1.0, timeout_s=60)
+        console.print(f"job {stop}: {status}")
+        raise typer.Exit(0 if status in jobs.ENDED else 1)
+    try:
+        spec = sub.build(list(ctx.args), working_dir=working_dir, mlflow_uri=mlflow, python=python)
+    except sub.SubmitError as e:
+        raise fail(str(e), 2) from e
+    if print_only:
+        typer.echo(spec.ray_command(address))
+        return
+    client = jobs.client(address)
+    jobs.submit_job(client, entrypoint=spec.entrypoint, runtime_env=spec.runtime_env, submission_id=spec.submission_id)
+    console.print(f"submitted job {spec.submission_id}: {escape(spec.entrypoint)}", highlight=False)
+    if not wait:
+        console.print(f"follow it: ray job logs --follow {spec.submission_id} --address {address}; "
+                      f"stop it: dfdc submit --address {address} --stop {spec.submission_id}", highlight=False)
+        return
+    status = jobs.follow(client, spec.submission_id, lambda line: console.print(escape(line), highlight=False))
+    console.print(f"job {spec.submission_id}: {status}")
+    raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), or its TorchScript export.")]
 
 

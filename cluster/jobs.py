@@ -9,14 +9,31 @@ from collections.abc import Callable
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def submit(dashboard_url: str, entrypoint: str, env: dict[str, str] | None = None):
-    """(client, job id) of a new job running `entrypoint` on the cluster behind `dashboard_url`."""
+def client(dashboard_url: str):
     from ray.job_submission import JobSubmissionClient  # noqa: PLC0415
 
+    return JobSubmissionClient(dashboard_url)
+
+
+def submit_job(client, wait_s: float = 90.0, **job) -> str:
+    """`client.submit_job(**job)`. A head that has just started answers "No available agent to submit
+    job, please try again later" until its dashboard agent is up: that is retried for `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def submit(dashboard_url: str, entrypoint: str, env: dict[str, str] | None = None):
+    """(client, job id) of a new job running `entrypoint` on the cluster behind `dashboard_url`."""
     from dfdc.ray_tasks import runtime_env  # noqa: PLC0415
 
-    client = JobSubmissionClient(dashboard_url)
-    return client, client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(env))
+    c = client(dashboard_url)
+    return c, submit_job(c, entrypoint=entrypoint, runtime_env=runtime_env(env))
 
 
 def follow(client, job_id: str, show: Callable[[str], None] = lambda line: None, poll_s: float = 5.0,

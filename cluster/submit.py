@@ -1,0 +1,90 @@
+"""`dfdc submit`: a dfdc command as a Ray job, what `ray job submit` would send, built in one place.
+
+The job carries the project's code (`working_dir`, without the venv and local state), where the
+data is (endpoint, region: storage.worker_env) and where MLflow is, never credentials: the cluster's
+nodes resolve their own (instance profile). The job id names the command and, for training, the
+run, so `ray job list` and MLflow tell the same story.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from dfdc import storage
+
+# Never uploaded: built or local state (the venv alone is gigabytes; Ray refuses packages over 500 MiB).
+EXCLUDES = [".venv/", ".dfdc/", ".git/", "**/__pycache__/", ".pytest_cache/", "mlruns/", "*.egg-info/"]
+
+
+class SubmitError(ValueError):
+    """The job cannot be built as asked (the message says what to change)."""
+
+
+@dataclass
+class JobSpec:
+    submission_id: str
+    entrypoint: str
+    runtime_env: dict
+
+    def ray_command(self, address: str) -> str:
+        """The same job as a `ray job submit` command line."""
+        return shlex.join(["ray", "job", "submit", "--address", address, "--submission-id", self.submission_id,
+                           "--runtime-env-json", json.dumps(self.runtime_env, separators=(",", ":")),
+                           "--", *shlex.split(self.entrypoint)])
+
+
+def _set_value(args: list[str], key: str) -> str | None:
+    """The value of `--set key=...` among the command's arguments, if given."""
+    for flag, value in zip(args, args[1:]):
+        if flag == "--set" and value.startswith(key + "="):
+            return value.split("=", 1)[1]
+    return None
+
+
+def _config_path(args: list[str]) -> str | None:
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c"):
+            return value
+    return next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+
+
+def build(command: list[str], working_dir: str = ".", mlflow_uri: str | None = None, python: str = "python",
+          env: dict[str, str] | None = None) -> JobSpec:
+    """The job for `dfdc <command...>`. A training run without `ray.run_name` gets a new name here,
+    so that the job id and the run share it."""
+    if not command:
+        raise SubmitError("say which dfdc command to run after --, e.g. dfdc submit -- train --config configs/dfdc_b7.yaml")
+    if command[0] in ("submit", "local"):
+        raise SubmitError(f"dfdc {command[0]} runs on your machine, not as a job")
+    args = list(command)
+    name = command[0]
+    if name == "train":
+        run = _set_value(args, "ray.run_name")
+        if run is None:
+            from dfdc.config import load_config  # noqa: PLC0415
+            from train.run import new_run_name  # noqa: PLC0415
+
+            sets = [v for f, v in zip(args, args[1:]) if f == "--set"]
+            run = new_run_name(load_config(_config_path(args), sets))
+            args += ["--set", f"ray.run_name={run}"]
+        submission_id = f"dfdc-train-{run}"
+    else:
+        submission_id = f"dfdc-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    env_vars = storage.worker_env() | {"PYTHONUNBUFFERED": "1"} | (env or {})
+    if mlflow_uri:
+        if urlsplit(mlflow_uri).password or urlsplit(mlflow_uri).username:
+            raise SubmitError("the MLflow URI holds a user name or password, which the job spec would show to anyone "
+                              "who can list jobs: give the URI without them, and MLFLOW_TRACKING_USERNAME and "
+                              "MLFLOW_TRACKING_PASSWORD to the cluster's nodes")
+        env_vars["MLFLOW_TRACKING_URI"] = mlflow_uri
+    leaked = sorted(k for k in env_vars if k in storage.SECRET_SETTINGS)
+    if leaked:
+        raise SubmitError(f"{', '.join(leaked)} would travel in the job spec: the cluster's nodes resolve their own "
+                          "credentials (instance profile)")
+    return JobSpec(submission_id, shlex.join([python, "-m", "cli", *args]),
+                   {"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": env_vars})

@@ -1,0 +1,83 @@
+"""`dfdc submit`: the job spec (the run's name as job id, the project as working_dir, no secret in
+it), and jobs run through the test Ray head's Jobs API: the `ray job submit` line it prints works as
+written, `dfdc submit` follows a job to its end, and `--stop` stops one."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.submit import SubmitError, build
+from dfdc import storage
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_job_spec_names_the_run_ships_the_project_and_holds_no_secret(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    spec = build(["train", "-c", "configs/demo.yaml", "--set", "data.dataset=s3://b/faces"], mlflow_uri="http://10.0.0.5:5000")
+    run = re.search(r"ray\.run_name=(\S+)", spec.entrypoint).group(1)
+    assert run.startswith("dfdc-demo-") and spec.submission_id == f"dfdc-train-{run}"
+    assert shlex.split(spec.entrypoint)[:4] == ["python", "-m", "cli", "train"]
+    env = spec.runtime_env
+    assert env["working_dir"] == "." and {".venv/", ".dfdc/", ".git/"} <= set(env["excludes"])
+    assert env["env_vars"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://10.0.0.5:5000"
+    text = json.dumps(env) + spec.ray_command("http://127.0.0.1:8265")
+    assert "AKIAEXAMPLEKEYID" not in text and "example-secret" not in text
+
+    assert build(["train", "--set", "ray.run_name=mine"]).submission_id == "dfdc-train-mine"
+    assert build(["ingest", "--source", "s3://b/raw"]).submission_id.startswith("dfdc-ingest-")
+    with pytest.raises(SubmitError, match="password"):
+        build(["synth"], mlflow_uri="http://user:pw@10.0.0.5:5000")
+    with pytest.raises(SubmitError, match="AWS_SECRET_ACCESS_KEY"):
+        build(["synth"], env={"AWS_SECRET_ACCESS_KEY": "x"})
+    with pytest.raises(SubmitError, match="which dfdc command"):
+        build([])
+
+
+def _dfdc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _synth(out: str, videos: int) -> list[str]:
+    # A relative config path: it exists only where the project was uploaded (the job's working_dir).
+    return ["synth", "--out", out, "--videos", str(videos), "-c", "configs/demo.yaml"]
+
+
+def test_jobs_run_from_the_uploaded_project_and_stop(ray_dashboard, bucket):
+    common = ["--address", ray_dashboard, "--python", sys.executable]
+
+    # dfdc submit follows the job to its end (waiting out a head whose job agent is not up yet).
+    done = _dfdc("submit", *common, "--", *_synth(f"{bucket}/raw-dfdc", 1))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "SUCCEEDED" in done.stdout
+    assert any(p.endswith("metadata.json") for p in storage.list_files(f"{bucket}/raw-dfdc"))
+
+    # The printed `ray job submit` line, run as it is (ray from this venv; the head is up by now).
+    printed = _dfdc("submit", *common, "--print", "--", *_synth(f"{bucket}/raw-ray", 1))
+    assert printed.returncode == 0, printed.stderr
+    line = printed.stdout.strip()
+    assert line.startswith("ray job submit ")
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    raw = subprocess.run([ray_cli, *shlex.split(line)[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert raw.returncode == 0, raw.stdout[-2000:] + raw.stderr[-2000:]
+    assert any(p.endswith("metadata.json") for p in storage.list_files(f"{bucket}/raw-ray")), raw.stdout[-2000:]
+
+    # --no-wait returns at once; --stop stops the job.
+    started = _dfdc("submit", *common, "--no-wait", "--", *_synth(f"{bucket}/raw-stopped", 500))
+    assert started.returncode == 0, started.stderr
+    job = re.search(r"submitted job (\S+):", started.stdout).group(1)
+    stopped = _dfdc("submit", "--address", ray_dashboard, "--stop", job)
+    assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+
+    failed = _dfdc("submit", *common, "--", "synth", "--out", f"{bucket}/x", "-c", "configs/no-such.yaml")
+    assert failed.returncode == 1 and "FAILED" in failed.stdout
