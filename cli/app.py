@@ -151,7 +151,7 @@ def submit(
         raise typer.Exit(0 if status in jobs.ENDED else 1)
     try:
         spec = sub.build(list(ctx.args), working_dir=working_dir, mlflow_uri=mlflow, python=python)
-    except sub.SubmitError as e:
+    except (sub.SubmitError, ConfigError) as e:  # ConfigError: the training config that names the run
         raise fail(str(e), 2) from e
     if print_only:
         typer.echo(spec.ray_command(address))

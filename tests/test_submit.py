@@ -44,6 +44,11 @@ def test_the_job_spec_names_the_run_ships_the_project_and_holds_no_secret(monkey
         build([])
 
 
+def test_a_bad_training_config_is_refused_before_anything_is_submitted():
+    bad = _dfdc("submit", "--address", "http://127.0.0.1:1", "--print", "--", "train", "--set", "optim.no_such_key=1")
+    assert bad.returncode == 2 and "optim.no_such_key" in bad.stderr, bad.stderr
+
+
 def _dfdc(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
