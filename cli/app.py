@@ -23,6 +23,8 @@ app.add_typer(local_app, name="local")
 ledger_app = typer.Typer(help="The ledger of a run trained with data.ledger=true: which samples every rank trained on.",
                          no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
+mlflow_app = typer.Typer(help="The MLflow tracking server a cluster shares.", no_args_is_help=True)
+app.add_typer(mlflow_app, name="mlflow")
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one error, one line: easy to grep
 
@@ -166,6 +168,31 @@ def submit(
     status = jobs.follow(client, spec.submission_id, lambda line: console.print(escape(line), highlight=False))
     console.print(f"job {spec.submission_id}: {status}")
     raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+@mlflow_app.command("serve")
+def mlflow_serve(
+    artifacts_destination: Annotated[str, typer.Option(help="s3:// prefix the server stores artifacts under (clients upload through it).")],
+    host: Annotated[str, typer.Option(help="127.0.0.1, or the head's private address for the cluster's nodes; never 0.0.0.0.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 5000,
+    backend_store_uri: Annotated[Optional[str], typer.Option(help="Where runs are kept (default: sqlite in $DFDC_HOME).")] = None,
+):
+    """Run the MLflow tracking server for a cluster, in the foreground: runs in a database, artifacts
+    proxied to S3. Point jobs at it with MLFLOW_TRACKING_URI=http://HOST:PORT (dfdc submit --mlflow).
+
+    Example: dfdc mlflow serve --host 10.0.1.5 --artifacts-destination s3://my-bucket/mlflow-artifacts
+    """
+    import subprocess  # noqa: PLC0415
+
+    from cluster import mlflow_server  # noqa: PLC0415
+
+    backend = backend_store_uri or f"sqlite:///{(_home() / 'mlflow-server.db').resolve()}"
+    try:
+        argv = mlflow_server.command(host, port, backend, artifacts_destination)
+    except mlflow_server.ServerError as e:
+        raise fail(str(e), 2) from e
+    console.print(f"MLflow on http://{host}:{port}: runs in {backend}, artifacts in {artifacts_destination}", highlight=False)
+    raise typer.Exit(subprocess.run(argv, env=mlflow_server.environment()).returncode)
 
 
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), or its TorchScript export.")]

@@ -59,6 +59,28 @@ def ray_head(s3_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """`dfdc mlflow serve` on 127.0.0.1: runs in sqlite, artifacts proxied to s3://test/mlflow-artifacts.
+    Its URL; stopped at the end of the session."""
+    from cluster.mlflow_server import wait_healthy
+
+    port, folder = free_port(), tmp_path_factory.mktemp("mlflow-server")
+    log = open(folder / "server.log", "w")  # noqa: SIM115  (open for the server's lifetime)
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "mlflow", "serve", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+                             "--artifacts-destination", "s3://test/mlflow-artifacts"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="session")
 def ray_address(ray_head) -> str:
     return ray_head.address
 

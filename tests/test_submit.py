@@ -1,6 +1,7 @@
 """`dfdc submit`: the job spec (the run's name as job id, the project as working_dir, no secret in
 it), and jobs run through the test Ray head's Jobs API: the `ray job submit` line it prints works as
-written, `dfdc submit` follows a job to its end, and `--stop` stops one."""
+written, `dfdc submit` follows a job to its end, and `--stop` stops one. `dfdc mlflow serve`'s
+refusals (a test in test_train.py trains against the server itself)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,17 @@ def test_jobs_run_from_the_uploaded_project_and_stop(ray_dashboard, bucket):
 
     failed = _dfdc("submit", *common, "--", "synth", "--out", f"{bucket}/x", "-c", "configs/no-such.yaml")
     assert failed.returncode == 1 and "FAILED" in failed.stdout
+
+
+def test_mlflow_serve_refuses_every_interface_and_artifacts_off_s3():
+    from cluster.mlflow_server import ServerError, command, environment
+
+    with pytest.raises(ServerError, match="every interface"):
+        command("0.0.0.0", 5000, "sqlite:///x.db", "s3://b/mlflow")
+    with pytest.raises(ServerError, match="s3://"):
+        command("127.0.0.1", 5000, "sqlite:///x.db", "/tmp/artifacts")
+    argv = command("10.0.1.5", 5000, "sqlite:///x.db", "s3://b/mlflow")
+    assert argv[argv.index("--host") + 1] == "10.0.1.5" and argv[argv.index("--artifacts-destination") + 1] == "s3://b/mlflow"
+    refused = _dfdc("mlflow", "serve", "--host", "0.0.0.0", "--artifacts-destination", "s3://b/mlflow")
+    assert refused.returncode == 2 and "every interface" in refused.stderr
+    assert environment().get("MLFLOW_S3_ENDPOINT_URL") == environment().get("AWS_ENDPOINT_URL")

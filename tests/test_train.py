@@ -120,17 +120,18 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
         run(load_config(None, sets + ["data.batch_size=8"]), tmp_path)
 
 
-def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(shards, tmp_path):
+def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(shards, tmp_path, mlflow_server):
     """Two runs with the default config (no ray.run_name) never share checkpoints: each gets a new
     name. bf16 at ZeRO-0, on a copy of the data whose first val shard is garbage (validation counts
     it), and ZeRO-1 with the optimizer offloaded to DeepSpeed's CPU Adam: each ends in a consolidated
-    model whose probe check passed."""
+    model whose probe check passed. The bf16 run tracks to an MLflow server (`dfdc mlflow serve`)
+    whose artifacts land in S3 through the server."""
     from tests.conftest import copy_with_a_broken_shard
 
     bad_val = "s3://test/train-corpus-bad-val"
     broken = copy_with_a_broken_shard(shards, bad_val, "val")
     bf16 = run(train_cfg(bad_val, tmp_path, "deepspeed.precision=bf16", "deepspeed.zero_stage=0", "optim.epochs=1",
-                         "eval.fit_temperature=false"), tmp_path)
+                         "eval.fit_temperature=false", f"tracking.uri={mlflow_server}", "tracking.artifacts=null"), tmp_path)
     offload = run(train_cfg(shards, tmp_path, "deepspeed.zero_stage=1", "deepspeed.offload=true", "optim.epochs=1",
                             "eval.fit_temperature=false"), tmp_path)
     assert bf16["run_name"] != offload["run_name"]
@@ -144,10 +145,17 @@ def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(
     assert offload["metrics"]["unreadable_shards"] == 0
     card = json.loads(storage.read_bytes(bf16["model"].replace(".pt", ".json")))
     assert card["trained_precision"] == "bf16" and card["run_name"] == bf16["run_name"]
-    client = mlflow.MlflowClient(bf16["tracking_uri"])
+    assert bf16["tracking_uri"] == mlflow_server
+    client = mlflow.MlflowClient(mlflow_server)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("dfdc").experiment_id])}
-    assert runs[bf16["run_name"]].data.params["deepspeed.precision"] == "bf16"
-    assert runs[bf16["run_name"]].data.metrics["val_unreadable_shards"] == 1
+    r = runs[bf16["run_name"]]
+    assert r.data.params["deepspeed.precision"] == "bf16" and r.data.metrics["val_unreadable_shards"] == 1
+    # Artifacts went through the server (mlflow-artifacts:/) into its S3 prefix.
+    assert r.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert "config.json" in {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert any(p.endswith(f"{r.info.run_id}/artifacts/config.json") for p in storage.list_files("s3://test/mlflow-artifacts"))
+    local = mlflow.MlflowClient(offload["tracking_uri"])
+    runs = {r.info.run_name: r for r in local.search_runs([local.get_experiment_by_name("dfdc").experiment_id])}
     assert runs[offload["run_name"]].data.params["deepspeed.offload"] == "True"
 
 

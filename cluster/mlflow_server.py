@@ -1,0 +1,56 @@
+"""The MLflow tracking server a cluster shares (`dfdc mlflow serve`, run on the head): runs in a
+database, artifacts proxied to S3 (`--artifacts-destination`), so training workers upload through
+the server and need no S3 rights for artifacts. Bound to 127.0.0.1 or a private address, never to
+every interface: the cluster reaches it inside its security group, you through the SSH tunnel.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+EVERY_INTERFACE = ("0.0.0.0", "::", "")
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def command(host: str, port: int, backend_store_uri: str, artifacts_destination: str) -> list[str]:
+    """`mlflow server` as this project runs it (the venv's MLflow)."""
+    if host in EVERY_INTERFACE:
+        raise ServerError(f"--host {host!r} would open MLflow on every interface: give 127.0.0.1 or the head's "
+                          "private address (the cluster's security group lets its nodes in)")
+    if not artifacts_destination.startswith("s3://"):
+        raise ServerError(f"--artifacts-destination {artifacts_destination!r}: give an s3:// prefix, so that artifacts "
+                          "outlive the head")
+    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+            "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination]
+
+
+def environment() -> dict[str, str]:
+    """MLflow's S3 client reads its endpoint from MLFLOW_S3_ENDPOINT_URL (set from AWS_ENDPOINT_URL)."""
+    env = dict(os.environ)
+    if env.get("AWS_ENDPOINT_URL") and not env.get("MLFLOW_S3_ENDPOINT_URL"):
+        env["MLFLOW_S3_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL"]
+    return env
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120.0) -> None:
+    """Until `url`/health answers OK; ServerError if the process ends or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"mlflow server exited with {proc.returncode} before it answered at {url}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerError(f"mlflow server did not answer at {url}/health within {timeout_s:.0f} s")
+        time.sleep(1)
