@@ -5,7 +5,8 @@ of CPU per GET on the 2-core bench machine, as much as decoding a 128 px crop, a
 Here each object's URL is presigned once every few minutes (by s3fs, so the endpoint, the bucket's
 region and the credential chain are those of every other read) and the ranges go out as plain
 HTTP GETs with a Range header on a keep-alive pool (urllib3, the HTTP library under botocore):
-about 0.5 ms of CPU each (bench/get_cpu.py). Other filesystems go through fsspec's cat_ranges.
+about 0.5 ms of CPU each (bench/get_cpu.py). Other filesystems go through fsspec's cat_ranges
+(train/sample_reader.py).
 
 A presigned URL holds credentials (the session token, with temporary keys), so it is never logged
 and never put in an error: errors name the s3:// URI and the byte range only.
@@ -92,11 +93,7 @@ class RangeReads:
         self._signer = None
 
     def cat_ranges(self, uris: list[str], starts: list[int], ends: list[int]) -> list[bytes | Exception]:
-        """Each range's bytes, or the exception of a storage failure, in order."""
-        if not uris[0].startswith("s3://"):
-            from train.sample_reader import s3fs_cat_ranges  # noqa: PLC0415
-
-            return s3fs_cat_ranges(uris, starts, ends)
+        """Each range's bytes (s3:// objects), or the exception of a storage failure, in order."""
         return list(self._pool.map(self._get, uris, starts, ends))
 
     def _get(self, uri: str, start: int, end: int) -> bytes | Exception:

@@ -113,7 +113,7 @@ class SampleReader:
     def _get(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
         """The ranges' bytes. Failed ranges (storage failures) are fetched again, only they, up to
         `retries` more times, 1, 2, 4, ... s apart; then DataUnavailable names the first."""
-        reads = range_reads() if self.client == "presigned" else None
+        reads = range_reads() if self.client == "presigned" and paths[0].startswith("s3://") else None
         out: list = [None] * len(paths)
         todo = list(range(len(paths)))
         for attempt in range(self.retries + 1):
