@@ -25,6 +25,8 @@ ledger_app = typer.Typer(help="The ledger of a run trained with data.ledger=true
 app.add_typer(ledger_app, name="ledger")
 mlflow_app = typer.Typer(help="The MLflow tracking server a cluster shares.", no_args_is_help=True)
 app.add_typer(mlflow_app, name="mlflow")
+spot_app = typer.Typer(help="EC2 spot instances: the interruption notice.", no_args_is_help=True)
+app.add_typer(spot_app, name="spot")
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one error, one line: easy to grep
 
@@ -168,6 +170,32 @@ def submit(
     status = jobs.follow(client, spec.submission_id, lambda line: console.print(escape(line), highlight=False))
     console.print(f"job {spec.submission_id}: {status}")
     raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+@spot_app.command("watch")
+def spot_watch(
+    address: Annotated[str, typer.Option(envvar="RAY_ADDRESS", help="The Ray cluster's GCS address (HEAD_IP:6379).")],
+    node_id: Annotated[Optional[str], typer.Option(help="The Ray node to drain (default: the one with this machine's address).")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between polls of the instance metadata service.")] = 5.0,
+    max_errors: Annotated[int, typer.Option(help="Give up after this many failed polls in a row.")] = 60,
+):
+    """Watch this node's EC2 instance metadata for a spot interruption notice; on one, drain the Ray
+    node (reason PREEMPTION, the notice's deadline) so that training checkpoints and Ray Train counts a
+    preemption. Runs until a notice comes. The metadata endpoint is AWS_EC2_METADATA_SERVICE_ENDPOINT
+    (default http://169.254.169.254).
+
+    Example (on each worker node, after ray start): dfdc spot watch --address $RAY_HEAD_IP:6379
+    """
+    from cluster import spot  # noqa: PLC0415
+    from dfdc.imds import MetadataUnavailable  # noqa: PLC0415
+
+    def log(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
+    try:
+        spot.watch(address, node_id, interval, max_errors, log=log)
+    except (MetadataUnavailable, RuntimeError) as e:
+        raise fail(str(e)) from e
 
 
 @mlflow_app.command("serve")

@@ -95,6 +95,10 @@ class RayConfig:
     max_preemption_failures: int = -1
     # Elastic runs: how often Ray Train considers growing a healthy group (seconds).
     elastic_resize_interval_s: float = 60.0
+    # Every this many steps all ranks ask Ray Train whether a node of theirs is being preempted (a
+    # spot notice drains it: cluster/spot.py) and checkpoint at once if so; the budget is checked
+    # at the same steps. Each check is one Ray collective. 0: never.
+    interrupt_check_steps: int = 10
 
     def workers(self) -> tuple[int, int]:
         """(min, max) workers; equal unless elastic."""
@@ -216,6 +220,31 @@ class EvalConfig:
 
 
 @dataclass
+class CostConfig:
+    # The price table (path or s3://): per instance type, spot and on-demand $/hour, dated.
+    # None: cluster/aws/prices.yaml.
+    prices: str | None = None
+    # None: each node reads its type and market from the EC2 instance metadata. Set it where
+    # there is none (the local stack) to charge every node as this type.
+    instance_type: str | None = None
+    market: str = "spot"  # spot | on_demand: with instance_type
+
+    def check(self) -> None:
+        if self.market not in ("spot", "on_demand"):
+            raise ConfigError(f"cost.market must be spot or on_demand, got {self.market!r}")
+
+
+@dataclass
+class BudgetConfig:
+    # Stop the run (after a checkpoint) once its estimated cost passes this many dollars. None: no limit.
+    dollars: float | None = None
+
+    def check(self) -> None:
+        if self.dollars is not None and self.dollars <= 0:
+            raise ConfigError(f"budget.dollars must be above 0 (or null for no budget), got {self.dollars}")
+
+
+@dataclass
 class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -227,6 +256,8 @@ class Config:
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -251,6 +282,12 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
         data = loaded or {}
+    return with_overrides(data, overrides)
+
+
+def with_overrides(data: dict, overrides: typing.Iterable[str]) -> Config:
+    """The config of the mapping `data` (a YAML file's, or Config.to_dict()) with `key.sub=value`
+    overrides applied (in place) and every rule checked."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():

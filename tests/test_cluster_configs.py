@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-CONFIGS = sorted((Path(__file__).parent.parent / "cluster" / "aws").glob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parent.parent / "cluster" / "aws").glob("*.yaml") if p.name != "prices.yaml")
 
 
 def load(path: Path) -> dict:
@@ -82,6 +82,14 @@ def test_every_node_names_its_security_group_profile_and_imdsv2(path):
         assert node["IamInstanceProfile"]["Arn"].endswith(f":instance-profile/{role}"), name
         assert node["MetadataOptions"]["HttpTokens"] == "required", name
         assert all(d["Ebs"]["Encrypted"] for d in node["BlockDeviceMappings"]), name
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_worker_node_runs_the_spot_watcher_after_ray_start(path):
+    config = load(path)
+    worker = commands(config, "worker_start_ray_commands")
+    assert worker.index("ray start") < worker.index("dfdc spot watch --address=$RAY_HEAD_IP:6379")
+    assert "spot watch" not in commands(config, "head_start_ray_commands")  # the head is on-demand
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -77,7 +77,7 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
 
     out = run(cfg, tmp_path)  # ray.num_workers=2, the default
     assert out["metrics"]["epoch"] == 1
-    assert "video_auc" in out["metrics"] and "video_log_loss" in out["metrics"]
+    assert "val_video_auc" in out["metrics"] and "val_video_log_loss" in out["metrics"]
     # Every train sample once: 1 rank up to the checkpoint's position, then 2 ranks from there.
     [epoch] = ledger.check("s3://test/runs/killed", ledger.train_keys(shards))
     assert epoch.ok and epoch.never < 8 and epoch.more_than_once == 0 and epoch.attempts == [0, 1], epoch
@@ -97,7 +97,7 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
     assert client.get_metric_history(r.info.run_id, "reload_max_abs_diff")[0].value < 1e-5
 
     assert r.data.params["deepspeed.zero_stage"] == "3" and r.data.params["model.name"] == "test_efficientnet"
-    assert out["metrics"]["unreadable_shards"] == 0 and out["metrics"]["missing_samples"] == 0
+    assert out["metrics"]["val_unreadable_shards"] == 0 and out["metrics"]["val_missing_samples"] == 0
     for key in ("train_loss", "lr", "samples_per_s", "data_wait_fraction", "val_video_log_loss", "val_video_auc",
                 "val_unreadable_shards", "train_unreadable_reads", "consolidated_max_abs_diff", "temperature"):
         assert key in r.data.metrics, key
@@ -114,7 +114,7 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
     assert card["temperature"] == pytest.approx(out["calibration"]["temperature"]) and card["temperature"] > 0
     assert out["calibration"]["val_video_log_loss_calibrated"] <= out["calibration"]["val_video_log_loss"] + 1e-9
     # The engine's last validation (in the workers) and the consolidated model's (Ray tasks) agree.
-    assert out["calibration"]["val_video_log_loss"] == pytest.approx(out["metrics"]["video_log_loss"], abs=1e-4)
+    assert out["calibration"]["val_video_log_loss"] == pytest.approx(out["metrics"]["val_video_log_loss"], abs=1e-4)
 
     with pytest.raises(ResumeError, match=r"data\.batch_size was 4 and is now 8"):
         run(load_config(None, sets + ["data.batch_size=8"]), tmp_path)
@@ -141,8 +141,8 @@ def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(
         model = timm.create_model("test_efficientnet", num_classes=1)
         model.load_state_dict(load_fp32(out["model"]), strict=True)
         assert json.loads(storage.read_bytes(f"s3://test/runs/{out['run_name']}/result.json"))["model"] == out["model"]
-    assert bf16["metrics"]["unreadable_shards"] == 1 and bf16["metrics"]["missing_samples"] == broken["samples"]
-    assert offload["metrics"]["unreadable_shards"] == 0
+    assert bf16["metrics"]["val_unreadable_shards"] == 1 and bf16["metrics"]["val_missing_samples"] == broken["samples"]
+    assert offload["metrics"]["val_unreadable_shards"] == 0
     card = json.loads(storage.read_bytes(bf16["model"].replace(".pt", ".json")))
     assert card["trained_precision"] == "bf16" and card["run_name"] == bf16["run_name"]
     assert bf16["tracking_uri"] == mlflow_server

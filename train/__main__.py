@@ -28,10 +28,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = out["metrics"] or {}
-    print(f"val video log loss: {m.get('video_log_loss', float('nan')):.4f}  val video AUC: {m.get('video_auc', float('nan')):.4f}")
+    print(f"val video log loss: {m.get('val_video_log_loss', float('nan')):.4f}  val video AUC: {m.get('val_video_auc', float('nan')):.4f}")
     if out.get("calibration"):
         c = out["calibration"]
         print(f"temperature: {c['temperature']:.3f}  val video log loss calibrated: {c['val_video_log_loss_calibrated']:.4f}")
+    if out.get("stopped"):
+        print(f"stopped early: {out['stopped']} (budget.dollars passed; the model is the checkpoint taken when it did)")
+    if out.get("cost"):
+        c = out["cost"]
+        print(f"cost (estimate): ${c['cost_dollars']:.4f}, {c['cost_gpu_hours']:.3f} GPU-hours, {c['cost_node_hours']:.3f} node-hours")
     print(f"checkpoint: {out['checkpoint']}")
     print(f"result: {join(run_uri(cfg), RESULT_FILE)}")
     print(f"model: {out['model']}")

@@ -39,6 +39,7 @@ class TrainState:
     world_size: int = 0  # ranks that wrote the checkpoint
     mlflow_run_id: str | None = None
     config: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)  # the run's cost so far (train/cost.py Meter.totals)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)

@@ -1,6 +1,7 @@
 """What every Ray Train worker runs, in the pieces others hook into: `train_step` (bench/ times the
-same function), `validate`, `checkpoint_now` (the one place that decides to checkpoint, agreed by
-every rank) and `train_func` (epochs of steps, validation, checkpoints; MLflow on rank 0)."""
+same function), `validate`, `checkpoint_now` and `interrupts` (the places that decide to checkpoint,
+agreed by every rank: the schedule, a spot notice, the budget) and `train_func` (epochs of steps,
+validation, checkpoints; MLflow and the cost meter on rank 0)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from dfdc import storage
 from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
-from train import checkpoint, tracking
+from train import checkpoint, cost, tracking
 from train.checkpoint import TrainState
 from train.data import epoch_loader, resampled_loader, start_loader_server, unreadable_total, val_loader
 from train.ledger import Ledger, start_attempt
@@ -74,19 +75,29 @@ def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: t
     return loss.detach()
 
 
-def checkpoint_now(state: TrainState, last: bool, cfg: Config, device, requested: bool | None = None) -> bool:
-    """Whether every rank checkpoints after this step; epoch ends always checkpoint. The schedule
-    (`ray.checkpoint_every_steps`) is the same on every rank. A request only some ranks see (a spot
-    notice on one node) must become every rank's, because saving is collective: with a source of
-    requests, pass `requested` on every rank and a MAX all-reduce settles it. Without one (None),
-    no collective, so the accelerator is not waited for after every step."""
+def checkpoint_now(state: TrainState, last: bool, cfg: Config) -> bool:
+    """Whether every rank checkpoints after this step by the schedule (`ray.checkpoint_every_steps`,
+    the same on every rank); epoch ends always checkpoint, and so do interrupts (`interrupts`)."""
     every = cfg.ray.checkpoint_every_steps * cfg.optim.grad_accum
-    due = bool(every) and state.step % every == 0 and not last  # `last`: the epoch's end checkpoints anyway
-    if requested is None:
-        return due
-    flag = torch.tensor([int(due or requested)], device=device)
+    return bool(every) and state.step % every == 0 and not last  # `last`: the epoch's end checkpoints anyway
+
+
+def interrupts(state: TrainState, cfg: Config, meter: cost.Meter | None, device):
+    """Every `ray.interrupt_check_steps` optimizer steps, on every rank: (Ray Train's preemption
+    info or None, whether the run's cost passed `budget.dollars`). Ray Train agrees the first for
+    all ranks (a spot notice drained one node: cluster/spot.py); rank 0 alone keeps the meter, so a
+    MAX all-reduce makes its answer every rank's. Saving is collective: both must be the same everywhere."""
+    every = cfg.ray.interrupt_check_steps * cfg.optim.grad_accum
+    if not every or state.step % every:
+        return None, False
+    import ray.train  # noqa: PLC0415
+
+    notice = ray.train.get_preemption_info()
+    if cfg.budget.dollars is None:
+        return notice, False
+    flag = torch.tensor([int(meter is not None and meter.over(cfg.budget.dollars))], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return notice, bool(flag.item())
 
 
 def sync_buffers(module: torch.nn.Module) -> None:
@@ -191,6 +202,8 @@ def train_func(config: dict) -> None:
     saved_world = state.world_size
     state.config, state.world_size = tracking.loggable(cfg), world  # only changes check_resume allows
     ledger = _open_ledger(cfg, rank, world, state, reload) if cfg.data.ledger else None
+    meter = _meter(cfg, config.get("driver_node"), state, rank, world)
+    noticed = None  # the preemption this attempt already checkpointed for
     run = tracking.open_run(cfg, run_id=state.mlflow_run_id, name=cfg.ray.run_name, system_metrics=cfg.tracking.system_metrics)
     with run if rank == 0 else contextlib.nullcontext() as active:
         if rank == 0:
@@ -226,16 +239,28 @@ def train_func(config: dict) -> None:
                     ledger.add(batch.position, batch.keys, batch.skipped)
                 unreadable = unreadable_total(skipped, batch)  # this epoch's skipped reads on this rank
                 if rank == 0 and state.step % cfg.tracking.log_every == 0:
-                    tracking.log_metrics(window.flush(global_batch) | {
+                    tracking.log_metrics(window.flush(global_batch) | meter.metrics() | {
                         "lr": engine.get_lr()[0], "train_unreadable_reads": unreadable}, step=state.step)
-                if checkpoint_now(state, done == batches, cfg, device):
+                notice, over_budget = interrupts(state, cfg, meter, device)
+                fresh = notice is not None and notice != noticed
+                if checkpoint_now(state, done == batches, cfg) or fresh or over_budget:
+                    seen = time.time()
                     sync_buffers(engine.module)
                     if ledger:
                         ledger.flush()  # before the checkpoint: every batch before its position is on record
                     report = {"epoch": epoch, "step": state.step, "position": state.position,
-                              "train_loss": float(epoch_loss) / done}
+                              "train_loss": float(epoch_loss) / done, **_cost(meter, state),
+                              **({"budget_stopped": 1.0} if over_budget else {})}
                     checkpoint.save(engine, state, report, rank, cfg.data.image_size)
                     window.restart()
+                    if fresh:
+                        noticed = notice
+                        if rank == 0:
+                            _log_preemption(notice, seen, state.step)
+                    if over_budget:
+                        if rank == 0:
+                            _log_budget_stop(meter, cfg, state.step)
+                        return
             if ledger:
                 ledger.flush()
             sync_buffers(engine.module)
@@ -243,11 +268,61 @@ def train_func(config: dict) -> None:
             state.epoch, state.position = epoch + 1, 0
             report = {"epoch": epoch + 1, "step": state.step, "position": 0,
                       "train_loss": float(epoch_loss) / batches if batches else float("nan"),
-                      "train_unreadable_reads": float(sum(skipped.values())), **val}
+                      "train_unreadable_reads": float(sum(skipped.values())), **{f"val_{k}": v for k, v in val.items()},
+                      **_cost(meter, state)}
             if rank == 0:
                 tracking.log_metrics({f"val_{k}": v for k, v in val.items()} | {"epoch": epoch + 1}, step=state.step)
                 _print_epoch(report, cfg, val)
             checkpoint.save(engine, state, report, rank, cfg.data.image_size)
+        if rank == 0:
+            import mlflow  # noqa: PLC0415
+
+            mlflow.set_tag("dfdc.cost", meter.summary())
+
+
+def _meter(cfg: Config, driver: dict | None, state: TrainState, rank: int, world: int) -> cost.Meter | None:
+    """Rank 0's cost meter over the nodes of every rank and of the driver (collective: each rank
+    names its node); other ranks get None."""
+    import ray  # noqa: PLC0415
+
+    here = cost.identify(ray.get_runtime_context().get_node_id(), cfg.cost.instance_type, cfg.cost.market)
+    nodes = [None] * world
+    dist.all_gather_object(nodes, here)
+    if rank != 0:
+        return None
+    if driver:
+        nodes.append(cost.Node(**driver))
+    return cost.Meter(nodes, world * cfg.ray.gpus_per_worker, cost.load_prices(cfg.cost.prices), saved=state.cost)
+
+
+def _cost(meter: cost.Meter | None, state: TrainState) -> dict[str, float]:
+    """Rank 0: the cost so far, as report metrics, and into the state the checkpoint saves."""
+    if meter is None:
+        return {}
+    state.cost = meter.totals()
+    return meter.metrics()
+
+
+def _log_preemption(notice, seen: float, step: int) -> None:
+    """Rank 0, after the checkpoint a preemption notice asked for: how long it took and how much
+    time was left, as metrics and a tag, so the run's page in MLflow shows the preemption."""
+    import mlflow  # noqa: PLC0415
+
+    took = time.time() - seen
+    left = notice.deadline_ms / 1000 - time.time() if notice.deadline_ms else float("nan")
+    tracking.log_metrics({"preemption_checkpoint_s": took, "preemption_deadline_margin_s": left}, step=step)
+    line = (f"node(s) {', '.join(notice.preempted_node_ids)} (ranks {notice.preempted_ranks}) being preempted; "
+            f"checkpoint at step {step} took {took:.1f} s" + (f", {left:.0f} s before the deadline" if notice.deadline_ms else ""))
+    mlflow.set_tag(f"dfdc.preemption.step_{step}", line)
+    print(f"preemption notice: {line}", flush=True)
+
+
+def _log_budget_stop(meter: cost.Meter, cfg: Config, step: int) -> None:
+    import mlflow  # noqa: PLC0415
+
+    line = f"budget.dollars={cfg.budget.dollars:g} passed at step {step}: {meter.summary()}; stopped after a checkpoint"
+    mlflow.set_tags({"dfdc.stopped": "budget", "dfdc.cost": meter.summary()})
+    print(line, flush=True)
 
 
 def _open_ledger(cfg: Config, rank: int, world: int, state: TrainState, reload: dict | None) -> Ledger:

@@ -38,9 +38,10 @@ def storage_for_ray(uri: str):
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def run(cfg: Config, home: Path, log=print) -> dict:
+def run(cfg: Config, home: Path, log=print, callbacks: list | None = None) -> dict:
     """Train (or resume) the run `ray.run_name`, a new one when it is None. The result, also written
-    to `<storage_path>/<run_name>/result.json`."""
+    to `<storage_path>/<run_name>/result.json`. `callbacks`: Ray Train callbacks (a sweep's trial
+    passes Tune's, which hands every report to Tune)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
 
@@ -57,6 +58,10 @@ def run(cfg: Config, home: Path, log=print) -> dict:
         if found:  # fail here, in one line, before any worker starts
             low, high = cfg.ray.workers()
             checkpoint.check_resume(found[0], cfg, low if low == high else None, found[1])
+            spent = found[0].cost.get("dollars", 0.0)
+            if cfg.budget.dollars is not None and spent > cfg.budget.dollars:
+                raise checkpoint.ResumeError(f"run {cfg.ray.run_name} has spent ${spent:.4f} by its estimate, more than "
+                                             f"budget.dollars={cfg.budget.dollars:g}: raise the budget to go on")
         log(f"run {cfg.ray.run_name} ({'resuming from ' + found[1] if found else 'new'})")
     if cfg.data.order == "permutation":  # the loader reads samples by their byte ranges
         from data_pipeline import manifest as mf  # noqa: PLC0415
@@ -64,13 +69,18 @@ def run(cfg: Config, home: Path, log=print) -> dict:
 
         shard_index.ensure(mf.shard_urls(cfg.data.dataset, mf.load(cfg.data.dataset), "train"), log=log)
     connect(cfg.ray.address, log_to_driver=True)
+    import ray  # noqa: PLC0415
+
+    from train.cost import identify  # noqa: PLC0415
+
+    driver = identify(ray.get_runtime_context().get_node_id(), cfg.cost.instance_type, cfg.cost.market)
     path, fs = storage_for_ray(cfg.ray.storage_path)
     use_gpu = cfg.ray.gpus_per_worker > 0
     resources = {"CPU": cfg.ray.cpus_per_worker} | ({"GPU": cfg.ray.gpus_per_worker} if use_gpu else {}) | cfg.ray.worker_resources
     low, high = cfg.ray.workers()
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"cfg": cfg.to_dict()},
+        train_loop_config={"cfg": cfg.to_dict(), "driver_node": dataclasses.asdict(driver)},
         scaling_config=ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=use_gpu,
                                      resources_per_worker=resources,
                                      elastic_resize_monitor_interval_s=cfg.ray.elastic_resize_interval_s),
@@ -80,6 +90,7 @@ def run(cfg: Config, home: Path, log=print) -> dict:
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures,
                                          max_preemption_failures=cfg.ray.max_preemption_failures),
             worker_runtime_env=runtime_env(),  # the tracking URI travels in the config
+            callbacks=callbacks or None,
         ),
     )
     result = trainer.fit()
@@ -96,6 +107,8 @@ def run(cfg: Config, home: Path, log=print) -> dict:
         "consolidated_max_abs_diff": final["probe_diff"] if final else None,
         "mlflow_run_id": final["mlflow_run_id"] if final else None,
         "tracking_uri": tracking.redact(cfg.tracking.uri), "calibration": calibration,
+        "stopped": "budget" if result.metrics.get("budget_stopped") else None,
+        "cost": {k: result.metrics[k] for k in ("cost_dollars", "cost_gpu_hours", "cost_node_hours") if k in result.metrics},
     }
     storage.write_bytes(storage.join(run_uri(cfg), RESULT_FILE), json.dumps(out, indent=1, default=float).encode())
     return out

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if result is None:
             return 1
         m = result["metrics"]
-        console.print(f"validation (video level): log loss {m.get('video_log_loss', float('nan')):.4f}, "
-                      f"AUC {m.get('video_auc', float('nan')):.4f}")
+        console.print(f"validation (video level): log loss {m.get('val_video_log_loss', float('nan')):.4f}, "
+                      f"AUC {m.get('val_video_auc', float('nan')):.4f}")
         evaluate_and_score(result["model"], cfg, home)
         local_model = copy_model(result["model"], home / "models" / result["run_name"])
         console.print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}  (then http://127.0.0.1:5000)")

@@ -101,12 +101,19 @@ class RayNode:
 
     pid: int
     name: str
+    node_id: str = ""
 
-    def kill_raylet(self) -> None:
-        """What losing the machine looks like to Ray: its raylet dies without a word (SIGKILL)."""
+    def kill_raylet(self, missing_ok: bool = False) -> None:
+        """What losing the machine looks like to Ray: its raylet dies without a word (SIGKILL).
+        `missing_ok`: a raylet that has already exited is fine (a drained node's exits once idle)."""
         import psutil  # noqa: PLC0415
 
-        raylets = [p for p in psutil.Process(self.pid).children(recursive=True) if p.name() == "raylet"]
+        try:
+            raylets = [p for p in psutil.Process(self.pid).children(recursive=True) if p.name() == "raylet"]
+        except psutil.NoSuchProcess:  # `ray start --block` ends when its raylet does
+            raylets = []
+        if not raylets and missing_ok:
+            return
         if not raylets:
             raise RuntimeError(f"node {self.name} has no raylet to kill")
         for p in raylets:
@@ -117,9 +124,10 @@ class RayNode:
 
 
 def start_worker_node(head_address: str, num_cpus: int, resources: dict[str, float], log_path: Path,
-                      timeout: float = 120.0) -> RayNode:
+                      timeout: float = 120.0, env: dict[str, str] | None = None) -> RayNode:
     """Another Ray node on this machine, joined to the head: tests that lose nodes kill these. Returns
-    once the head lists it as alive."""
+    once the head lists it as alive. `env` goes to the node's processes (its workers inherit it).
+    The node's id is `node_id`."""
     import json  # noqa: PLC0415
 
     import ray  # noqa: PLC0415
@@ -128,14 +136,16 @@ def start_worker_node(head_address: str, num_cpus: int, resources: dict[str, flo
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", f"--address={head_address}", f"--num-cpus={num_cpus}",
            f"--resources={json.dumps(resources)}", f"--node-name={name}", "--disable-usage-stats"]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=log, stderr=log,
+        proc = subprocess.Popen(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled", **(env or {})), stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     node = RayNode(proc.pid, name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ray start (worker node) exited with {proc.returncode}; see {log_path}")
-        if any(n["Alive"] and n.get("NodeName") == name for n in ray.nodes()):
+        alive = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n.get("NodeName") == name]
+        if alive:
+            node.node_id = alive[0]
             return node
         time.sleep(1)
     node.stop()

@@ -1,0 +1,117 @@
+"""What a run costs, as it goes: node-hours, GPU-hours and estimated dollars, from a dated price
+table (cluster/aws/prices.yaml, or `cost.prices`) and the instance type and market (spot or
+on-demand) of every node the run is on, which each node reads from its instance metadata (or
+`cost.instance_type` / `cost.market` where there is none).
+
+The estimate charges whole nodes: a node that also runs other work is charged to this run in
+full. It counts from when the training workers start; the totals are saved with every checkpoint,
+so a resumed run goes on from the last checkpoint's figure (the time between that checkpoint and a
+failure is not counted: the estimate is low by at most one checkpoint interval per restart)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dfdc import imds, storage
+
+DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "cluster" / "aws" / "prices.yaml"
+MARKETS = ("spot", "on_demand")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    instance_type: str
+    market: str  # spot | on_demand
+    source: str  # where the type came from: "instance metadata", "config" or "unknown"
+
+
+@dataclass
+class Prices:
+    date: str
+    source: str
+    per_hour: dict[str, dict[str, float]]  # instance type -> {"spot": $, "on_demand": $}
+
+    def of(self, node: Node) -> float | None:
+        return self.per_hour.get(node.instance_type, {}).get(node.market)
+
+
+def load_prices(uri: str | None) -> Prices:
+    """The price table at `uri` (a path or s3://), or the one shipped; errors name the file and the entry."""
+    where = uri or str(DEFAULT_PRICES)
+    try:
+        data = yaml.safe_load(storage.read_bytes(where) if uri else DEFAULT_PRICES.read_bytes())
+    except yaml.YAMLError as e:
+        raise ValueError(f"price table {where} is not valid YAML: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("instances"), dict) or not data.get("date"):
+        raise ValueError(f"price table {where} needs a date and an instances: mapping (see {DEFAULT_PRICES})")
+    per_hour = {}
+    for name, entry in data["instances"].items():
+        try:
+            per_hour[name] = {m: float(entry[m]) for m in MARKETS}
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"price table {where}: {name} needs numbers for spot and on_demand, got {entry!r}") from None
+    return Prices(str(data["date"]), str(data.get("source", "")), per_hour)
+
+
+def identify(node_id: str, instance_type: str | None, market: str) -> Node:
+    """This node: the type and market the config names, else what the instance metadata says."""
+    if instance_type:
+        return Node(node_id, instance_type, market, "config")
+    try:
+        md = imds.Metadata()
+        found = md.get(imds.INSTANCE_TYPE)
+        life = md.get(imds.LIFE_CYCLE)
+    except imds.MetadataUnavailable as e:
+        log.warning("node %s: no instance type (%s); charged $0. Set cost.instance_type where there is no instance metadata.",
+                    node_id, e)
+        return Node(node_id, "unknown", market, "unknown")
+    return Node(node_id, found or "unknown", "spot" if life == "spot" else "on_demand", "instance metadata")
+
+
+class Meter:
+    """Running totals for a run on `nodes` holding `gpus` GPUs, from `saved` (a checkpoint's) on."""
+
+    def __init__(self, nodes: list[Node], gpus: float, prices: Prices, saved: dict | None = None, clock=time.monotonic):
+        self.nodes = {n.node_id: n for n in nodes}  # one entry per machine, however many ranks it hosts
+        self.gpus, self.prices, self.clock = gpus, prices, clock
+        self.unpriced = sorted({f"{n.instance_type} ({n.market})" for n in self.nodes.values() if prices.of(n) is None})
+        self.dollars_per_hour = sum(prices.of(n) or 0.0 for n in self.nodes.values())
+        self.saved = {k: float((saved or {}).get(k, 0.0)) for k in ("seconds", "dollars", "gpu_hours", "node_hours")}
+        # every "type market" the run has been charged for, this attempt's and earlier ones'
+        self.kinds = sorted(set((saved or {}).get("node_types", [])) | {f"{n.instance_type} {n.market}" for n in self.nodes.values()})
+        self.start = clock()
+        if self.unpriced:
+            log.warning("no price for %s in the price table of %s: charged $0", ", ".join(self.unpriced), prices.date)
+
+    def totals(self) -> dict:
+        """What a checkpoint saves: the four running totals and the node types charged so far."""
+        hours = (self.clock() - self.start) / 3600
+        return {
+            "node_types": self.kinds,
+            "seconds": self.saved["seconds"] + hours * 3600,
+            "dollars": self.saved["dollars"] + hours * self.dollars_per_hour,
+            "gpu_hours": self.saved["gpu_hours"] + hours * self.gpus,
+            "node_hours": self.saved["node_hours"] + hours * len(self.nodes),
+        }
+
+    def metrics(self) -> dict[str, float]:
+        t = self.totals()
+        return {"cost_dollars": t["dollars"], "cost_gpu_hours": t["gpu_hours"], "cost_node_hours": t["node_hours"]}
+
+    def over(self, budget: float | None) -> bool:
+        return budget is not None and self.totals()["dollars"] > budget
+
+    def summary(self) -> str:
+        """The run's cost in one line: what the tag dfdc.cost holds."""
+        t = self.totals()
+        line = (f"${t['dollars']:.4f} estimated: {t['gpu_hours']:.3f} GPU-hours, {t['node_hours']:.3f} node-hours on "
+                f"{', '.join(self.kinds)} (prices of {self.prices.date}: {self.prices.source})")
+        return line + (f"; no price for {', '.join(self.unpriced)}, charged $0" if self.unpriced else "")
