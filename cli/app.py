@@ -172,6 +172,33 @@ def submit(
     raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
 
+@app.command()
+def sweep(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Search hyperparameters with Ray Tune: every trial a whole distributed training of the config's
+    recipe with values drawn from sweep.space, ASHA stopping bad trials early, MLflow runs nested under
+    one parent, the best model registered (sweep.register_as). Run it again with --set sweep.name=NAME
+    to continue a stopped sweep.
+
+    Example: dfdc sweep --config configs/sweep_demo.yaml
+    """
+    from cluster.sweep import sweep as run, table  # noqa: PLC0415
+
+    try:
+        cfg = load_config(config, set_ or [])
+        summary = run(config, set_ or [], _home(), log=console.print)
+    except ConfigError as e:
+        raise fail(str(e), 2) from e
+    console.print(table(summary, cfg.sweep.metric))
+    best = summary["best"]
+    if not best:
+        raise fail(f"sweep {summary['sweep']}: no trial finished")
+    console.print(f"best trial {best['trial']}: {cfg.sweep.metric} {best['metric']:.4f}, run {best['run_name']}", highlight=False)
+    console.print(summary["registered"] or best["model"], highlight=False, soft_wrap=True)
+
+
 @spot_app.command("watch")
 def spot_watch(
     address: Annotated[str, typer.Option(envvar="RAY_ADDRESS", help="The Ray cluster's GCS address (HEAD_IP:6379).")],
@@ -223,7 +250,23 @@ def mlflow_serve(
     raise typer.Exit(subprocess.run(argv, env=mlflow_server.environment()).returncode)
 
 
-CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), or its TorchScript export.")]
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), its TorchScript export, or models:/NAME/VERSION from MLflow's registry.")]
+
+
+def _model(checkpoint: str, cfg: Config) -> str:
+    """A registered model (models:/...) as the model file it stands for; other URIs as they are."""
+    from train import tracking  # noqa: PLC0415
+    from train.model_file import ModelFileError, resolve  # noqa: PLC0415
+
+    if not checkpoint.startswith("models:/"):
+        return checkpoint
+    tracking.resolve(cfg, _home())
+    try:
+        found = resolve(checkpoint, cfg.tracking.uri)
+    except ModelFileError as e:
+        raise fail(str(e)) from e
+    errors.print(f"{checkpoint}: {found}", highlight=False)
+    return found
 
 
 def _home() -> Path:
@@ -259,6 +302,7 @@ def evaluate(
     if ray_address:
         cfg.ray.address = ray_address
     tracking.resolve(cfg, _home())
+    checkpoint = _model(checkpoint, cfg)
     try:
         card = read_card(checkpoint)
         datasets = list(dict.fromkeys(data or [card["trained_on"], *cfg.eval.datasets]))
@@ -295,6 +339,7 @@ def score(
     cfg = _config(config, set_)
     if ray_address:
         cfg.ray.address = ray_address
+    checkpoint = _model(checkpoint, cfg)
     todo = expand(videos)
     ray = use_ray if use_ray is not None else len(todo) > videos_per_task
     results, failed = [], 0
@@ -333,6 +378,7 @@ def export(
     """
     from train.model_file import ModelFileError, export_torchscript  # noqa: PLC0415
 
+    checkpoint = _model(checkpoint, load_config())
     try:
         diff = export_torchscript(checkpoint, out)
     except (ModelFileError, RuntimeError) as e:

@@ -245,6 +245,52 @@ class BudgetConfig:
 
 
 @dataclass
+class SweepConfig:
+    """`dfdc sweep`: the rest of the file is the base recipe every trial starts from."""
+    # None: a new sweep with a name of its own (printed); the name of a sweep that has state in
+    # ray.storage_path/sweeps/ continues it (finished trials are not run again).
+    name: str | None = None
+    trials: int = 4
+    max_concurrent_trials: int = 2
+    metric: str = "val_video_log_loss"  # any metric the training reports at an epoch's end
+    mode: str = "min"  # min | max
+    scheduler: str = "asha"  # asha (stops bad trials early) | none
+    grace_period: int = 1  # ASHA: epochs every trial runs before it may be stopped
+    reduction_factor: int = 2  # ASHA: about 1 in this many trials goes on at each rung
+    seed: int = 0  # the search's random draws
+    # config key -> {choice: [a, b]} | {uniform: [low, high]} | {loguniform: [low, high]} | {randint: [low, high)}
+    space: dict = field(default_factory=dict)
+    # The best trial's model is registered in MLflow's model registry under this name (None: not registered).
+    register_as: str | None = "dfdc-detector"
+
+    def check(self) -> None:
+        if self.trials < 1 or self.max_concurrent_trials < 1:
+            raise ConfigError(f"sweep.trials and sweep.max_concurrent_trials must be at least 1, got {self.trials}, {self.max_concurrent_trials}")
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"sweep.mode must be min or max, got {self.mode!r}")
+        if self.scheduler not in ("asha", "none"):
+            raise ConfigError(f"sweep.scheduler must be asha or none, got {self.scheduler!r}")
+        for key, spec in self.space.items():
+            if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("choice", "uniform", "loguniform", "randint")
+                    and isinstance(next(iter(spec.values())), list)):
+                raise ConfigError(f"sweep.space.{key} must be one of {{choice: [...]}}, {{uniform: [low, high]}}, "
+                                  f"{{loguniform: [low, high]}}, {{randint: [low, high]}}; got {spec!r}")
+            kind, args = next(iter(spec.items()))
+            if kind != "choice" and len(args) != 2:
+                raise ConfigError(f"sweep.space.{key}: {kind} takes [low, high], got {args!r}")
+            if kind == "choice" and not args:
+                raise ConfigError(f"sweep.space.{key}: choice needs at least one value")
+            if kind != "choice":  # YAML reads 1e-4 (no dot) as a string
+                number = int if kind == "randint" else float
+                try:
+                    spec[kind] = [number(a) for a in args]
+                except (TypeError, ValueError):
+                    raise ConfigError(f"sweep.space.{key}: {kind} takes two numbers, got {args!r}") from None
+                if not spec[kind][0] < spec[kind][1] or (kind == "loguniform" and spec[kind][0] <= 0):
+                    raise ConfigError(f"sweep.space.{key}: {kind} needs low < high (and low > 0 for loguniform), got {args!r}")
+
+
+@dataclass
 class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -258,6 +304,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

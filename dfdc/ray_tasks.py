@@ -58,8 +58,10 @@ class RayTasks:
         import ray  # noqa: PLC0415
 
         connect(self.address)
+        # "DEFAULT": not inside the caller's placement group (a sweep's trial holds one with a sliver
+        # of a CPU, and Tune makes child tasks ask it first): the tasks ask the cluster for their own.
         task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.retries)(self.fn).options(
-            runtime_env=runtime_env())
+            runtime_env=runtime_env(), scheduling_strategy="DEFAULT")
         pending = {task.remote(*args): key for key, args in calls.items()}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -2,7 +2,8 @@
 `model_fp32.pt` (a plain fp32 state dict for the timm model) and beside it `model_fp32.json`, its
 card: the model, input size, temperature and the ingest settings that cropped its training faces, so
 evaluation and scoring crop new videos the same way. `--checkpoint` takes the .pt URI (or a
-TorchScript file exported from it, with its own card)."""
+TorchScript file exported from it, with its own card), or a registered model, `models:/NAME/VERSION`
+(`resolve`)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,33 @@ def read_card(model_uri: str) -> dict:
     if card.get("format") != CARD_FORMAT:
         raise ModelFileError(f"{uri} is not a {CARD_FORMAT} card (format={card.get('format')!r})")
     return card
+
+
+def resolve(uri: str, tracking_uri: str) -> str:
+    """The model file a `models:/NAME/VERSION` (or `models:/NAME@ALIAS`) URI of MLflow's registry
+    stands for: the storage URI its version's tag `dfdc.model_uri` names (what `dfdc sweep`
+    registers). Any other URI comes back as it is."""
+    if not uri.startswith("models:/"):
+        return uri
+    import mlflow  # noqa: PLC0415
+
+    client = mlflow.MlflowClient(tracking_uri)
+    ref = uri[len("models:/"):]
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = ref.partition("/")
+            if not number.isdigit():
+                raise ModelFileError(f"{uri}: expected models:/NAME/VERSION (a number) or models:/NAME@ALIAS")
+            version = client.get_model_version(name, number)
+    except mlflow.exceptions.MlflowException as e:
+        raise ModelFileError(f"{uri} is not in the model registry at {tracking_uri}: {e.message}") from e
+    target = version.tags.get("dfdc.model_uri")
+    if not target:
+        raise ModelFileError(f"{uri} has no tag dfdc.model_uri: it was not registered by dfdc-scale, so its model file is unknown")
+    return target
 
 
 def ingest_config(card: dict) -> IngestConfig:

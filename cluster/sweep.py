@@ -1,0 +1,227 @@
+"""`dfdc sweep`: a hyperparameter search with Ray Tune in which every trial is a whole distributed
+training (`train.run.run`, its own TorchTrainer: the pattern Ray recommends since `Tuner(trainer)`
+went away). Each epoch's validation reaches Tune (`TuneReportCallback`), so ASHA can stop a bad
+trial early. MLflow: one parent run per sweep, and each trial's training run is its child.
+Tune keeps the sweep's state under `ray.storage_path/sweeps/<name>`: running it again with the same
+`sweep.name` continues it (finished trials are not run again; running ones resume from their
+checkpoints, since a trial's run name is fixed by its trial id)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import secrets
+import time
+from pathlib import Path
+
+from dfdc import storage
+from dfdc.config import Config, ConfigError, load_config, with_overrides
+from train import tracking
+
+# A trial's own process only waits on its TorchTrainer, whose workers hold the real resources; Tune
+# refuses an empty request, so it asks for a sliver of a CPU.
+TRIAL_CPU = 0.01
+SWEPT_BY_THE_SWEEP = ("ray.run_name", "tracking.parent_run_id", "ray.address", "ray.storage_path", "tracking.uri")
+
+
+def new_name(cfg: Config) -> str:
+    return f"{cfg.tracking.experiment}-sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def trial_overrides(params: dict) -> list[str]:
+    """A trial's sampled values as `--set` items: JSON is YAML, so they parse as a user's would."""
+    return [f"{key}={json.dumps(value)}" for key, value in params.items()]
+
+
+def check_space(base: dict, space: dict) -> None:
+    """Every key of the search space, with the values it can take (each choice; the bounds),
+    through the same strict validation as `--set`: a key that does not exist or a value of the
+    wrong type is refused before any trial starts."""
+    for key, spec in space.items():
+        if key.startswith("sweep.") or key in SWEPT_BY_THE_SWEEP:
+            raise ConfigError(f"sweep.space.{key}: the sweep sets {key} itself; it cannot be searched")
+        kind, args = next(iter(spec.items()))
+        for value in args:
+            try:
+                with_overrides(copy.deepcopy(base), trial_overrides({key: value}))
+            except ConfigError as e:
+                raise ConfigError(f"sweep.space.{key} ({kind} {args}): {e}") from None
+
+
+def domains(space: dict) -> dict:
+    from ray import tune  # noqa: PLC0415
+
+    make = {"choice": tune.choice, "uniform": lambda lo, hi: tune.uniform(lo, hi),
+            "loguniform": lambda lo, hi: tune.loguniform(lo, hi), "randint": lambda lo, hi: tune.randint(lo, hi)}
+    return {key: (make[kind](args) if kind == "choice" else make[kind](*args))
+            for key, spec in space.items() for kind, args in spec.items()}
+
+
+def _trial(params: dict, base: dict, sweep_name: str, parent_run_id: str, home: str) -> None:
+    """One trial: the base recipe with this trial's values, trained as a run of its own (named by
+    the trial's id, so a restored trial resumes it) under the sweep's parent MLflow run."""
+    import ray.tune  # noqa: PLC0415
+    from ray.tune.integration.ray_train import TuneReportCallback  # noqa: PLC0415
+
+    from train.run import run  # noqa: PLC0415
+
+    cfg = with_overrides(copy.deepcopy(base), trial_overrides(params))
+    cfg.ray.run_name = f"{sweep_name}-{ray.tune.get_context().get_trial_id()}"
+    cfg.tracking.parent_run_id = parent_run_id
+    run(cfg, Path(home), callbacks=[TuneReportCallback()])
+
+
+def _parent_run(cfg: Config, name: str) -> str:
+    """The sweep's parent MLflow run: found by its tag when the sweep goes on, else started."""
+    import mlflow  # noqa: PLC0415
+
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    found = client.search_runs([tracking.experiment_id(cfg)], filter_string=f"tags.`dfdc.sweep` = '{name}' and tags.`dfdc.kind` = 'sweep'")
+    if found:
+        return found[0].info.run_id
+    with tracking.open_run(cfg, name=name, kind="sweep", tags={"dfdc.sweep": name}) as run:
+        s = cfg.sweep
+        mlflow.log_params({"sweep.trials": s.trials, "sweep.max_concurrent_trials": s.max_concurrent_trials,
+                           "sweep.metric": s.metric, "sweep.mode": s.mode, "sweep.scheduler": s.scheduler,
+                           "sweep.grace_period": s.grace_period, "sweep.reduction_factor": s.reduction_factor,
+                           "sweep.seed": s.seed})
+        mlflow.log_dict(s.space, "search_space.json")
+        mlflow.log_dict(tracking.loggable(cfg), "base_config.json")
+        return run.info.run_id
+
+
+def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> dict:
+    """Run (or continue) the sweep the config describes; its summary (also the parent run's tags)."""
+    from ray import tune  # noqa: PLC0415
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: PLC0415
+    from ray.tune.search import BasicVariantGenerator  # noqa: PLC0415
+
+    from dfdc.ray_tasks import connect  # noqa: PLC0415
+    from train.run import storage_for_ray  # noqa: PLC0415
+
+    cfg = load_config(path, sets)
+    s = cfg.sweep
+    if not s.space:
+        raise ConfigError("sweep.space is empty: name at least one config key to search (docs/sweeps.md)")
+    tracking.resolve(cfg, home)
+    name = s.name or new_name(cfg)
+    base = cfg.to_dict()
+    base["sweep"]["name"] = name
+    check_space(base, s.space)
+    parent = _parent_run(cfg, name)
+    connect(cfg.ray.address, log_to_driver=True)
+    root, fs = storage_for_ray(storage.join(cfg.ray.storage_path, "sweeps"))
+    where = f"{root.rstrip('/')}/{name}"
+    trainable = tune.with_resources(tune.with_parameters(_trial, base=base, sweep_name=name, parent_run_id=parent,
+                                                         home=str(home.resolve())), {"cpu": TRIAL_CPU})
+    if tune.Tuner.can_restore(where, storage_filesystem=fs):
+        log(f"sweep {name}: continuing from {storage.join(cfg.ray.storage_path, 'sweeps', name)}")
+        tuner = tune.Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+    else:
+        log(f"sweep {name} (new; to continue it after a stop: --set sweep.name={name})")
+        # stop_last_trials=False: ASHA would otherwise stop a trial at its last epoch's report, before
+        # the trial writes its model
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=cfg.optim.epochs, grace_period=s.grace_period,
+                                   reduction_factor=s.reduction_factor, stop_last_trials=False)
+                     if s.scheduler == "asha" else FIFOScheduler())
+        tuner = tune.Tuner(
+            trainable, param_space=domains(s.space),
+            tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=scheduler, num_samples=s.trials,
+                                        search_alg=BasicVariantGenerator(random_state=s.seed,
+                                                                         max_concurrent=s.max_concurrent_trials)),
+            run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=fs, verbose=0),
+        )
+    results = tuner.fit()
+    return finish(cfg, name, parent, results, log)
+
+
+def finish(cfg: Config, name: str, parent: str, results, log) -> dict:
+    """Tag each trial's MLflow run (finished, or stopped early by the scheduler), pick the best
+    finished trial, register its model, and record the outcome on the parent run."""
+    import mlflow  # noqa: PLC0415
+
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    s = cfg.sweep
+    children = {r.info.run_name: r for r in client.search_runs(
+        [tracking.experiment_id(cfg)], filter_string=f"tags.mlflow.parentRunId = '{parent}'")}
+    trials = []
+    for result in results:
+        m = result.metrics or {}
+        trial_id = m.get("trial_id", "?")  # Tune adds it to every result
+        run_name = f"{name}-{trial_id}"
+        epochs = int(m.get("epoch", 0))
+        finished = result.error is None and epochs >= cfg.optim.epochs
+        status = "finished" if finished else ("error" if result.error else f"stopped by {s.scheduler} after epoch {epochs}")
+        child = children.get(run_name)
+        if child is not None:
+            client.set_tag(child.info.run_id, "dfdc.trial_status", status)
+            if not finished:
+                client.set_tag(child.info.run_id, "dfdc.stopped", s.scheduler if result.error is None else "error")
+                if child.info.status == "RUNNING":  # its rank 0 was stopped with the trial, before it could end the run
+                    client.set_terminated(child.info.run_id, "KILLED")
+        trials.append({"trial": trial_id, "run_name": run_name, "params": result.config, "status": status, "epochs": epochs,
+                       "metric": m.get(s.metric), "val_video_auc": m.get("val_video_auc"),
+                       "mlflow_run_id": child.info.run_id if child else None})
+    done = [t for t in trials if t["status"] == "finished" and t["metric"] is not None and math.isfinite(t["metric"])]
+    best = (min if s.mode == "min" else max)(done, key=lambda t: t["metric"]) if done else None
+    summary = {"sweep": name, "parent_run_id": parent, "trials": trials, "best": best, "registered": None}
+    if best:
+        result = json.loads(storage.read_bytes(storage.join(cfg.ray.storage_path, best["run_name"], "result.json")))
+        best["model"] = result["model"]
+        if s.register_as:
+            summary["registered"] = register(cfg, s.register_as, result["model"], best["mlflow_run_id"], name)
+    with tracking.open_run(cfg, run_id=parent):
+        mlflow.log_dict({"trials": trials}, "trials.json")
+        if best:
+            mlflow.log_dict(best["params"], "best_params.json")
+            tracking.log_metrics({f"best_{s.metric}": best["metric"]})
+            mlflow.set_tags({"dfdc.best_trial": best["trial"], "dfdc.best_run_name": best["run_name"],
+                             "dfdc.best_model": best["model"]}
+                            | ({"dfdc.registered_model": summary["registered"]} if summary["registered"] else {}))
+    return summary
+
+
+def register(cfg: Config, model_name: str, model_uri: str, run_id: str, sweep_name: str) -> str:
+    """Register the model file (with its card, which holds the temperature) as a new version of
+    `model_name`: its files are logged under the trial's run (`model/`), the version points there,
+    and its tag `dfdc.model_uri` names the file in storage that evaluation and scoring read.
+    Returns `models:/NAME/VERSION`."""
+    import tempfile  # noqa: PLC0415
+
+    import mlflow  # noqa: PLC0415
+
+    from train import model_file  # noqa: PLC0415
+
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    card = model_file.read_card(model_uri)
+    with tempfile.TemporaryDirectory() as d:
+        for uri in (model_uri, model_file.card_uri(model_uri)):
+            Path(d, uri.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(uri))
+        mlflow.set_tracking_uri(cfg.tracking.uri)
+        client.log_artifacts(run_id, d, "model")
+    try:
+        client.create_registered_model(model_name, description="Deepfake detectors trained by dfdc-scale sweeps")
+    except mlflow.exceptions.MlflowException as e:
+        if "already exists" not in str(e).lower():
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    version = client.create_model_version(model_name, source=source, run_id=run_id, tags={
+        "dfdc.model_uri": model_uri, "dfdc.sweep": sweep_name, "temperature": str(card.get("temperature")),
+        "model": card["model"]["name"], "image_size": str(card["image_size"])})
+    return f"models:/{model_name}/{version.version}"
+
+
+def table(summary: dict, metric: str):
+    """The trials as a rich table: params, metric, AUC, epochs, status."""
+    from rich.table import Table  # noqa: PLC0415
+
+    keys = sorted({k for t in summary["trials"] for k in (t["params"] or {})})
+    out = Table(title=f"sweep {summary['sweep']}")
+    for col in ["trial", *keys, metric, "val_video_auc", "epochs", "status"]:
+        out.add_column(col)
+    for t in sorted(summary["trials"], key=lambda t: t["trial"]):
+        fmt = (lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
+        out.add_row(t["trial"], *[fmt((t["params"] or {}).get(k)) for k in keys], fmt(t["metric"]), fmt(t["val_video_auc"]),
+                    str(t["epochs"]), t["status"])
+    return out

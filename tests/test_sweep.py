@@ -1,0 +1,133 @@
+"""`dfdc sweep` through the real Ray Tune on the test cluster: four trials of the tiny model, each a
+whole training, ASHA on a search space where it must stop some (a learning rate of 1.0 diverges
+within the first epoch; with the seed, three of the four trials draw it),
+MLflow parent and child runs, the best model registered and scored through `models:/`; the sweep is
+killed after its first finished trial and run again, and that trial is not run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from cluster.sweep import sweep
+from dfdc import storage
+from dfdc.config import ConfigError
+from tests.test_train import train_sets
+
+NAME = "sweeptest"
+
+
+def _write(tmp_path: Path, shards: str, space: dict) -> Path:
+    data: dict = {}
+    for item in train_sets(shards, tmp_path, "optim.epochs=3", "ray.num_workers=1", "deepspeed.zero_stage=1"):
+        key, _, raw = item.partition("=")
+        section, leaf = key.split(".", 1)
+        data.setdefault(section, {})[leaf] = yaml.safe_load(raw)
+    data["sweep"] = {"name": NAME, "trials": 4, "max_concurrent_trials": 2, "scheduler": "asha", "grace_period": 1,
+                     "reduction_factor": 2, "seed": 1, "space": space, "register_as": "dfdc-test-detector"}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_space_over_a_key_that_does_not_exist_is_refused_before_any_trial(shards, tmp_path):
+    bad = _write(tmp_path, shards, {"optim.lrr": {"choice": [0.1, 0.01]}})
+    with pytest.raises(ConfigError, match=r"sweep.space.optim.lrr .*unknown config key\(s\): optim.lrr"):
+        sweep(bad, [], tmp_path)
+    wrong = _write(tmp_path, shards, {"ray.num_workers": {"uniform": [1, 2]}})
+    with pytest.raises(ConfigError, match="sweep.space.ray.num_workers"):
+        sweep(wrong, [], tmp_path)  # 1.0 workers: a float where a count goes
+    assert not storage.exists(f"s3://test/runs/sweeps/{NAME}")
+
+
+def _modified(run_name: str):
+    fs, path = storage.filesystem(f"s3://test/runs/{run_name}/result.json")
+    return fs.info(path)["LastModified"]
+
+
+def _ended_trials(tmp_path: Path) -> tuple[list[str], list[str]]:
+    """Run names of the trials Tune's saved state has as ended: those that trained to the end (their
+    result.json is written last), and those ASHA stopped."""
+    states = sorted(storage.list_files(f"s3://test/runs/sweeps/{NAME}"))
+    latest = [s for s in states if s.startswith("experiment_state")]
+    if not latest:
+        return [], []
+    state = json.loads(storage.read_bytes(f"s3://test/runs/sweeps/{NAME}/{latest[-1]}"))
+    done, stopped = [], []
+    for trial_json, _runtime in state["trial_data"]:
+        trial = json.loads(trial_json)
+        name = f"{NAME}-{trial['trial_id']}"
+        if trial.get("status") == "TERMINATED":
+            (done if storage.exists(f"s3://test/runs/{name}/result.json") else stopped).append(name)
+    return done, stopped
+
+
+def test_a_sweep_stops_bad_trials_early_registers_the_best_and_continues_after_a_kill(shards, tmp_path, ray_address):
+    path = _write(tmp_path, shards, {"optim.lr": {"choice": [0.003, 1.0]}})
+    env = dict(os.environ, RAY_ADDRESS=ray_address, DFDC_HOME=str(tmp_path))
+    dfdc = str(Path(sys.executable).parent / "dfdc")
+    log = open(tmp_path / "sweep1.log", "wb")
+    first = subprocess.Popen([dfdc, "sweep", "--config", str(path)], env=env, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 600
+    # Tune does not save ASHA's rungs: after a restore it starts them afresh. So the kill waits for
+    # a stop too: the learning trial and one diverging trial start first, and the third trial (the
+    # second's too if it reports after the first) cannot pass the rung the first has set.
+    while not all(ended := _ended_trials(tmp_path)):
+        assert first.poll() is None, (tmp_path / "sweep1.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no trial finished and stopped: {ended}"
+        time.sleep(1)
+    done = ended[0]
+    os.killpg(first.pid, signal.SIGKILL)  # the driver's machine is gone: its trials go with it
+    first.wait()
+    kept = {name: _modified(name) for name in done}
+
+    second = subprocess.run([dfdc, "sweep", "--config", str(path)], env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "continuing from" in second.stdout
+    [registered] = [line for line in second.stdout.splitlines() if line.startswith("models:/dfdc-test-detector/")]
+
+    assert kept and all(_modified(name) == when for name, when in kept.items())  # finished before the kill: not run again
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("dfdc").experiment_id
+    [parent] = client.search_runs([exp], filter_string="tags.`dfdc.kind` = 'sweep'")
+    children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len({c.info.run_name for c in children}) == 4 == len(children), [c.info.run_name for c in children]
+    stopped = [c for c in children if c.data.tags.get("dfdc.stopped") == "asha"]
+    assert stopped, {c.info.run_name: (c.data.params.get("optim.lr"), c.data.tags.get("dfdc.trial_status")) for c in children}
+    assert all(c.data.params["optim.lr"] == "1.0" for c in stopped)  # only the learning rate that diverges
+    assert parent.data.tags["dfdc.registered_model"] == registered
+    best = [c for c in children if c.info.run_name == parent.data.tags["dfdc.best_run_name"]][0]
+    assert best.data.params["optim.lr"] == "0.003" and best.data.tags["dfdc.trial_status"] == "finished"
+    version = client.get_model_version("dfdc-test-detector", registered.rsplit("/", 1)[1])
+    assert version.run_id == best.info.run_id and version.tags["dfdc.model_uri"].endswith(f"{best.info.run_name}/model_fp32.pt")
+
+    video = next(p for p in storage.list_files("s3://test/train-corpus/raw") if p.endswith(".mp4"))
+    scored = subprocess.run([dfdc, "score", f"s3://test/train-corpus/raw/{video}", "--checkpoint", registered, "--no-ray",
+                             "--no-progress", "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    line = json.loads(scored.stdout.strip().splitlines()[-1])
+    assert 0.0 <= line["p_fake"] <= 1.0
+
+
+def test_search_space_forms_are_checked_at_load():
+    from dfdc.config import load_config
+
+    ok = load_config(None, ['sweep.space={"optim.lr": {"loguniform": ["1e-4", 1e-2]}, "data.augment": {"choice": [true, false]}}'])
+    assert ok.sweep.space["optim.lr"] == {"loguniform": [1e-4, 1e-2]}  # YAML reads 1e-4 (no dot) as text
+    for space, message in [('{"optim.lr": {"normal": [0, 1]}}', "must be one of"),
+                           ('{"optim.lr": {"loguniform": [0, 1]}}', "low > 0 for loguniform"),
+                           ('{"optim.lr": {"uniform": [0.1]}}', r"takes \[low, high\]"),
+                           ('{"optim.lr": {"choice": []}}', "at least one value")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [f"sweep.space={space}"])
