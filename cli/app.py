@@ -221,7 +221,7 @@ def spot_watch(
 
     try:
         spot.watch(address, node_id, interval, max_errors, log=log)
-    except (MetadataUnavailable, RuntimeError) as e:
+    except (MetadataUnavailable, RuntimeError, OSError) as e:
         raise fail(str(e)) from e
 
 

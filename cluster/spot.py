@@ -85,7 +85,7 @@ def drain(address: str, node_id: str, notice: Notice, log) -> None:
 def watch(address: str, node_id: str | None = None, interval_s: float = INTERVAL_S, max_errors: int = 60,
           metadata: imds.Metadata | None = None, log=print) -> Notice:
     """Poll until a notice comes, drain the node and return the notice. Stops with an error after
-    `max_errors` failed polls in a row (5 minutes at 5 s): a node whose metadata service does not
+    `max_errors` failed polls in a row (at least 5 minutes at 5 s): a node whose metadata service does not
     answer is not watched, and that must be seen, not retried forever."""
     node_id = node_id or this_node(address)
     md = metadata or imds.Metadata()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import secrets
 import time
 from pathlib import Path
@@ -69,7 +70,42 @@ def _trial(params: dict, base: dict, sweep_name: str, parent_run_id: str, home: 
     cfg = with_overrides(copy.deepcopy(base), trial_overrides(params))
     cfg.ray.run_name = f"{sweep_name}-{ray.tune.get_context().get_trial_id()}"
     cfg.tracking.parent_run_id = parent_run_id
+    if cfg.budget.dollars is not None:
+        left, per_trial = budget_left(cfg, parent_run_id, cfg.ray.run_name)
+        if left <= 0 or (per_trial is not None and per_trial > left):
+            _skip_for_budget(cfg, left, per_trial)
+            return
+        # the trial's run stops itself where the sweep's total would pass the budget (its meter goes on
+        # from its own saved spending when a restored trial resumes: left excludes it)
+        cfg.budget.dollars = left
     run(cfg, Path(home), callbacks=[TuneReportCallback()])
+
+
+def budget_left(cfg: Config, parent_run_id: str, own_run: str) -> tuple[float, float | None]:
+    """(dollars left of budget.dollars after every other trial so far, running ones included, as
+    their MLflow runs last logged it; the mean cost of the trials that finished, or None before one has)."""
+    import mlflow  # noqa: PLC0415
+
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    children = [r for r in client.search_runs([tracking.experiment_id(cfg)], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+                if r.info.run_name != own_run]
+    spent = sum(r.data.metrics.get("cost_dollars", 0.0) for r in children)
+    done = [r.data.metrics["cost_dollars"] for r in children if r.info.status == "FINISHED" and "cost_dollars" in r.data.metrics]
+    return cfg.budget.dollars - spent, (sum(done) / len(done) if done else None)
+
+
+def _skip_for_budget(cfg: Config, left: float, per_trial: float | None) -> None:
+    """A trial that would pass the sweep's budget: a child run that says so, and one result for Tune."""
+    import mlflow  # noqa: PLC0415
+    import ray.tune  # noqa: PLC0415
+
+    why = (f"not started: ${max(left, 0):.4f} of budget.dollars left"
+           + (f", a finished trial cost ${per_trial:.4f} on average" if per_trial is not None else ""))
+    with tracking.open_run(cfg, name=cfg.ray.run_name, tags={"dfdc.stopped": "budget", "dfdc.trial_status": why}) as child:
+        run_id = child.info.run_id
+    mlflow.MlflowClient(cfg.tracking.uri).set_terminated(run_id, "KILLED")
+    print(f"trial {cfg.ray.run_name}: {why}", flush=True)
+    ray.tune.report({"budget_skipped": 1.0})
 
 
 def _parent_run(cfg: Config, name: str) -> str:
@@ -110,6 +146,9 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
     base["sweep"]["name"] = name
     check_space(base, s.space)
     parent = _parent_run(cfg, name)
+    # A training reports without validation metrics too (a checkpoint inside an epoch: the schedule,
+    # a spot notice, the budget), and a trial skipped for the budget reports once with none: Tune
+    # would stop the sweep at such a report; ASHA just passes over it.
     connect(cfg.ray.address, log_to_driver=True)
     root, fs = storage_for_ray(storage.join(cfg.ray.storage_path, "sweeps"))
     where = f"{root.rstrip('/')}/{name}"
@@ -122,7 +161,9 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
         log(f"sweep {name} (new; to continue it after a stop: --set sweep.name={name})")
         # stop_last_trials=False: ASHA would otherwise stop a trial at its last epoch's report, before
         # the trial writes its model
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=cfg.optim.epochs, grace_period=s.grace_period,
+        epochs = s.space.get("optim.epochs", {})
+        max_t = max([cfg.optim.epochs, *[int(v) for v in next(iter(epochs.values()), [])]])  # the longest a trial can run
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=s.grace_period,
                                    reduction_factor=s.reduction_factor, stop_last_trials=False)
                      if s.scheduler == "asha" else FIFOScheduler())
         tuner = tune.Tuner(
@@ -132,7 +173,15 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
                                                                          max_concurrent=s.max_concurrent_trials)),
             run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=fs, verbose=0),
         )
-    results = tuner.fit()
+    before = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    try:
+        results = tuner.fit()
+    finally:
+        if before is None:
+            os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+        else:
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = before
     return finish(cfg, name, parent, results, log)
 
 
@@ -148,16 +197,29 @@ def finish(cfg: Config, name: str, parent: str, results, log) -> dict:
     trials = []
     for result in results:
         m = result.metrics or {}
-        trial_id = m.get("trial_id", "?")  # Tune adds it to every result
+        # Tune adds the id to every result; a trial that never reported has it only in its folder's
+        # name, _trial_<id>_<index>_<values>_<time>
+        trial_id = m.get("trial_id") or "_".join(Path(result.path or "").name.split("_")[2:4]) or "?"
         run_name = f"{name}-{trial_id}"
         epochs = int(m.get("epoch", 0))
-        finished = result.error is None and epochs >= cfg.optim.epochs
-        status = "finished" if finished else ("error" if result.error else f"stopped by {s.scheduler} after epoch {epochs}")
+        planned = int((result.config or {}).get("optim.epochs", cfg.optim.epochs))
+        finished = result.error is None and epochs >= planned and not m.get("budget_stopped")
+        if finished:
+            status = "finished"
+        elif result.error:
+            status = "error"
+        elif m.get("budget_skipped"):
+            status = "not started: budget"
+        elif m.get("budget_stopped"):
+            status = f"stopped by budget in epoch {epochs + 1}"
+        else:
+            status = f"stopped by {s.scheduler} after epoch {epochs}"
         child = children.get(run_name)
         if child is not None:
             client.set_tag(child.info.run_id, "dfdc.trial_status", status)
             if not finished:
-                client.set_tag(child.info.run_id, "dfdc.stopped", s.scheduler if result.error is None else "error")
+                client.set_tag(child.info.run_id, "dfdc.stopped", "error" if result.error else
+                               "budget" if m.get("budget_skipped") or m.get("budget_stopped") else s.scheduler)
                 if child.info.status == "RUNNING":  # its rank 0 was stopped with the trial, before it could end the run
                     client.set_terminated(child.info.run_id, "KILLED")
         trials.append({"trial": trial_id, "run_name": run_name, "params": result.config, "status": status, "epochs": epochs,
@@ -203,7 +265,7 @@ def register(cfg: Config, model_name: str, model_uri: str, run_id: str, sweep_na
     try:
         client.create_registered_model(model_name, description="Deepfake detectors trained by dfdc-scale sweeps")
     except mlflow.exceptions.MlflowException as e:
-        if "already exists" not in str(e).lower():
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
     version = client.create_model_version(model_name, source=source, run_id=run_id, tags={

@@ -116,6 +116,9 @@ class RayConfig:
 
     def check(self) -> None:
         self.workers()
+        if self.interrupt_check_steps < 0 or self.checkpoint_every_steps < 0:
+            raise ConfigError("ray.interrupt_check_steps and ray.checkpoint_every_steps must be 0 or more, got "
+                              f"{self.interrupt_check_steps} and {self.checkpoint_every_steps}")
 
 
 @dataclass
@@ -355,6 +358,8 @@ def config_from_dict(data: dict) -> Config:
         check = getattr(getattr(cfg, section.name), "check", None)
         if check:
             check()
+    if cfg.budget.dollars is not None and not cfg.ray.interrupt_check_steps:
+        raise ConfigError("budget.dollars needs ray.interrupt_check_steps above 0: the budget is checked at those steps")
     low, high = cfg.ray.workers()
     if low != high and cfg.data.order == "resampled":
         raise ConfigError(f"ray.num_workers={cfg.ray.num_workers!r} (elastic) needs data.order=permutation: a restart on "

@@ -118,3 +118,7 @@ def test_budget_and_market_are_checked_at_load():
         load_config(None, ["budget.dollars=0"])
     with pytest.raises(ConfigError, match="cost.market must be spot or on_demand"):
         load_config(None, ["cost.market=reserved"])
+    with pytest.raises(ConfigError, match="budget.dollars needs ray.interrupt_check_steps above 0"):
+        load_config(None, ["budget.dollars=5", "ray.interrupt_check_steps=0"])
+    with pytest.raises(ConfigError, match="must be 0 or more"):
+        load_config(None, ["ray.interrupt_check_steps=-1"])

@@ -131,3 +131,25 @@ def test_search_space_forms_are_checked_at_load():
                            ('{"optim.lr": {"choice": []}}', "at least one value")]:
         with pytest.raises(ConfigError, match=message):
             load_config(None, [f"sweep.space={space}"])
+
+
+def test_a_sweep_with_a_budget_starts_no_trial_that_would_pass_it(shards, tmp_path, ray_address, monkeypatch):
+    """One dollar a second and a $3 budget: the first trial's own run stops at the budget (its share
+    is what is left), and the second does not start: nothing is left."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("date: '2026-11-29'\nsource: the test\ninstances:\n  local.test: {gpus: 0, spot: 3600, on_demand: 3600}\n")
+    path = _write(tmp_path, shards, {"model.drop_rate": {"choice": [0.1]}})
+    sets = ["sweep.name=budgetsweep", "sweep.trials=2", "sweep.max_concurrent_trials=1", "sweep.scheduler=none",
+            "sweep.register_as=null", "budget.dollars=3", f"cost.prices={prices}", "cost.instance_type=local.test",
+            "ray.interrupt_check_steps=1", "eval.fit_temperature=false", "optim.epochs=30"]  # 30: longer than $3 lasts
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    summary = sweep(path, sets, tmp_path, log=print)
+
+    first, second = sorted(summary["trials"], key=lambda t: t["trial"])
+    assert first["status"].startswith("stopped by budget in epoch") and second["status"] == "not started: budget", summary
+    assert summary["best"] is None and summary["registered"] is None
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    children = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    assert sorted(c.data.tags["dfdc.stopped"] for c in children) == ["budget", "budget"]
+    assert not storage.exists(f"s3://test/runs/{second['run_name']}/result.json")  # never trained

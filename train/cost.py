@@ -4,9 +4,9 @@ on-demand) of every node the run is on, which each node reads from its instance 
 `cost.instance_type` / `cost.market` where there is none).
 
 The estimate charges whole nodes: a node that also runs other work is charged to this run in
-full. It counts from when the training workers start; the totals are saved with every checkpoint,
-so a resumed run goes on from the last checkpoint's figure (the time between that checkpoint and a
-failure is not counted: the estimate is low by at most one checkpoint interval per restart)."""
+full. It counts from when the training workers have built their engine; the totals are saved with
+every checkpoint, so a resumed run goes on from the last checkpoint's figure (the time between that
+checkpoint and a failure, or a spot notice's deadline, is not counted: the estimate is low)."""
 
 from __future__ import annotations
 

@@ -275,9 +275,8 @@ def train_func(config: dict) -> None:
                 _print_epoch(report, cfg, val)
             checkpoint.save(engine, state, report, rank, cfg.data.image_size)
         if rank == 0:
-            import mlflow  # noqa: PLC0415
-
-            mlflow.set_tag("dfdc.cost", meter.summary())
+            tracking.log_metrics(meter.metrics(), step=state.step)
+            tracking.set_tags({"dfdc.cost": meter.summary()})
 
 
 def _meter(cfg: Config, driver: dict | None, state: TrainState, rank: int, world: int) -> cost.Meter | None:
@@ -296,32 +295,30 @@ def _meter(cfg: Config, driver: dict | None, state: TrainState, rank: int, world
 
 
 def _cost(meter: cost.Meter | None, state: TrainState) -> dict[str, float]:
-    """Rank 0: the cost so far, as report metrics, and into the state the checkpoint saves."""
+    """Rank 0, at a checkpoint: the cost so far, as MLflow metrics (a sweep's budget reads the last
+    ones), as report metrics, and into the state the checkpoint saves."""
     if meter is None:
         return {}
     state.cost = meter.totals()
+    tracking.log_metrics(meter.metrics(), step=state.step)
     return meter.metrics()
 
 
 def _log_preemption(notice, seen: float, step: int) -> None:
     """Rank 0, after the checkpoint a preemption notice asked for: how long it took and how much
     time was left, as metrics and a tag, so the run's page in MLflow shows the preemption."""
-    import mlflow  # noqa: PLC0415
-
     took = time.time() - seen
     left = notice.deadline_ms / 1000 - time.time() if notice.deadline_ms else float("nan")
     tracking.log_metrics({"preemption_checkpoint_s": took, "preemption_deadline_margin_s": left}, step=step)
     line = (f"node(s) {', '.join(notice.preempted_node_ids)} (ranks {notice.preempted_ranks}) being preempted; "
             f"checkpoint at step {step} took {took:.1f} s" + (f", {left:.0f} s before the deadline" if notice.deadline_ms else ""))
-    mlflow.set_tag(f"dfdc.preemption.step_{step}", line)
+    tracking.set_tags({f"dfdc.preemption.step_{step}": line})
     print(f"preemption notice: {line}", flush=True)
 
 
 def _log_budget_stop(meter: cost.Meter, cfg: Config, step: int) -> None:
-    import mlflow  # noqa: PLC0415
-
     line = f"budget.dollars={cfg.budget.dollars:g} passed at step {step}: {meter.summary()}; stopped after a checkpoint"
-    mlflow.set_tags({"dfdc.stopped": "budget", "dfdc.cost": meter.summary()})
+    tracking.set_tags({"dfdc.stopped": "budget", "dfdc.cost": meter.summary()})
     print(line, flush=True)
 
 

@@ -82,7 +82,9 @@ def resolve(uri: str, tracking_uri: str) -> str:
                 raise ModelFileError(f"{uri}: expected models:/NAME/VERSION (a number) or models:/NAME@ALIAS")
             version = client.get_model_version(name, number)
     except mlflow.exceptions.MlflowException as e:
-        raise ModelFileError(f"{uri} is not in the model registry at {tracking_uri}: {e.message}") from e
+        from train.tracking import redact  # noqa: PLC0415
+
+        raise ModelFileError(f"{uri} is not in the model registry at {redact(tracking_uri)}: {e.message}") from e
     target = version.tags.get("dfdc.model_uri")
     if not target:
         raise ModelFileError(f"{uri} has no tag dfdc.model_uri: it was not registered by dfdc-scale, so its model file is unknown")

@@ -50,6 +50,14 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None) -> di
     from train.loop import train_func  # noqa: PLC0415
 
     tracking.resolve(cfg, home)
+    try:  # a price table that does not load fails here, not in a worker after start-up
+        from train.cost import load_prices  # noqa: PLC0415
+
+        load_prices(cfg.cost.prices)
+    except (ValueError, FileNotFoundError) as e:
+        from dfdc.config import ConfigError  # noqa: PLC0415
+
+        raise ConfigError(f"cost.prices: {e}") from e
     if cfg.ray.run_name is None:
         cfg.ray.run_name = new_run_name(cfg)
         log(f"run {cfg.ray.run_name} (new; to resume it: --set ray.run_name={cfg.ray.run_name})")

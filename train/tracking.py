@@ -74,6 +74,17 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
         log.warning("MLflow did not take metrics %s at step %s: %s: %s", sorted(values), step, type(e).__name__, e)
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    """Tags on the open run; like `log_metrics`, a tracking server that does not take them does not
+    stop the training (a preemption's checkpoint must not fail for a tag)."""
+    import mlflow  # noqa: PLC0415
+
+    try:
+        mlflow.set_tags(tags)
+    except Exception as e:  # noqa: BLE001
+        log.warning("MLflow did not take tags %s: %s: %s", sorted(tags), type(e).__name__, e)
+
+
 def loggable(cfg: Config) -> dict:
     """The config as params, artifacts and checkpoints may hold it: the tracking URI without a password."""
     out = cfg.to_dict()
