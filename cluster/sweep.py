@@ -20,6 +20,7 @@ from dfdc import storage
 from dfdc.config import Config, ConfigError, load_config, with_overrides
 from train import tracking
 
+SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 # A trial's own process only waits on its TorchTrainer, whose workers hold the real resources; Tune
 # refuses an empty request, so it asks for a sliver of a CPU.
 TRIAL_CPU = 0.01
@@ -173,11 +174,17 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
                                                                          max_concurrent=s.max_concurrent_trials)),
             run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=fs, verbose=0),
         )
+    # Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the session tokens from the driver's
+    # environment into every trial actor's runtime env (ray/tune/execution/class_cache.py), where
+    # the job's metadata shows them: while the trials start, the driver holds none. Its own S3
+    # client resolved its credentials above (can_restore); trials resolve theirs like any worker.
+    hidden = {k: os.environ.pop(k) for k in SECRET_VARS if k in os.environ}
     before = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     try:
         results = tuner.fit()
     finally:
+        os.environ.update(hidden)
         if before is None:
             os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING")
         else:
@@ -223,7 +230,8 @@ def finish(cfg: Config, name: str, parent: str, results, log) -> dict:
                 if child.info.status == "RUNNING":  # its rank 0 was stopped with the trial, before it could end the run
                     client.set_terminated(child.info.run_id, "KILLED")
         trials.append({"trial": trial_id, "run_name": run_name, "params": result.config, "status": status, "epochs": epochs,
-                       "metric": m.get(s.metric), "val_video_auc": m.get("val_video_auc"),
+                       "metric": m.get(s.metric), "best_metric": _best_reported(result, s.metric, s.mode),
+                       "val_video_auc": m.get("val_video_auc"),
                        "mlflow_run_id": child.info.run_id if child else None})
     done = [t for t in trials if t["status"] == "finished" and t["metric"] is not None and math.isfinite(t["metric"])]
     best = (min if s.mode == "min" else max)(done, key=lambda t: t["metric"]) if done else None
@@ -242,6 +250,16 @@ def finish(cfg: Config, name: str, parent: str, results, log) -> dict:
                              "dfdc.best_model": best["model"]}
                             | ({"dfdc.registered_model": summary["registered"]} if summary["registered"] else {}))
     return summary
+
+
+def _best_reported(result, metric: str, mode: str) -> float | None:
+    """The best value of `metric` over all the trial's reports (its epochs). The best trial is
+    chosen by the last value instead: the model that is registered is the last epoch's."""
+    df = result.metrics_dataframe
+    if df is None or metric not in df:
+        return None
+    values = df[metric].dropna()
+    return None if values.empty else float(values.min() if mode == "min" else values.max())
 
 
 def register(cfg: Config, model_name: str, model_uri: str, run_id: str, sweep_name: str) -> str:
@@ -280,10 +298,10 @@ def table(summary: dict, metric: str):
 
     keys = sorted({k for t in summary["trials"] for k in (t["params"] or {})})
     out = Table(title=f"sweep {summary['sweep']}")
-    for col in ["trial", *keys, metric, "val_video_auc", "epochs", "status"]:
+    for col in ["trial", *keys, f"{metric} (last)", "(best)", "val_video_auc (last)", "epochs", "status"]:
         out.add_column(col)
     for t in sorted(summary["trials"], key=lambda t: t["trial"]):
         fmt = (lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
-        out.add_row(t["trial"], *[fmt((t["params"] or {}).get(k)) for k in keys], fmt(t["metric"]), fmt(t["val_video_auc"]),
-                    str(t["epochs"]), t["status"])
+        out.add_row(t["trial"], *[fmt((t["params"] or {}).get(k)) for k in keys], fmt(t["metric"]), fmt(t["best_metric"]),
+                    fmt(t["val_video_auc"]), str(t["epochs"]), t["status"])
     return out

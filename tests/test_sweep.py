@@ -18,6 +18,7 @@ import mlflow
 import pytest
 import yaml
 
+from cluster.local.ray_head import start_worker_node
 from cluster.sweep import sweep
 from dfdc import storage
 from dfdc.config import ConfigError
@@ -72,6 +73,17 @@ def _ended_trials(tmp_path: Path) -> tuple[list[str], list[str]]:
 
 
 def test_a_sweep_stops_bad_trials_early_registers_the_best_and_continues_after_a_kill(shards, tmp_path, ray_address):
+    # One more node with a CPU: a trial that was running when its sweep was SIGKILLed can leave its
+    # Ray Train placement group (a CPU) held, its cleaner notwithstanding (seen once here, with Ray
+    # 2.60), and on the test head's 2 CPUs the restored trial could then never start.
+    node = start_worker_node(ray_address, 1, {}, tmp_path / "node.log")
+    try:
+        _sweep_killed_and_continued(shards, tmp_path, ray_address)
+    finally:
+        node.stop()
+
+
+def _sweep_killed_and_continued(shards, tmp_path, ray_address):
     path = _write(tmp_path, shards, {"optim.lr": {"choice": [0.003, 1.0]}})
     env = dict(os.environ, RAY_ADDRESS=ray_address, DFDC_HOME=str(tmp_path))
     dfdc = str(Path(sys.executable).parent / "dfdc")

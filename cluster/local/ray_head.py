@@ -54,11 +54,18 @@ def _stop_group(pid: int, timeout: float) -> None:
         pass
 
 
+def _agent_ports() -> list[str]:
+    """Free ports for the node's dashboard agent. Its HTTP port is 52365 by default, so a second Ray
+    on this machine (the demo beside the tests' head) had its agent fail to bind, the raylet went
+    down with it, and the Jobs API answered "No available agent"."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
+
+
 def start_head(num_cpus: int, dashboard: bool, log_path: Path, env: dict[str, str] | None = None, timeout: float = 120.0) -> RayHead:
     port = free_port()
     dash = free_port() if dashboard else None
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
-           "--disable-usage-stats"]
+           "--disable-usage-stats", *_agent_ports()]
     cmd += [f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"] if dashboard else ["--include-dashboard=false"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # A local, single-user head: no token to hand around.
@@ -134,7 +141,7 @@ def start_worker_node(head_address: str, num_cpus: int, resources: dict[str, flo
 
     name = f"node-{free_port()}"
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", f"--address={head_address}", f"--num-cpus={num_cpus}",
-           f"--resources={json.dumps(resources)}", f"--node-name={name}", "--disable-usage-stats"]
+           f"--resources={json.dumps(resources)}", f"--node-name={name}", "--disable-usage-stats", *_agent_ports()]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled", **(env or {})), stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
