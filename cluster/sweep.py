@@ -147,9 +147,6 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
     base["sweep"]["name"] = name
     check_space(base, s.space)
     parent = _parent_run(cfg, name)
-    # A training reports without validation metrics too (a checkpoint inside an epoch: the schedule,
-    # a spot notice, the budget), and a trial skipped for the budget reports once with none: Tune
-    # would stop the sweep at such a report; ASHA just passes over it.
     connect(cfg.ray.address, log_to_driver=True)
     root, fs = storage_for_ray(storage.join(cfg.ray.storage_path, "sweeps"))
     where = f"{root.rstrip('/')}/{name}"
@@ -179,6 +176,9 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
     # the job's metadata shows them: while the trials start, the driver holds none. Its own S3
     # client resolved its credentials above (can_restore); trials resolve theirs like any worker.
     hidden = {k: os.environ.pop(k) for k in SECRET_VARS if k in os.environ}
+    # A training reports without validation metrics too (a checkpoint inside an epoch: the schedule,
+    # a spot notice, the budget), and a trial skipped for the budget reports once with none: Tune
+    # would stop the sweep at such a report; ASHA just passes over it.
     before = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     try:
