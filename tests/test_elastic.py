@@ -27,6 +27,14 @@ def test_a_node_lost_mid_epoch_restarts_on_fewer_workers_and_the_epoch_sees_ever
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "100")
     nodes = [start_worker_node(ray_address, 1, {"elastic_slot": 1}, tmp_path / f"node{i}.log") for i in range(2)]
     try:
+        # An elastic run starts with the workers whose resources are ready then: a node listed as
+        # alive may not have reported its resources yet (a fresh-clone run started on 1 worker).
+        import ray
+
+        deadline = time.monotonic() + 60
+        while ray.available_resources().get("elastic_slot", 0) < 2:
+            assert time.monotonic() < deadline, ray.available_resources()
+            time.sleep(0.5)
         cfg = load_config(None, train_sets(
             shards, tmp_path, "deepspeed.zero_stage=2", "data.batch_size=4", "optim.epochs=1", "data.ledger=true",
             "ray.checkpoint_every_steps=2", "ray.run_name=elastic", "ray.num_workers=1..2", "ray.max_failures=2",
