@@ -20,7 +20,6 @@ from dfdc import storage
 from dfdc.config import Config, ConfigError, load_config, with_overrides
 from train import tracking
 
-SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 # A trial's own process only waits on its TorchTrainer, whose workers hold the real resources; Tune
 # refuses an empty request, so it asks for a sliver of a CPU.
 TRIAL_CPU = 0.01
@@ -175,7 +174,7 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
     # environment into every trial actor's runtime env (ray/tune/execution/class_cache.py), where
     # the job's metadata shows them: while the trials start, the driver holds none. Its own S3
     # client resolved its credentials above (can_restore); trials resolve theirs like any worker.
-    hidden = {k: os.environ.pop(k) for k in SECRET_VARS if k in os.environ}
+    hidden = {k: os.environ.pop(k) for k in storage.SECRET_SETTINGS if k in os.environ}
     # A training reports without validation metrics too (a checkpoint inside an epoch: the schedule,
     # a spot notice, the budget), and a trial skipped for the budget reports once with none: Tune
     # would stop the sweep at such a report; ASHA just passes over it.
