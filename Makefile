@@ -7,10 +7,13 @@ UV := $(PY) -m uv
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml uv.lock
+$(VENV)/.installed: pyproject.toml uv.lock infra/lint/pyproject.toml infra/lint/uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv || $(PY) -m pip install --quiet --user uv \
 		|| $(PY) -m pip install --quiet --break-system-packages uv
 	$(UV) sync --frozen --extra dev
+	@# The infrastructure linters (cfn-lint, checkov, hadolint) in their own locked environment:
+	@# checkov pins networkx<2.7, which scikit-image cannot use.
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.venv-lint $(UV) sync --frozen --project infra/lint
 	@# DeepSpeed JIT-builds its CPU communication op and its CPU Adam (deepspeed.offload) on first
 	@# use (~1-2 min each); once per machine, cached in ~/.cache/torch_extensions outside the clone.
 	$(VENV)/bin/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
@@ -30,4 +33,4 @@ bench: install
 	$(VENV)/bin/python bench/get_cpu.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-lint .pytest_cache

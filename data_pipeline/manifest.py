@@ -53,6 +53,8 @@ def software_versions() -> dict[str, str]:
 def build(plan: dict, units: list[dict], scan_quarantine: list[dict]) -> dict:
     """The manifest from the plan, every unit's record and what listing the source set aside."""
     shards = sorted((s for u in units for s in u["shards"]), key=lambda s: s["url"])
+    for s in shards:  # unit records are read back from storage
+        _check_shard("a unit record of this ingest", s)
     quarantine = sorted(scan_quarantine + [q for u in units for q in u["quarantine"]], key=lambda q: (q["video"], q["reason"]))
     splits: dict[str, dict] = {}
     for s in shards:
@@ -96,11 +98,27 @@ def load(dataset_uri: str) -> dict:
         raise ManifestError(f"{uri} does not exist: the dataset is not ingested (or its ingest has not finished)")
     if data.get("format") != FORMAT or data.get("version") != VERSION:
         raise ManifestError(f"{uri} is not a {FORMAT} v{VERSION} manifest (format={data.get('format')!r}, version={data.get('version')!r})")
+    for s in data.get("shards", []):
+        _check_shard(uri, s)
     return data
 
 
+def _check_shard(where: str, shard: dict) -> None:
+    """A shard entry names a tar below the dataset's root: nothing this project writes names another
+    place, so a manifest that does (an absolute path, another bucket, `..`) is refused, never read."""
+    url = shard.get("url")
+    try:
+        storage.child("", url)
+    except ValueError:
+        raise ManifestError(f"{where}: shard url {url!r} is not a path inside the dataset (refused: manifests name "
+                            "only their own shards)") from None
+    if not url.endswith(".tar"):
+        raise ManifestError(f"{where}: shard url {url!r} is not a .tar file")
+
+
 def shard_urls(dataset_uri: str, manifest: dict, split: str) -> list[str]:
-    return [storage.join(dataset_uri, s["url"]) for s in manifest["shards"] if s["split"] == split]
+    """The URLs of a split's shards ("all": every shard), each checked to lie below `dataset_uri`."""
+    return [storage.child(dataset_uri, s["url"]) for s in manifest["shards"] if split == "all" or s["split"] == split]
 
 
 def print_summary(manifest: dict, console) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 
@@ -68,8 +69,8 @@ FIXES = {
     "no credentials": "give this process credentials: AWS_PROFILE, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an "
                       "instance role; for the local stack run `dfdc local up` and `eval \"$(dfdc local env)\"`",
     "credentials refused": "the keys are wrong, expired, meant for another endpoint, or not allowed this bucket: renew "
-                           "them, check AWS_PROFILE and AWS_ENDPOINT_URL, or grant the S3 actions (see infra/iam/)",
-    "access denied": "these credentials may not do this: grant the S3 actions (see infra/iam/) or use another role",
+                           "them, check AWS_PROFILE and AWS_ENDPOINT_URL, or grant the S3 actions (see infra/cloudformation/)",
+    "access denied": "these credentials may not do this: grant the S3 actions (see infra/cloudformation/) or use another role",
     "connection refused": "nothing listens at {endpoint}: start the server (`dfdc local up` for the local stack) or "
                           "fix AWS_ENDPOINT_URL",
     "unreachable": "{endpoint} cannot be reached: check the network, AWS_ENDPOINT_URL and AWS_REGION",
@@ -187,6 +188,21 @@ def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
 
 def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts) if uri else posixpath.join(*parts)
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def child(root: str, rel: str) -> str:
+    """`rel` (a path read from stored data: a manifest's shard URL, a record's name) joined below
+    `root`; ValueError when it could name anything outside `root`: an absolute path, a URL or fsspec
+    chain, `.`/`..`/empty segments, backslashes or NUL. S3 takes `..` in a key literally, but a local
+    disk, presigned URLs (urllib3 drops dot segments) and some S3 servers do not."""
+    bad = (not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel or "::" in rel
+           or _SCHEME.match(rel) or any(seg in ("", ".", "..") for seg in rel.split("/")))
+    if bad:
+        raise ValueError(f"{rel!r} is not a relative path inside {root}")
+    return join(root, rel)
 
 
 def is_remote(uri: str) -> bool:

@@ -10,9 +10,17 @@ import time
 import uuid
 from pathlib import Path
 
+import tempfile
+
 import pytest
 
+from cluster.local.ray_head import auth_env, new_token
 from cluster.local.s3_server import free_port, temporary_server
+
+# Ray's token authentication is on in the tests, as on a cluster. Ray reads these settings when it is
+# first imported, and test modules import it while they are collected: so they are set here, first.
+RAY_TOKEN = new_token(Path(tempfile.mkdtemp(prefix="dfdc-test-ray-")) / "ray-auth-token")
+os.environ.update(auth_env(RAY_TOKEN))
 
 # Small, fast settings shared by the tests that run the real pipeline.
 TINY = ["ingest.frames_per_video=4", "ingest.crop_size=64", "ingest.videos_per_task=3", "ingest.val_fraction=0.3",
@@ -42,8 +50,7 @@ def ray_head(s3_server, tmp_path_factory):
 
     from cluster.local.ray_head import start_head
 
-    head = start_head(num_cpus=2, dashboard=True, log_path=tmp_path_factory.mktemp("ray") / "head.log")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    head = start_head(num_cpus=2, dashboard=True, log_path=tmp_path_factory.mktemp("ray") / "head.log", token_path=RAY_TOKEN)
     deadline = time.monotonic() + 120
     while True:
         try:

@@ -167,7 +167,7 @@ def test_no_secret_in_any_job_or_task_spec(shards, ray_dashboard, s3_server):
 
     from cluster import jobs
 
-    client, job = jobs.submit(ray_dashboard, f"{sys.executable} -m cli manifest {shards}", {"RAY_AUTH_MODE": "disabled"})
+    client, job = jobs.submit(ray_dashboard, f"{sys.executable} -m cli manifest {shards}", {})
     assert jobs.follow(client, job, poll_s=1, timeout_s=300) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
     assert "ingested" in client.get_job_logs(job)  # the job read the manifest with the head's own credentials
 

@@ -39,6 +39,10 @@ from train.transforms import image_transform
 
 log = logging.getLogger(__name__)
 
+# The members webdataset may decode. Its default handlers also unpickle `.pyd`/`.pkl` members and
+# torch.load `.pth` ones, so a shard from storage could run code: everything else stays raw bytes.
+DECODED = ["jpg", "json"]
+
 # Modules the fork server imports once, so that each loader worker it forks starts in milliseconds
 # ("__main__" too: else every worker re-imports the main script, as spawn does).
 _PRELOAD = ["__main__", "torch", "torchvision", "webdataset", "s3fs", "train.samples", "train.transforms"]
@@ -109,7 +113,7 @@ def resampled_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, 
         wds.ResampledShards(urls, seed=base, worker_seed=functools.partial(_worker_seed, base), deterministic=True),
         wds.tarfile_to_samples(handler=errors),
         wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(base)),
-        wds.decode("pil", handler=errors),
+        wds.decode("pil", only=DECODED, handler=errors),
         wds.to_tuple("jpg", "json", "__url__", "__key__", handler=errors),
         wds.map(Decode(image_transform(cfg.image_size, cfg.augment)), handler=errors),
         wds.map(errors.ok),  # a sample made it through every stage: the run of failures ends
@@ -133,7 +137,7 @@ def val_loader(urls: list[str], cfg: DataConfig, rank: int, world: int, pin_memo
         wds.SimpleShardList(mine),
         wds.split_by_worker,
         wds.tarfile_to_samples(handler=errors),
-        wds.decode("pil", handler=errors),
+        wds.decode("pil", only=DECODED, handler=errors),
         wds.to_tuple("jpg", "json", "__url__", "__key__", handler=errors),
         wds.map(Decode(image_transform(cfg.image_size, False)), handler=errors),
         wds.batched(cfg.batch_size, collation_fn=collate, partial=True),

@@ -186,7 +186,7 @@ def train_func(config: dict) -> None:
     train_urls = mf.shard_urls(cfg.data.dataset, manifest, "train")
     counts = [s["samples"] for s in manifest["shards"] if s["split"] == "train"]
     train_set = train_set_of(cfg.data.dataset, manifest) if cfg.data.order == "permutation" else None
-    val_shards = {storage.join(cfg.data.dataset, s["url"]): s["samples"] for s in manifest["shards"] if s["split"] == "val"}
+    val_shards = {storage.child(cfg.data.dataset, s["url"]): s["samples"] for s in manifest["shards"] if s["split"] == "val"}
     batches, pos_weight = plan_epochs(manifest, cfg, world)
     global_batch = cfg.data.batch_size * world
 

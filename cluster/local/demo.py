@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override a key of configs/demo.yaml")
     sets = ap.parse_args(argv).sets
-    from cluster.local.ray_head import start_head  # noqa: PLC0415
+    from cluster.local.ray_head import auth_env, new_token, start_head  # noqa: PLC0415
     from data_pipeline.manifest import print_summary  # noqa: PLC0415
 
     cfg = load_config(CONFIG, sets)
@@ -52,11 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DFDC_HOME"] = str(home)
     console.print(f"local S3 server at {state.server().endpoint} ({'started' if started else 'already running'})")
     head = None
+    # Token authentication, set before this process first imports ray (which reads it then).
+    token = new_token(home / "ray-auth-token")
+    os.environ.update(auth_env(token))
     try:
         t0 = time.monotonic()
-        head = start_head(num_cpus=2, dashboard=True, log_path=home / "logs" / "ray-head.log", env=state.server().env())
+        head = start_head(num_cpus=2, dashboard=True, log_path=home / "logs" / "ray-head.log", env=state.server().env(),
+                          token_path=token)
         console.print(f"Ray head at {head.address}, dashboard {head.dashboard_url} ({time.monotonic() - t0:.0f}s)")
-        os.environ["RAY_AUTH_MODE"] = "disabled"
 
         from data_pipeline.ingest import ingest  # noqa: PLC0415
         from data_pipeline.synth import synth  # noqa: PLC0415
@@ -104,7 +107,7 @@ def train_job(dashboard_url: str, home: Path, cfg: Config, sets: list[str]) -> d
     run_name = new_run_name(cfg)  # a fresh name: two demos never share a run
     args = [*sets, f"data.dataset={FACES}", f"ray.run_name={run_name}"]
     entrypoint = shlex.join([sys.executable, "-m", "train", "--config", str(CONFIG), *[a for s in args for a in ("--set", s)]])
-    client, job = jobs.submit(dashboard_url, entrypoint, {"DFDC_HOME": str(home), "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
+    client, job = jobs.submit(dashboard_url, entrypoint, {"DFDC_HOME": str(home), "PYTHONUNBUFFERED": "1"})
     console.print(f"submitted training job {job}: {entrypoint}")
     t0 = time.monotonic()
     shown: set[str] = set()  # the driver echoes worker lines that the job log also holds
@@ -117,7 +120,7 @@ def train_job(dashboard_url: str, home: Path, cfg: Config, sets: list[str]) -> d
     status = jobs.follow(client, job, show)
     console.print(f"training job {job}: {status} after {time.monotonic() - t0:.0f}s")
     if status != "SUCCEEDED":
-        console.print(f"[red]the training job did not succeed[/red]; its log: .venv/bin/ray job logs {job} --address {dashboard_url}")
+        console.print(f"[red]the training job did not succeed[/red]; its log: RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']} .venv/bin/ray job logs {job} --address {dashboard_url}")
         return None
     return json.loads(storage.read_bytes(storage.join(cfg.ray.storage_path, run_name, RESULT_FILE)))
 

@@ -2,11 +2,18 @@
 
 `ray start --head --block` runs in its own process group: stopping that group stops this head's
 GCS, raylet, dashboard and workers, and never another Ray on the machine (`ray stop` would).
+
+Token authentication is on: Ray's GCS and raylet listen on every interface of the machine, and its
+Jobs API runs any command it is sent. Each head gets a fresh random token in a 0600 file; every
+process that talks to the cluster (its nodes, drivers, CLI) finds it through `RAY_AUTH_MODE=token`
+and `RAY_AUTH_TOKEN_PATH` (`RayHead.auth_env`: a path, never the token itself, so it may travel in
+environments).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +29,12 @@ class RayHead:
     pid: int
     port: int
     dashboard_port: int | None
+    token_path: Path
+
+    @property
+    def auth_env(self) -> dict[str, str]:
+        """What a process needs in its environment to talk to this head."""
+        return auth_env(self.token_path)
 
     @property
     def address(self) -> str:
@@ -61,18 +74,35 @@ def _agent_ports() -> list[str]:
     return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
 
 
-def start_head(num_cpus: int, dashboard: bool, log_path: Path, env: dict[str, str] | None = None, timeout: float = 120.0) -> RayHead:
+def auth_env(token_path: Path) -> dict[str, str]:
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
+def new_token(path: Path) -> Path:
+    """A fresh random token at `path`, readable by this user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that was already there
+    return path
+
+
+def start_head(num_cpus: int, dashboard: bool, log_path: Path, env: dict[str, str] | None = None, timeout: float = 120.0,
+               token_path: Path | None = None) -> RayHead:
+    """A head whose token is in `token_path` (by default a fresh one in `ray-auth-token` beside
+    `log_path`). A process that imported ray before it set `auth_env` keeps Ray's earlier settings:
+    set it first."""
+    token = token_path or new_token(log_path.parent / "ray-auth-token")
     port = free_port()
     dash = free_port() if dashboard else None
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
            "--disable-usage-stats", *_agent_ports()]
     cmd += [f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"] if dashboard else ["--include-dashboard=false"]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    # A local, single-user head: no token to hand around.
-    full_env = dict(os.environ, RAY_AUTH_MODE="disabled", **(env or {}))
+    full_env = dict(os.environ, **(env or {}), **auth_env(token))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    head = RayHead(proc.pid, port, dash)
+    head = RayHead(proc.pid, port, dash, token)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -88,8 +118,10 @@ def _ready(head: RayHead) -> bool:
     import urllib.request  # noqa: PLC0415
 
     if head.dashboard_url:
+        request = urllib.request.Request(f"{head.dashboard_url}/api/version",
+                                         headers={"Authorization": f"Bearer {head.token_path.read_text().strip()}"})
         try:
-            with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2) as r:
+            with urllib.request.urlopen(request, timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -133,8 +165,8 @@ class RayNode:
 def start_worker_node(head_address: str, num_cpus: int, resources: dict[str, float], log_path: Path,
                       timeout: float = 120.0, env: dict[str, str] | None = None) -> RayNode:
     """Another Ray node on this machine, joined to the head: tests that lose nodes kill these. Returns
-    once the head lists it as alive. `env` goes to the node's processes (its workers inherit it).
-    The node's id is `node_id`."""
+    once the head lists it as alive. `env` goes to the node's processes (its workers inherit it); the
+    head's token comes from this process's `RAY_AUTH_TOKEN_PATH`. The node's id is `node_id`."""
     import json  # noqa: PLC0415
 
     import ray  # noqa: PLC0415
@@ -143,7 +175,7 @@ def start_worker_node(head_address: str, num_cpus: int, resources: dict[str, flo
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", f"--address={head_address}", f"--num-cpus={num_cpus}",
            f"--resources={json.dumps(resources)}", f"--node-name={name}", "--disable-usage-stats", *_agent_ports()]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled", **(env or {})), stdout=log, stderr=log,
+        proc = subprocess.Popen(cmd, env=dict(os.environ, **(env or {})), stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     node = RayNode(proc.pid, name)
     deadline = time.monotonic() + timeout

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dfdc import storage
 from dfdc.config import Config
 from data_pipeline import manifest as mf
+from train.data import DECODED
 from train.evaluation import aggregate, metrics
 
 FIELDS = ("video", "label", "logit", "dataset", "method", "t", "face")
@@ -43,7 +43,7 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") 
                 rows["logit"].extend(model(torch.stack(images).to(device)).float().squeeze(1).cpu().tolist())
             images.clear()
 
-    pipeline = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(), wds.decode("pil"), wds.to_tuple("jpg", "json"))
+    pipeline = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(), wds.decode("pil", only=DECODED), wds.to_tuple("jpg", "json"))
     for image, meta in pipeline:
         images.append(tf(image))
         for k in ("video", "label", "dataset", "method", "t", "face"):
@@ -81,7 +81,7 @@ def split_of(dataset_uri: str, split: str) -> tuple[list[str], list[dict], dict]
     splits = sorted(manifest["splits"])
     if split != "all" and split not in splits:
         raise ValueError(f"dataset {dataset_uri} has no split {split!r} (it has: {', '.join(splits)})")
-    urls = [storage.join(dataset_uri, s["url"]) for s in manifest["shards"] if split == "all" or s["split"] == split]
+    urls = mf.shard_urls(dataset_uri, manifest, split)
     missing = [q for q in manifest["quarantine"] if q.get("label") is not None and (split == "all" or q.get("split") == split)]
     return urls, missing, manifest
 

@@ -1,0 +1,395 @@
+"""infra/: the CloudFormation stack passes cfn-lint and checkov, deploys to moto's server on
+127.0.0.1, and reads back as built; its IAM policies are evaluated, case by case, by moto's own
+policy evaluator (and enforced by its S3 for the worker role); the Dockerfile passes hadolint.
+
+moto's CloudFormation skips AWS::S3::BucketPolicy, AWS::EC2::SecurityGroupEgress and
+AWS::SecretsManager::Secret, and ignores a bucket's versioning, public access block and lifecycle:
+those are checked in the template itself."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parent.parent
+TEMPLATE = ROOT / "infra" / "cloudformation" / "dfdc.yaml"
+DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
+LINT = ROOT / ".venv-lint" / "bin"
+BUCKET = "dfdc-test-data"
+REGION = "us-east-1"
+ADMIN = "203.0.113.7/32"
+
+
+def lint_tool(name: str) -> str:
+    path = LINT / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: `make install` sets up the linters' environment (.venv-lint)")
+    return str(path)
+
+
+def template() -> dict:
+    """The template as CloudFormation reads it (its short forms are written out in full here)."""
+    return yaml.safe_load(TEMPLATE.read_text())
+
+
+def resources_of(t: dict, kind: str) -> dict[str, dict]:
+    return {name: r for name, r in t["Resources"].items() if r["Type"] == kind}
+
+
+# ---- linters ----
+
+def test_cfn_lint_passes():
+    out = subprocess.run([lint_tool("cfn-lint"), str(TEMPLATE)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_checkov_passes_and_every_skip_has_a_reason():
+    out = subprocess.run([lint_tool("checkov"), "-f", str(TEMPLATE), "--framework", "cloudformation", "--compact",
+                          "--quiet", "--skip-download", "--output", "json"], capture_output=True, text=True)
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["summary"]["failed"] == 0, out.stdout[-3000:]
+    assert report["summary"]["passed"] > 40  # it did look at the template
+    for r in template()["Resources"].values():
+        for skip in r.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert len(skip.get("comment", "")) > 40, skip
+
+
+def test_checkov_can_fail():
+    """The same scan refuses a bucket that is public and unencrypted."""
+    t = template()
+    t["Resources"]["DataBucket"]["Properties"].pop("PublicAccessBlockConfiguration")
+    t["Resources"]["DataBucket"]["Properties"].pop("BucketEncryption")
+    bad = Path(__file__).parent / ".." / ".pytest_cache" / "bad-template.yaml"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_text(yaml.safe_dump(t))
+    out = subprocess.run([lint_tool("checkov"), "-f", str(bad), "--framework", "cloudformation", "--compact", "--quiet",
+                          "--skip-download", "--output", "json"], capture_output=True, text=True)
+    assert json.loads(out.stdout)["summary"]["failed"] >= 2
+
+
+def test_hadolint_passes():
+    out = subprocess.run([lint_tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_docker_build_where_docker_runs():
+    """The image is built only where a Docker daemon answers (not on the machine CI ran on so far)."""
+    docker = shutil.which("docker")
+    if not docker or subprocess.run([docker, "info"], capture_output=True).returncode != 0:
+        pytest.skip("no Docker daemon here: the image was not built")
+    out = subprocess.run([docker, "build", "-f", str(DOCKERFILE), "-t", "dfdc-scale:test", str(ROOT)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+# ---- what moto cannot deploy, checked in the template ----
+
+def test_bucket_settings_in_the_template():
+    t = template()
+    bucket = t["Resources"]["DataBucket"]["Properties"]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert all(bucket["PublicAccessBlockConfiguration"][k] for k in
+               ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
+    assert rules["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] <= 7
+    assert rules["expire-old-checkpoints"]["Prefix"] == {"Fn::Sub": "${RunsPrefix}/"}
+    assert rules["expire-old-checkpoints"]["ExpirationInDays"] == {"Ref": "CheckpointExpiryDays"}
+    assert rules["raw-videos-to-infrequent-access"]["Prefix"] == {"Fn::Sub": "${RawPrefix}/"}
+    assert rules["raw-videos-to-infrequent-access"]["Transitions"][0]["StorageClass"] == "STANDARD_IA"
+    statements = {s["Sid"]: s for s in t["Resources"]["DataBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]}
+    tls = statements["TlsOnly"]
+    assert tls["Effect"] == "Deny" and tls["Principal"] == "*" and tls["Action"] == "s3:*"
+    assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # The MLflow login is generated by Secrets Manager, never a parameter or a literal.
+    secret = t["Resources"]["MlflowLogin"]["Properties"]
+    assert secret["GenerateSecretString"]["GenerateStringKey"] == "password" and "SecretString" not in secret
+    assert not any("Password" in name or "Secret" in name for name in t["Parameters"])
+
+
+def test_no_ingress_from_the_internet_anywhere_in_the_template():
+    t = template()
+    text = json.dumps(t)
+    rules = []
+    for r in t["Resources"].values():
+        if r["Type"] == "AWS::EC2::SecurityGroup":
+            rules += r["Properties"].get("SecurityGroupIngress", [])
+        elif r["Type"] == "AWS::EC2::SecurityGroupIngress":
+            rules.append(r["Properties"])
+    assert rules
+    for rule in rules:
+        assert rule.get("CidrIp") not in ("0.0.0.0/0",) and "CidrIpv6" not in rule, rule
+    assert "::/0" not in text
+    egress = resources_of(t, "AWS::EC2::SecurityGroupEgress")["VpcDefaultSecurityGroupClosed"]["Properties"]
+    assert egress["CidrIp"] == "127.0.0.1/32"  # the VPC's default group lets nothing out or in
+
+
+# ---- a deploy to moto's server ----
+
+@pytest.fixture(scope="module")
+def moto_aws():
+    """A moto server of this module's own (its IAM enforcement is switched on and off here), with
+    the stack deployed. (endpoint, client factory, stack outputs)."""
+    import boto3
+    from botocore.config import Config
+
+    from cluster.local.s3_server import free_port
+
+    port = free_port()
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(150):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    endpoint = f"http://127.0.0.1:{port}"
+    admin = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+    def client(service, **creds):
+        return boto3.client(service, endpoint_url=endpoint, region_name=REGION, config=Config(retries={"max_attempts": 1}),
+                            **(creds or admin))
+
+    try:
+        body = TEMPLATE.read_text()
+        assert len(body.encode()) <= 51_200, "CloudFormation takes at most 51,200 bytes in a TemplateBody"
+        cf = client("cloudformation")
+        cf.create_stack(StackName="dfdc", TemplateBody=body, Capabilities=["CAPABILITY_NAMED_IAM"],
+                        Parameters=[{"ParameterKey": "BucketName", "ParameterValue": BUCKET},
+                                    {"ParameterKey": "AdminCidr", "ParameterValue": ADMIN}])
+        stack = cf.describe_stacks(StackName="dfdc")["Stacks"][0]
+        assert stack["StackStatus"] == "CREATE_COMPLETE", stack
+        yield endpoint, client, {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_stack_reads_back_as_built(moto_aws):
+    _, client, out = moto_aws
+    s3, ec2, iam = client("s3"), client("ec2"), client("iam")
+    assert out["BucketName"] == BUCKET
+    rule = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]
+    assert rule["SSEAlgorithm"] == "aws:kms" and rule["KMSMasterKeyID"] == out["DataKeyArn"]
+
+    # Network: private subnets in three zones, S3 through a gateway endpoint on the route tables.
+    private = out["PrivateSubnets"].split(",")
+    subnets = ec2.describe_subnets(SubnetIds=private)["Subnets"]
+    assert len({s["AvailabilityZone"] for s in subnets}) == 3 and all(s["VpcId"] == out["VpcId"] for s in subnets)
+    endpoints = ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [out["VpcId"]]}])["VpcEndpoints"]
+    assert [(e["ServiceName"], e["VpcEndpointType"]) for e in endpoints] == [(f"com.amazonaws.{REGION}.s3", "Gateway")]
+    assert len(endpoints[0]["RouteTableIds"]) == 2
+
+    # The security group: everything within itself, SSH from the admin's range, nothing from anywhere else.
+    sg = out["ClusterSecurityGroup"]
+    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [sg]}])["SecurityGroupRules"]
+    ingress = [r for r in rules if not r["IsEgress"]]
+    assert {(r["IpProtocol"], r.get("FromPort"), r.get("CidrIpv4"), (r.get("ReferencedGroupInfo") or {}).get("GroupId"))
+            for r in ingress} == {("tcp", 22, ADMIN, None), ("-1", -1, None, sg)}
+    for group in ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [out["VpcId"]]}])["SecurityGroups"]:
+        for perm in group["IpPermissions"]:
+            assert not any(r["CidrIp"] == "0.0.0.0/0" for r in perm.get("IpRanges", [])), group
+            assert not any(r["CidrIpv6"] == "::/0" for r in perm.get("Ipv6Ranges", [])), group
+
+    # Roles and instance profiles by the names the cluster configs use; the autoscaler policy on the head only.
+    for profile, role in [("dfdc-ray-head", "dfdc-ray-head"), ("dfdc-ray-worker", "dfdc-ray-worker")]:
+        assert [r["RoleName"] for r in iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"]["Roles"]] == [role]
+        assert out[f"{'Head' if 'head' in role else 'Worker'}InstanceProfileArn"].endswith(f":instance-profile/{profile}")
+    attached = {role: sorted(p["PolicyName"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"])
+                for role in ("dfdc-ray-head", "dfdc-ray-worker", "dfdc-mlflow")}
+    assert attached == {"dfdc-ray-head": ["dfdc-node-data", "dfdc-ray-autoscaler"], "dfdc-ray-worker": ["dfdc-node-data"],
+                        "dfdc-mlflow": ["dfdc-mlflow-server"]}
+    assert all(not iam.list_role_policies(RoleName=role)["PolicyNames"] for role in attached)
+
+    # MLflow: private subnet, IMDSv2 only, the cluster's group, its tracking store on a kept, encrypted volume.
+    mlflow = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": ["dfdc-mlflow"]}])["Reservations"][0]["Instances"][0]
+    assert mlflow["SubnetId"] in private and not mlflow.get("PublicIpAddress")
+    assert out["MlflowTrackingUri"] == f"http://{mlflow['PrivateIpAddress']}:5000"
+    server = template()["Resources"]["MlflowServer"]["Properties"]  # what moto's instances ignore
+    assert server["MetadataOptions"]["HttpTokens"] == "required" and server["SecurityGroupIds"] == [{"Ref": "ClusterSecurityGroup"}]
+    blocks = {b["DeviceName"]: b for b in server["BlockDeviceMappings"]}
+    assert blocks["/dev/sdf"]["Ebs"]["DeleteOnTermination"] is False and all(b["Ebs"]["Encrypted"] for b in blocks.values())
+
+
+def role_policies(client, role: str) -> list[dict]:
+    """The policy documents attached to `role` in the deployed stack, read back from IAM."""
+    iam = client("iam")
+    docs = []
+    for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+        version = iam.get_policy(PolicyArn=p["PolicyArn"])["Policy"]["DefaultVersionId"]
+        doc = iam.get_policy_version(PolicyArn=p["PolicyArn"], VersionId=version)["PolicyVersion"]["Document"]
+        docs.append(json.loads(doc) if isinstance(doc, str) else doc)
+    return docs
+
+
+def bucket_policy_for_nodes() -> dict:
+    """The bucket policy's statements about the nodes (moto does not deploy bucket policies), with
+    the stack's names filled in. Its TLS-only statement is checked in the template: moto's evaluator
+    reads a Bool condition as always true."""
+    statement = next(s for s in template()["Resources"]["DataBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+                     if s["Sid"] == "NodesNeverDeleteRawVideos")
+    return {"Version": "2012-10-17", "Statement": [{"Effect": statement["Effect"], "Action": statement["Action"],
+                                                    "Resource": f"arn:aws:s3:::{BUCKET}/raw/*"}]}
+
+
+def decide(docs: list[dict], action: str, resource: str, context: dict | None = None) -> str:
+    """moto's IAM evaluator over a principal's policies: an explicit deny in any wins, else an allow in any."""
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    allowed = False
+    for doc in docs:
+        result = IAMPolicy(json.dumps(doc)).is_action_permitted(action, resource, None, context)
+        if result == PermissionResult.DENIED:
+            return "deny"
+        allowed |= result == PermissionResult.PERMITTED
+    return "allow" if allowed else "deny"
+
+
+def s3(key: str, bucket: str = BUCKET) -> str:
+    return f"arn:aws:s3:::{bucket}/{key}"
+
+
+def config_cases() -> list[tuple[str, str, str, str]]:
+    """(role, action, object key, expected) for every S3 URL the recipes and the cluster configs
+    name: what they read must be readable, what they write writable, by the nodes that run them."""
+    from dfdc.config import load_config
+
+    cases = []
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if "YOUR-BUCKET" not in path.read_text():
+            continue  # the demos' local bucket
+        cfg = load_config(path)
+
+        def key(uri: str) -> str:
+            assert uri.startswith("s3://YOUR-BUCKET/"), (path.name, uri)
+            return uri.removeprefix("s3://YOUR-BUCKET/")
+
+        reads = [f"{key(cfg.data.dataset)}/manifest.json", f"{key(cfg.data.dataset)}/shards/train/u-0000.tar"]
+        reads += [f"{key(d)}/shards/val/u-0000.tar" for d in cfg.eval.datasets]
+        if cfg.model.pretrained and cfg.model.pretrained.startswith("s3://"):
+            reads.append(key(cfg.model.pretrained))
+        run = f"{key(cfg.ray.storage_path)}/run-1/checkpoint_2026-01-01_00-00-00.000000/ds/mp_rank_00_model_states.pt"
+        cases += [("dfdc-ray-worker", "s3:GetObject", k, "allow") for k in reads]
+        cases += [("dfdc-ray-worker", a, run, "allow") for a in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject")]
+        # Its ingest wrote the shards it trains on (raw videos under raw/).
+        cases += [("dfdc-ray-worker", "s3:PutObject", f"{key(cfg.data.dataset)}/shards/train/u-0000.tar", "allow")]
+    assert cases, "no recipe names the bucket"
+    return cases
+
+
+FIXED_CASES = [
+    # (role, action, resource, expected, condition context)
+    ("dfdc-ray-worker", "s3:GetObject", s3("raw/dfdc/dfdc_train_part_0/aaa.mp4"), "allow", None),
+    ("dfdc-ray-worker", "s3:PutObject", s3("faces/dfdc/shards/train/u-0000.tar"), "allow", None),
+    ("dfdc-ray-worker", "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", "allow", None),
+    ("dfdc-ray-worker", "s3:DeleteObject", s3("raw/dfdc/dfdc_train_part_0/aaa.mp4"), "deny", None),
+    ("dfdc-ray-head", "s3:DeleteObject", s3("raw/dfdc/dfdc_train_part_0/aaa.mp4"), "deny", None),
+    ("dfdc-ray-worker", "s3:PutObject", s3("raw/dfdc/dfdc_train_part_0/aaa.mp4"), "deny", None),
+    ("dfdc-ray-worker", "s3:DeleteObject", s3("faces/dfdc/shards/train/u-0000.tar"), "deny", None),
+    ("dfdc-ray-worker", "s3:PutObject", s3("weights/tf_efficientnet_b7_ns.pth"), "deny", None),
+    ("dfdc-ray-worker", "s3:GetObject", s3("mlflow/1/abc/artifacts/model.pt"), "deny", None),  # through the server only
+    ("dfdc-ray-worker", "s3:GetObject", s3("other/secret.txt"), "deny", None),
+    ("dfdc-ray-worker", "s3:GetObject", s3("faces/x.tar", bucket="someone-elses-bucket"), "deny", None),
+    ("dfdc-ray-worker", "s3:ListBucket", "arn:aws:s3:::someone-elses-bucket", "deny", None),
+    ("dfdc-ray-worker", "s3:DeleteBucket", f"arn:aws:s3:::{BUCKET}", "deny", None),
+    ("dfdc-ray-worker", "s3:PutBucketPolicy", f"arn:aws:s3:::{BUCKET}", "deny", None),
+    ("dfdc-ray-worker", "ec2:RunInstances", "arn:aws:ec2:us-east-1:123456789012:instance/*", "deny",
+     {"aws:RequestTag/ray-cluster-name": "dfdc-train"}),
+    ("dfdc-ray-worker", "ec2:TerminateInstances", "arn:aws:ec2:us-east-1:123456789012:instance/i-0123",
+     "deny", {"ec2:ResourceTag/ray-cluster-name": "dfdc-train"}),
+    ("dfdc-ray-worker", "iam:PassRole", "arn:aws:iam::123456789012:role/dfdc-ray-worker", "deny", None),
+    ("dfdc-ray-worker", "secretsmanager:GetSecretValue",
+     "arn:aws:secretsmanager:us-east-1:123456789012:secret:dfdc/mlflow-login-AbC123", "allow", None),
+    ("dfdc-ray-worker", "secretsmanager:GetSecretValue",
+     "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/database-XyZ789", "deny", None),
+    # The autoscaler, on the head only, over the clusters' own instances only.
+    ("dfdc-ray-head", "ec2:RunInstances", "arn:aws:ec2:us-east-1:123456789012:instance/*", "allow",
+     {"aws:RequestTag/ray-cluster-name": "dfdc-train"}),
+    ("dfdc-ray-head", "ec2:RunInstances", "arn:aws:ec2:us-east-1:123456789012:instance/*", "allow",
+     {"aws:RequestTag/ray-cluster-name": "dfdc-ingest"}),
+    ("dfdc-ray-head", "ec2:RunInstances", "arn:aws:ec2:us-east-1:123456789012:instance/*", "deny",
+     {"aws:RequestTag/ray-cluster-name": "crypto-miner"}),
+    ("dfdc-ray-head", "ec2:TerminateInstances", "arn:aws:ec2:us-east-1:123456789012:instance/i-0123", "allow",
+     {"ec2:ResourceTag/ray-cluster-name": "dfdc-train"}),
+    ("dfdc-ray-head", "ec2:TerminateInstances", "arn:aws:ec2:us-east-1:123456789012:instance/i-0123", "deny",
+     {"ec2:ResourceTag/ray-cluster-name": "production-db"}),
+    ("dfdc-ray-head", "ec2:RunInstances", "arn:aws:ec2:us-east-1:123456789012:subnet/subnet-elsewhere", "deny", None),
+    ("dfdc-ray-head", "iam:PassRole", "arn:aws:iam::123456789012:role/dfdc-ray-worker", "allow",
+     {"iam:PassedToService": "ec2.amazonaws.com"}),
+    ("dfdc-ray-head", "iam:PassRole", "arn:aws:iam::123456789012:role/dfdc-ray-head", "deny",
+     {"iam:PassedToService": "ec2.amazonaws.com"}),
+    ("dfdc-ray-head", "iam:PassRole", "arn:aws:iam::123456789012:role/Admin", "deny",
+     {"iam:PassedToService": "ec2.amazonaws.com"}),
+    ("dfdc-ray-head", "iam:CreateRole", "arn:aws:iam::123456789012:role/x", "deny", None),
+    ("dfdc-ray-head", "ec2:AuthorizeSecurityGroupIngress", "arn:aws:ec2:us-east-1:123456789012:security-group/sg-1", "deny", None),
+    # The MLflow server: its artifacts prefix, nothing else.
+    ("dfdc-mlflow", "s3:PutObject", s3("mlflow/1/abc/artifacts/model.pt"), "allow", None),
+    ("dfdc-mlflow", "s3:DeleteObject", s3("mlflow/1/abc/artifacts/model.pt"), "allow", None),
+    ("dfdc-mlflow", "s3:GetObject", s3("raw/dfdc/dfdc_train_part_0/aaa.mp4"), "deny", None),
+    ("dfdc-mlflow", "s3:GetObject", s3("runs/run-1/model.pt"), "deny", None),
+]
+
+
+@pytest.mark.parametrize("role,action,resource,expected,context", FIXED_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[3]}-{i}" for i, c in enumerate(FIXED_CASES)])
+def test_policy_decides(moto_aws, role, action, resource, expected, context):
+    _, client, _ = moto_aws
+    docs = role_policies(client, role) + ([bucket_policy_for_nodes()] if role.startswith("dfdc-ray") else [])
+    assert decide(docs, action, resource, context) == expected
+
+
+def test_recipes_and_their_prefixes_are_allowed(moto_aws):
+    """The B7 recipe's shards, pretrained weights, cross-dataset (Celeb-DF) shards and runs."""
+    _, client, _ = moto_aws
+    docs = role_policies(client, "dfdc-ray-worker") + [bucket_policy_for_nodes()]
+    cases = config_cases()
+    keys = " ".join(k for _, _, k, _ in cases)
+    assert "weights/" in keys and "celebdf" in keys  # the B7 recipe is among them
+    wrong = [(role, a, k) for role, a, k, expected in cases if decide(docs, a, s3(k)) != expected]
+    assert not wrong, wrong
+
+
+def test_the_evaluator_is_not_vacuous(moto_aws):
+    """The evaluator refuses what a policy does not grant and grants what it does."""
+    doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": s3("a/*")}]}
+    assert decide([doc], "s3:GetObject", s3("a/x")) == "allow"
+    assert decide([doc], "s3:GetObject", s3("b/x")) == "deny"
+    assert decide([doc], "s3:PutObject", s3("a/x")) == "deny"
+
+
+def test_moto_enforces_the_worker_role_on_s3(moto_aws):
+    """The same policies, enforced by moto's S3 on real requests made with the worker role's
+    temporary credentials."""
+    import requests
+    from botocore.exceptions import ClientError
+
+    endpoint, client, _ = moto_aws
+    admin_s3 = client("s3")
+    admin_s3.put_object(Bucket=BUCKET, Key="raw/dfdc/a.mp4", Body=b"video")
+    admin_s3.create_bucket(Bucket="someone-elses-bucket")
+    admin_s3.put_object(Bucket="someone-elses-bucket", Key="k", Body=b"theirs")
+    creds = client("sts").assume_role(RoleArn="arn:aws:iam::123456789012:role/dfdc-ray-worker", RoleSessionName="worker")["Credentials"]
+    worker = client("s3", aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                    aws_session_token=creds["SessionToken"])
+    requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10)
+    try:
+        assert worker.get_object(Bucket=BUCKET, Key="raw/dfdc/a.mp4")["Body"].read() == b"video"
+        worker.put_object(Bucket=BUCKET, Key="faces/dfdc/shards/train/u-0000.tar", Body=b"tar")
+        worker.put_object(Bucket=BUCKET, Key="runs/r/checkpoint/x.pt", Body=b"ckpt")
+        worker.delete_object(Bucket=BUCKET, Key="runs/r/checkpoint/x.pt")
+        for call in (lambda: worker.put_object(Bucket=BUCKET, Key="raw/dfdc/a.mp4", Body=b"overwritten"),
+                     lambda: worker.delete_object(Bucket=BUCKET, Key="raw/dfdc/a.mp4"),
+                     lambda: worker.get_object(Bucket="someone-elses-bucket", Key="k"),
+                     lambda: worker.get_object(Bucket=BUCKET, Key="mlflow/1/x")):
+            with pytest.raises(ClientError) as e:
+                call()
+            assert e.value.response["Error"]["Code"] == "AccessDenied"
+    finally:
+        requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
