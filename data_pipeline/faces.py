@@ -9,6 +9,7 @@ your own: `factory(cfg: DetectorConfig)` returns an object with
 from __future__ import annotations
 
 import importlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,7 +58,17 @@ class MTCNNDetector:
         return out
 
 
-def build_detector(cfg: DetectorConfig) -> Detector:
+def check_allowed(name: str, plugins: Collection[str] | None) -> None:
+    if name != "mtcnn" and plugins is not None and name not in plugins:
+        raise ConfigError(f"the model card names the detector {name!r}, which this command does not allow: list it "
+                          "in detector.plugins (--set 'detector.plugins=[...]') if you trust that code")
+
+
+def build_detector(cfg: DetectorConfig, plugins: Collection[str] | None = None) -> Detector:
+    """The detector `cfg` names. `plugins`: when `cfg` came from stored data (a model card), the
+    plug-in paths the command's own config allows; a card cannot make this process import anything
+    else. None: `cfg` is the command's own config."""
+    check_allowed(cfg.name, plugins)
     if cfg.name == "mtcnn":
         return MTCNNDetector(cfg)
     if ":" in cfg.name:

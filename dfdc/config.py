@@ -34,6 +34,9 @@ class DetectorConfig:
     min_face_size: int = 40
     thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.7])
     min_score: float = 0.9
+    # Plug-in detectors ("package.module:factory") a model card may name when scoring: a card comes
+    # from storage, so it never chooses code to import on its own.
+    plugins: list[str] = field(default_factory=list)
 
 
 @dataclass

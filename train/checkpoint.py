@@ -223,6 +223,36 @@ def find(cfg: Config, world_size: int) -> Found | None:
     return Found(ckpt, state, universal)
 
 
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
+def _deepspeed_globals() -> list:
+    """What DeepSpeed's checkpoint files hold besides tensors and plain containers (found by loading
+    ZeRO 0-3 and universal checkpoints with nothing else allowed)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler  # noqa: PLC0415
+    from deepspeed.runtime.zero.config import ZeroStageEnum  # noqa: PLC0415
+    from deepspeed.utils.tensor_fragment import fragment_address  # noqa: PLC0415
+
+    return [LossScaler, DynamicLossScaler, fragment_address, ZeroStageEnum]
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """Every torch.load inside unpickles tensors, plain data and `_deepspeed_globals` only, whatever
+    its caller asks: DeepSpeed's loaders pass weights_only=False, and a checkpoint comes from
+    storage, where a crafted pickle would run code on every worker that resumes from it."""
+    torch.serialization.add_safe_globals(_deepspeed_globals())
+    saved = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"  # torch reads it at each load, and it overrides the argument
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = saved
+
+
 def to_universal(src: str, dst: str) -> None:
     """DeepSpeed's ds_to_universal on the checkpoint in `src`, written to `dst` with the same tag:
     each parameter's fp32 weights and optimizer state, whole, for any number of ranks to load."""
@@ -244,7 +274,8 @@ def restore_buffers(module: torch.nn.Module, checkpoint_dir: str) -> None:
     universal load restores parameters and optimizer state only: without this, running means came
     back as zeros (measured). Every rank saved the same buffers (loop.sync_buffers)."""
     path = sorted(glob.glob(os.path.join(checkpoint_dir, TAG, "*model_states.pt")))[0]
-    saved = torch.load(path, map_location="cpu", weights_only=False)["module"]
+    with weights_only_loads():
+        saved = torch.load(path, map_location="cpu", weights_only=True)["module"]
     with torch.no_grad():
         for name, buf in module.named_buffers():
             if name in saved:  # non-persistent buffers are not saved, and need not be
@@ -256,7 +287,8 @@ def load(engine, found: Found, cfg: Config) -> tuple[TrainState, dict]:
     `reload_max_abs_diff` is how far the reloaded engine's probe outputs are from the ones saved
     with the checkpoint (0 when the weights came back exactly). A checkpoint of another world size
     is converted first (`found.universal`: the engine was built to load the universal format)."""
-    with found.checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="dfdc-universal-") as converted:
+    with (found.checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="dfdc-universal-") as converted,
+          weights_only_loads()):
         if found.universal:
             to_universal(d, converted)
         engine.load_checkpoint(converted if found.universal else d, tag=TAG)
@@ -272,9 +304,10 @@ def consolidate(checkpoint_dir: str) -> dict:
     no shards: its model file holds the whole module."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
 
-    if glob.glob(os.path.join(checkpoint_dir, TAG, "*zero_pp_rank_*optim_states.pt")):
-        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=TAG)
-    states = torch.load(os.path.join(checkpoint_dir, TAG, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
+    with weights_only_loads():
+        if glob.glob(os.path.join(checkpoint_dir, TAG, "*zero_pp_rank_*optim_states.pt")):
+            return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=TAG)
+        states = torch.load(os.path.join(checkpoint_dir, TAG, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=True)
     return {k: v.float() for k, v in states["module"].items()}
 
 

@@ -99,6 +99,18 @@ def detector_config(card: dict) -> DetectorConfig:
     return DetectorConfig(**card["detector"])
 
 
+def card_model_config(card: dict, model_uri: str) -> ModelConfig:
+    """The architecture a card names, for weights that come from the model file itself: the card's
+    `pretrained` (a URI) is not read, and a timm name that would fetch a config from elsewhere
+    (`hf-hub:...`, `local-dir:...`) is refused."""
+    cfg = ModelConfig(**card["model"])
+    if ":" in cfg.name:
+        raise ModelFileError(f"the card of {model_uri} names the model {cfg.name!r}: a card names a timm architecture, "
+                             "not a place to fetch one from")
+    cfg.pretrained = None
+    return cfg
+
+
 def _is_torchscript(data: bytes) -> bool:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
@@ -123,7 +135,7 @@ def load(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
             weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  torch raises many kinds for a file that is not a state dict
             raise ModelFileError(f"{model_uri} is neither a state dict nor a TorchScript file: {e}") from e
-        model = build_model(ModelConfig(**card["model"]))
+        model = build_model(card_model_config(card, model_uri))
         model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), card
 

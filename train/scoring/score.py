@@ -33,7 +33,7 @@ def expand(inputs: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _setup(model_uri: str, device: str):
+def _setup(model_uri: str, device: str, plugins: tuple[str, ...] = ()):
     import dataclasses  # noqa: PLC0415
 
     from data_pipeline.faces import build_detector  # noqa: PLC0415
@@ -42,13 +42,14 @@ def _setup(model_uri: str, device: str):
 
     if (model_uri, device) not in _LOADED:
         model, card = model_file.load_cached(model_uri, device)
-        faces = build_detector(dataclasses.replace(model_file.detector_config(card), device=device))
+        faces = build_detector(dataclasses.replace(model_file.detector_config(card), device=device), plugins=plugins)
         tf = image_transform(card["image_size"], augment=False)
         _LOADED[(model_uri, device)] = (model, card, faces, tf)
     return _LOADED[(model_uri, device)]
 
 
-def score_video(uri: str, model_uri: str, rule: str | None = None, device: str = "cpu", top_crops: int = 0) -> tuple[dict, list[dict]]:
+def score_video(uri: str, model_uri: str, rule: str | None = None, device: str = "cpu", top_crops: int = 0,
+                plugins: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
     """(the JSON line, the `top_crops` highest-scoring face crops as {t, face, p, jpg})."""
     import torch  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
@@ -59,7 +60,7 @@ def score_video(uri: str, model_uri: str, rule: str | None = None, device: str =
     from train import model_file  # noqa: PLC0415
     from train.evaluation import aggregate  # noqa: PLC0415
 
-    model, card, faces, tf = _setup(model_uri, device)
+    model, card, faces, tf = _setup(model_uri, device, plugins)
     rule = rule or card.get("aggregate", "mean")
     try:
         data = storage.read_bytes(uri)
@@ -90,8 +91,9 @@ def score_video(uri: str, model_uri: str, rule: str | None = None, device: str =
     return line, crops
 
 
-def score_chunk(uris: list[str], model_uri: str, rule: str | None, device: str, top_crops: int) -> list[tuple[dict, list[dict]]]:
-    return [score_video(u, model_uri, rule, device, top_crops) for u in uris]
+def score_chunk(uris: list[str], model_uri: str, rule: str | None, device: str, top_crops: int,
+                plugins: tuple[str, ...]) -> list[tuple[dict, list[dict]]]:
+    return [score_video(u, model_uri, rule, device, top_crops, plugins) for u in uris]
 
 
 def score(videos: list[str], model_uri: str, cfg: Config, use_ray: bool, progress: bool = True,
@@ -101,20 +103,25 @@ def score(videos: list[str], model_uri: str, cfg: Config, use_ray: bool, progres
     from dfdc.ray_tasks import RayTasks  # noqa: PLC0415
     from train.model_file import read_card  # noqa: PLC0415
 
-    read_card(model_uri)  # a wrong --checkpoint fails here, once, not once per video
+    from data_pipeline.faces import check_allowed  # noqa: PLC0415
+    from train.model_file import detector_config  # noqa: PLC0415
+
+    card = read_card(model_uri)  # a wrong --checkpoint fails here, once, not once per video
+    plugins = tuple(cfg.detector.plugins)
+    check_allowed(detector_config(card).name, plugins)  # and so does a card's detector this command does not allow
     device = "cuda" if cfg.eval.gpus_per_task > 0 else "cpu"
     rule = cfg.eval.aggregate
     if not use_ray:
         with TaskProgress("score", total=len(videos), unit="videos", enabled=progress, errors=0) as bar:
             for uri in videos:
-                line, crops = score_video(uri, model_uri, rule, device, top_crops)
+                line, crops = score_video(uri, model_uri, rule, device, top_crops, plugins)
                 bar.advance(errors=int(line.get("error") is not None))
                 yield line, crops
         return
     chunks = [videos[i:i + videos_per_task] for i in range(0, len(videos), videos_per_task)]
     with RayTasks(score_chunk, "score", "videos", len(videos), address=cfg.ray.address, cpus=cfg.eval.cpus_per_task,
                   gpus=cfg.eval.gpus_per_task, progress=progress, errors=0) as work:
-        for i, results, error in work.map({i: (c, model_uri, rule, device, top_crops) for i, c in enumerate(chunks)}):
+        for i, results, error in work.map({i: (c, model_uri, rule, device, top_crops, plugins) for i, c in enumerate(chunks)}):
             if error is not None:  # a lost worker costs its chunk's lines, which say so
                 results = [({"video": u, "p_fake": None, "error": f"task_failed: {type(error).__name__}: {error}"}, [])
                            for u in chunks[i]]
