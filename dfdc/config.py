@@ -204,6 +204,9 @@ class TrackingConfig:
     log_every: int = 10
     system_metrics: bool = True
     parent_run_id: str | None = None  # new runs are nested under this run (a sweep's parent run)
+    # A Secrets Manager secret {"username", "password"}: the login of a tracking server with basic
+    # auth (the infra stack's MLflow: output MlflowLoginSecret). Each process reads it itself.
+    auth_secret: str | None = None
 
 
 @dataclass

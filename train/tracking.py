@@ -4,6 +4,7 @@ in the configured store and experiment, optionally under a parent run (a sweep's
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,6 +20,38 @@ def resolve(cfg: Config, home: Path) -> None:
         cfg.tracking.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').resolve()}"
     if not cfg.tracking.artifacts and cfg.tracking.uri.startswith("sqlite:"):
         cfg.tracking.artifacts = (home / "mlartifacts").resolve().as_uri()
+    login(cfg)
+
+
+def login(cfg: Config) -> None:
+    """This process's MLflow login, from the Secrets Manager secret `tracking.auth_secret`, read
+    with the process's own AWS credentials (a node's instance role). It goes into this process's
+    environment, where MLflow's client looks for it, and nowhere else: not the config, params, logs
+    or a job's runtime env. A login already in the environment is kept."""
+    secret_id = cfg.tracking.auth_secret
+    if not secret_id or os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        return
+    import boto3  # noqa: PLC0415
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+    from dfdc.storage import StorageError  # noqa: PLC0415
+
+    where = f"secretsmanager:{secret_id}"
+    try:
+        value = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
+    except (BotoCoreError, ClientError) as e:
+        raise StorageError(where, "cannot read the MLflow login", str(e),
+                           "grant secretsmanager:GetSecretValue on it (the infra stack's node roles have it) "
+                           "or set tracking.auth_secret to the stack's MlflowLoginSecret output") from e
+    try:
+        entry = json.loads(value)
+        username, password = entry["username"], entry["password"]
+    except (ValueError, KeyError, TypeError):
+        # `from None`: a parse error's message may quote the secret.
+        raise StorageError(where, "not an MLflow login", 'expected JSON with "username" and "password"',
+                           "store it as the infra stack does") from None
+    os.environ["MLFLOW_TRACKING_USERNAME"] = username
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = password
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, str]:
@@ -35,6 +68,7 @@ def experiment_id(cfg: Config) -> str:
     """The configured experiment's id; created, with its artifact location, if it is new."""
     import mlflow  # noqa: PLC0415
 
+    login(cfg)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     return exp.experiment_id if exp else mlflow.create_experiment(cfg.tracking.experiment, artifact_location=cfg.tracking.artifacts)
@@ -47,6 +81,7 @@ def open_run(cfg: Config, *, run_id: str | None = None, name: str | None = None,
     `tracking.parent_run_id` when that is set. Yields MLflow's active run; ends it on exit."""
     import mlflow  # noqa: PLC0415
 
+    login(cfg)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
