@@ -27,12 +27,34 @@ TINY = ["ingest.frames_per_video=4", "ingest.crop_size=64", "ingest.videos_per_t
         "synth.seconds=1.0", "synth.fps=12"]
 
 
+# A session token, as instance roles and SSO give: nothing may write it anywhere (the server ignores it).
+CANARY_SESSION_TOKEN = f"canary-session-token-{uuid.uuid4().hex}"
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """rclone's S3 server on a free port with a bucket "test"; the standard AWS variables point at it
-    for the session."""
-    with temporary_server("test") as server:
-        yield server
+    for the session, with a fresh secret key and a session token: canaries that
+    tests/test_no_secret_written.py looks for in everything the session wrote."""
+    saved = os.environ.get("AWS_SESSION_TOKEN")
+    os.environ["AWS_SESSION_TOKEN"] = CANARY_SESSION_TOKEN
+    try:
+        with temporary_server("test") as server:
+            yield server
+    finally:
+        if saved is None:
+            os.environ.pop("AWS_SESSION_TOKEN", None)
+        else:
+            os.environ["AWS_SESSION_TOKEN"] = saved
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `last` run after every other: they search what the whole session wrote."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "last: run after every other test (it inspects what the session wrote)")
 
 
 @pytest.fixture

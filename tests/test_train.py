@@ -159,30 +159,6 @@ def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(
     assert runs[offload["run_name"]].data.params["deepspeed.offload"] == "True"
 
 
-def test_no_secret_in_any_job_or_task_spec(shards, ray_dashboard, s3_server):
-    """A job through the Jobs API, as users submit them; then, through Ray's state API, no job or
-    task spec of this session's cluster (that job, and every ingest, evaluation, scoring and Ray
-    Train task the tests ran on it) holds an AWS key or token: workers resolve their own."""
-    from ray.util.state import list_jobs, list_tasks
-
-    from cluster import jobs
-
-    client, job = jobs.submit(ray_dashboard, f"{sys.executable} -m cli manifest {shards}", {})
-    assert jobs.follow(client, job, poll_s=1, timeout_s=300) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
-    assert "ingested" in client.get_job_logs(job)  # the job read the manifest with the head's own credentials
-
-    secrets = [s3_server.secret, s3_server.key]
-    specs = [json.dumps(j.runtime_env or {}) for j in list_jobs(address=ray_dashboard, detail=True)]
-    tasks = list_tasks(address=ray_dashboard, detail=True, limit=10_000, raise_on_missing_output=False)
-    specs += [json.dumps(t.runtime_env_info or {}) for t in tasks]
-    kinds = {t.func_or_class_name for t in tasks}
-    assert "run_unit" in kinds and any("RayTrainWorker" in k for k in kinds), kinds
-    for spec in specs:
-        assert not any(s in spec for s in secrets), spec
-        assert not any(name in spec for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")), spec
-    assert any("AWS_ENDPOINT_URL" in spec for spec in specs)  # where the data is does travel
-
-
 # Pure logic, no cluster.
 
 def test_resume_skips_a_checkpoint_without_its_state(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -134,7 +135,9 @@ def temporary_server(bucket: str):
     import s3fs  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="dfdc-s3-") as tmp:
-        server = start_s3_server(Path(tmp) / "data", free_port(), "local-key-123", "local-secret-456", Path(tmp) / "s3.log")
+        # A fresh secret each time: tests search everything written for it (tests/test_no_secret_written.py).
+        server = start_s3_server(Path(tmp) / "data", free_port(), "local-key-123", f"local-secret-{secrets.token_hex(12)}",
+                                 Path(tmp) / "s3.log")
         saved = {k: os.environ.get(k) for k in server.env()}
         os.environ.update(server.env())
         s3fs.S3FileSystem.clear_instance_cache()  # cached clients hold the old settings
