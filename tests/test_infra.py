@@ -104,6 +104,8 @@ def test_bucket_settings_in_the_template():
     assert rules["raw-videos-to-infrequent-access"]["Prefix"] == {"Fn::Sub": "${RawPrefix}/"}
     assert rules["raw-videos-to-infrequent-access"]["Transitions"][0]["StorageClass"] == "STANDARD_IA"
     statements = {s["Sid"]: s for s in t["Resources"]["DataBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]}
+    autoscaler = {s["Sid"]: s for s in t["Resources"]["HeadAutoscalerPolicy"]["Properties"]["PolicyDocument"]["Statement"]}
+    assert autoscaler["TagAtLaunch"]["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
     tls = statements["TlsOnly"]
     assert tls["Effect"] == "Deny" and tls["Principal"] == "*" and tls["Action"] == "s3:*"
     assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -393,3 +395,26 @@ def test_moto_enforces_the_worker_role_on_s3(moto_aws):
             assert e.value.response["Error"]["Code"] == "AccessDenied"
     finally:
         requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+
+
+def test_the_cluster_configs_point_at_what_the_stack_creates():
+    """cluster/aws/ names the stack's instance profiles and cluster names, puts the head in the public
+    subnet and the workers in the three private ones, and every node in the stack's security group."""
+    t = template()
+    profiles = {r["Properties"]["InstanceProfileName"] for r in resources_of(t, "AWS::IAM::InstanceProfile").values()}
+    names = {t["Parameters"]["TrainClusterName"]["Default"], t["Parameters"]["IngestClusterName"]["Default"]}
+    configs = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "cluster" / "aws").glob("*.yaml")) if p.name != "prices.yaml"]
+    assert {c["cluster_name"] for c in configs} == names
+    for config in configs:
+        for name, node in config["available_node_types"].items():
+            nc = node["node_config"]
+            head = name == config["head_node_type"]
+            profile = nc["IamInstanceProfile"]["Arn"].rsplit("/", 1)[1]
+            assert profile in profiles and profile == ("dfdc-ray-head" if head else "dfdc-ray-worker"), (name, profile)
+            assert nc["SecurityGroupIds"] == ["REPLACE-sg-dfdc-cluster"]
+            assert nc["SubnetIds"] == (["REPLACE-subnet-public-a"] if head else
+                                       ["REPLACE-subnet-private-a", "REPLACE-subnet-private-b", "REPLACE-subnet-private-c"])
+    # The head's autoscaler may pass only the worker role, which is what the workers are launched with.
+    passrole = next(s for s in t["Resources"]["HeadAutoscalerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+                    if s["Action"] == "iam:PassRole")
+    assert passrole["Resource"] == {"Fn::GetAtt": ["WorkerRole", "Arn"]}

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         head = start_head(num_cpus=2, dashboard=True, log_path=home / "logs" / "ray-head.log", env=state.server().env(),
                           token_path=token)
-        console.print(f"Ray head at {head.address}, dashboard {head.dashboard_url} ({time.monotonic() - t0:.0f}s)")
+        console.print(f"Ray head at {head.address}, dashboard {head.dashboard_url} ({time.monotonic() - t0:.0f}s); "
+                      f"its clients need RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token}")
 
         from data_pipeline.ingest import ingest  # noqa: PLC0415
         from data_pipeline.synth import synth  # noqa: PLC0415
