@@ -1,7 +1,8 @@
-"""The MLflow tracking server a cluster shares (`dfdc mlflow serve`, run on the head): runs in a
-database, artifacts proxied to S3 (`--artifacts-destination`), so training workers upload through
-the server and need no S3 rights for artifacts. Bound to 127.0.0.1 or a private address, never to
-every interface: the cluster reaches it inside its security group, you through the SSH tunnel.
+"""An MLflow tracking server without authentication (`dfdc mlflow serve`), for a machine of your
+own and the tests: runs in a database, artifacts proxied to S3 (`--artifacts-destination`), so
+training workers upload through the server and need no S3 rights for artifacts. Bound to 127.0.0.1
+or a private address, never to every interface. The AWS clusters use the infra stack's server,
+which has basic auth (infra/README.md).
 """
 
 from __future__ import annotations

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
-
-import tempfile
 
 import pytest
 
@@ -21,6 +21,7 @@ from cluster.local.s3_server import free_port, temporary_server
 # first imported, and test modules import it while they are collected: so they are set here, first.
 RAY_TOKEN = new_token(Path(tempfile.mkdtemp(prefix="dfdc-test-ray-")) / "ray-auth-token")
 os.environ.update(auth_env(RAY_TOKEN))
+atexit.register(shutil.rmtree, RAY_TOKEN.parent, True)
 
 # Small, fast settings shared by the tests that run the real pipeline.
 TINY = ["ingest.frames_per_video=4", "ingest.crop_size=64", "ingest.videos_per_task=3", "ingest.val_fraction=0.3",

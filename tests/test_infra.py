@@ -99,8 +99,8 @@ def test_bucket_settings_in_the_template():
                ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
     rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
     assert rules["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] <= 7
-    assert rules["expire-old-checkpoints"]["Prefix"] == {"Fn::Sub": "${RunsPrefix}/"}
-    assert rules["expire-old-checkpoints"]["ExpirationInDays"] == {"Ref": "CheckpointExpiryDays"}
+    assert rules["expire-old-runs"]["Prefix"] == {"Fn::Sub": "${RunsPrefix}/"}
+    assert rules["expire-old-runs"]["ExpirationInDays"] == {"Ref": "CheckpointExpiryDays"}
     assert rules["raw-videos-to-infrequent-access"]["Prefix"] == {"Fn::Sub": "${RawPrefix}/"}
     assert rules["raw-videos-to-infrequent-access"]["Transitions"][0]["StorageClass"] == "STANDARD_IA"
     statements = {s["Sid"]: s for s in t["Resources"]["DataBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]}
@@ -128,8 +128,23 @@ def test_no_ingress_from_the_internet_anywhere_in_the_template():
     for rule in rules:
         assert rule.get("CidrIp") not in ("0.0.0.0/0",) and "CidrIpv6" not in rule, rule
     assert "::/0" not in text
-    egress = resources_of(t, "AWS::EC2::SecurityGroupEgress")["VpcDefaultSecurityGroupClosed"]["Properties"]
-    assert egress["CidrIp"] == "127.0.0.1/32"  # the VPC's default group lets nothing out or in
+
+
+def test_admin_cidr_must_be_a_narrow_range():
+    """CloudFormation matches AllowedPattern against the whole value."""
+    import re
+
+    pattern = re.compile(template()["Parameters"]["AdminCidr"]["AllowedPattern"])
+    assert all(pattern.fullmatch(c) for c in ("203.0.113.7/32", "198.51.100.0/24", "10.1.0.0/16"))
+    assert not any(pattern.fullmatch(c) for c in ("0.0.0.0/0", "1.2.3.4/0", "0.0.0.0/1", "10.0.0.0/8", "203.0.113.7", "::/0"))
+
+
+def test_the_mlflow_server_runs_the_locked_mlflow():
+    import tomllib
+
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    [mlflow] = [p["version"] for p in lock["package"] if p["name"] == "mlflow"]
+    assert template()["Parameters"]["MlflowVersion"]["Default"] == mlflow
 
 
 # ---- a deploy to moto's server ----
@@ -210,14 +225,29 @@ def test_the_stack_reads_back_as_built(moto_aws):
                         "dfdc-mlflow": ["dfdc-mlflow-server"]}
     assert all(not iam.list_role_policies(RoleName=role)["PolicyNames"] for role in attached)
 
-    # MLflow: private subnet, IMDSv2 only, the cluster's group, its tracking store on a kept, encrypted volume.
+    # MLflow: private subnet, IMDSv2 only, a group that admits port 5000 from the cluster only, its
+    # tracking store on an encrypted volume of its own.
     mlflow = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": ["dfdc-mlflow"]}])["Reservations"][0]["Instances"][0]
     assert mlflow["SubnetId"] in private and not mlflow.get("PublicIpAddress")
     assert out["MlflowTrackingUri"] == f"http://{mlflow['PrivateIpAddress']}:5000"
-    server = template()["Resources"]["MlflowServer"]["Properties"]  # what moto's instances ignore
-    assert server["MetadataOptions"]["HttpTokens"] == "required" and server["SecurityGroupIds"] == [{"Ref": "ClusterSecurityGroup"}]
-    blocks = {b["DeviceName"]: b for b in server["BlockDeviceMappings"]}
-    assert blocks["/dev/sdf"]["Ebs"]["DeleteOnTermination"] is False and all(b["Ebs"]["Encrypted"] for b in blocks.values())
+    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [physical(client, "MlflowSecurityGroup")]}])[
+        "SecurityGroupRules"]
+    assert [(r["IpProtocol"], r["FromPort"], r["ToPort"], r["ReferencedGroupInfo"]["GroupId"]) for r in rules if not r["IsEgress"]] \
+        == [("tcp", 5000, 5000, sg)]
+    [volume] = ec2.describe_volumes(VolumeIds=[physical(client, "MlflowData")])["Volumes"]
+    assert [(a["InstanceId"], a["Device"]) for a in volume["Attachments"]] == [(mlflow["InstanceId"], "/dev/sdf")]
+    resources = template()["Resources"]  # what moto's instances and volumes ignore
+    assert resources["MlflowData"]["Properties"]["Encrypted"] is True
+    server = resources["MlflowServer"]["Properties"]
+    assert server["MetadataOptions"]["HttpTokens"] == "required" and server["SecurityGroupIds"] == [{"Ref": "MlflowSecurityGroup"}]
+    assert all(b["Ebs"]["Encrypted"] for b in server["BlockDeviceMappings"])
+    assert resources["MlflowData"]["DeletionPolicy"] == "Snapshot" and resources["DataKey"]["DeletionPolicy"] == "Retain"
+
+
+def physical(client, logical: str) -> str:
+    """The id of the stack's resource `logical`."""
+    resources = client("cloudformation").list_stack_resources(StackName="dfdc")["StackResourceSummaries"]
+    return next(r["PhysicalResourceId"] for r in resources if r["LogicalResourceId"] == logical)
 
 
 def role_policies(client, role: str) -> list[dict]:
@@ -345,6 +375,22 @@ def test_policy_decides(moto_aws, role, action, resource, expected, context):
     _, client, _ = moto_aws
     docs = role_policies(client, role) + ([bucket_policy_for_nodes()] if role.startswith("dfdc-ray") else [])
     assert decide(docs, action, resource, context) == expected
+
+
+def test_the_head_can_launch_a_cluster_node(moto_aws):
+    """Every resource one RunInstances of Ray's touches, as Ray sends it: only the instance carries
+    the ray-cluster-name tag. Into another subnet or group, or untagged, it is refused."""
+    _, client, out = moto_aws
+    docs = role_policies(client, "dfdc-ray-head")
+    arn = "arn:aws:ec2:us-east-1:123456789012:"
+    tagged = {"aws:RequestTag/ray-cluster-name": "dfdc-train"}
+    launch = [f"{arn}instance/*", f"{arn}volume/*", f"{arn}network-interface/*", "arn:aws:ec2:us-east-1::image/ami-0abc",
+              f"{arn}key-pair/ray-autoscaler_us-east-1", f"{arn}security-group/{out['ClusterSecurityGroup']}",
+              f"{arn}subnet/{out['PublicSubnet']}", *[f"{arn}subnet/{s}" for s in out["PrivateSubnets"].split(",")]]
+    assert [r for r in launch if decide(docs, "ec2:RunInstances", r, tagged) != "allow"] == []
+    assert decide(docs, "ec2:RunInstances", f"{arn}instance/*", {"aws:RequestTag/ray-cluster-name": "other"}) == "deny"
+    assert decide(docs, "ec2:RunInstances", f"{arn}security-group/sg-0123456789abcdef0", tagged) == "deny"
+    assert decide(role_policies(client, "dfdc-ray-worker"), "ec2:RunInstances", f"{arn}volume/*") == "deny"
 
 
 def test_recipes_and_their_prefixes_are_allowed(moto_aws):

@@ -3,7 +3,7 @@ random values, conftest.py) and the Ray cluster's token are in the environment o
 Ray head and the MLflow server, as a node's credentials would be. A short training job (through the
 Jobs API), an evaluation and a scoring run here on the shared stack, after every other test of the
 session (ingest, training, sweeps, spot, scoring ...); then every byte the session wrote is searched
-for the canaries: S3 objects, MLflow stores and artifacts, the tests' folders, Ray's session logs,
+for the canaries: S3 objects, MLflow stores and artifacts, the tests' folders, Ray's session folders,
 and the jobs, tasks and actors Ray's state API knows."""
 
 from __future__ import annotations
@@ -76,8 +76,10 @@ def test_no_secret_reaches_anything_written(shards, ray_address, ray_dashboard, 
         assert not [name for name, value in canaries.items() if value in proc.stdout + proc.stderr], args
 
     # Everything written: S3 objects, the tests' folders (MLflow stores and artifacts, logs, reports),
-    # $DFDC_HOME, Ray's session logs, and what Ray's state API holds about jobs, tasks and actors.
-    roots = [s3_server.root, tmp_path_factory.getbasetemp(), *Path("/tmp/ray").glob("session_*/logs")]
+    # $DFDC_HOME, Ray's session folders, and what Ray's state API holds about jobs, tasks and actors.
+    sessions = [p for p in Path("/tmp/ray").glob("session_*") if not p.is_symlink()]  # Ray's default temp folder
+    assert any((p / "logs" / f"job-driver-{job}.log").exists() for p in sessions), "not the cluster's session folder"
+    roots = [s3_server.root, tmp_path_factory.getbasetemp(), *sessions]
     if os.environ.get("DFDC_HOME"):
         roots.append(Path(os.environ["DFDC_HOME"]))
     hits = found_in_files(roots, canaries)

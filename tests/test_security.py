@@ -95,9 +95,23 @@ def test_shard_members_other_than_jpg_and_json_are_not_decoded(tmp_path):
     assert not marker.exists()
 
 
+def test_weights_only_loads_overrides_what_deepspeed_asks_for(tmp_path):
+    """DeepSpeed's loaders call torch.load(..., weights_only=False): inside `weights_only_loads` that
+    call unpickles weights only; outside, the same call runs the file's code."""
+    import torch
+
+    from train.checkpoint import weights_only_loads
+
+    marker = tmp_path / MARKER_NAME
+    torch.save({"w": torch.zeros(2), "extra": Exploit(marker)}, tmp_path / "states.pt")
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "states.pt", weights_only=False)
+    assert not marker.exists()
+    torch.load(tmp_path / "states.pt", weights_only=False)  # the control: this is what it prevents
+    assert marker.exists()
+
+
 def test_a_checkpoint_that_carries_code_is_refused(tmp_path):
-    """DeepSpeed's own loaders ask for weights_only=False; inside `weights_only_loads` they get
-    weights-only unpickling anyway."""
     import torch
 
     from train.checkpoint import TAG, consolidate

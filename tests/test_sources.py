@@ -149,3 +149,30 @@ def test_local_folder_source(tmp_path):
     put(str(tmp_path), {"dfdc_train_part_0/metadata.json": metadata({"a.mp4": ("REAL", None)}), "dfdc_train_part_0/a.mp4": V})
     _, scan = discover(str(tmp_path))
     assert [r.video for r in scan.records] == ["dfdc_train_part_0/a.mp4"]
+
+
+def test_names_in_metadata_and_zips_never_leave_the_source(bucket):
+    """Stored names are not paths to follow: metadata.json keys that point outside their part are not
+    videos of it (nothing is read from there), and zip members are read in memory, named inside
+    their part, whatever their names say."""
+    put(bucket, {"elsewhere/secret.mp4": V})
+    escapes = {"../../elsewhere/secret.mp4": ("REAL", None), "/elsewhere/secret.mp4": ("REAL", None),
+               "s3://other-bucket/x.mp4": ("REAL", None), "a.mp4": ("REAL", None)}
+    put(f"{bucket}/src", {
+        "dfdc_train_part_0/metadata.json": metadata(escapes), "dfdc_train_part_0/a.mp4": V,
+        "dfdc_train_part_1.zip": zipped({
+            "dfdc_train_part_1/metadata.json": metadata({"../evil.mp4": ("FAKE", None), "b.mp4": ("REAL", None)}),
+            "dfdc_train_part_1/b.mp4": V, "../evil.mp4": V, "dfdc_train_part_1/../../evil.mp4": V}),
+    })
+    _, scan = discover(f"{bucket}/src")
+    recs = by_video(scan)
+    assert set(recs) == {"dfdc_train_part_0/a.mp4", "dfdc_train_part_1/b.mp4"}
+    assert all(r.uri.startswith(f"{bucket}/src/") for r in recs.values())
+    assert all(".." not in r.video and ".." not in (r.member or "") for r in recs.values())
+    # Each is counted, under the name it was given, and nothing was read from where it points.
+    assert reasons(scan) == {("/elsewhere/secret.mp4", "missing_file"),
+                             ("dfdc_train_part_0/../../elsewhere/secret.mp4", "missing_file"),
+                             ("dfdc_train_part_0/s3://other-bucket/x.mp4", "missing_file"),
+                             ("dfdc_train_part_1/../evil.mp4", "missing_file"),
+                             ("dfdc_train_part_1.zip/../evil.mp4", "no_metadata_entry"),
+                             ("dfdc_train_part_1.zip/dfdc_train_part_1/../../evil.mp4", "no_metadata_entry")}

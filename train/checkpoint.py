@@ -14,6 +14,7 @@ import logging
 import os
 import posixpath
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -236,21 +237,25 @@ def _deepspeed_globals() -> list:
     return [LossScaler, DynamicLossScaler, fragment_address, ZeroStageEnum]
 
 
+_WEIGHTS_ONLY_LOCK = threading.RLock()  # the flag is process-wide: one holder at a time
+
+
 @contextlib.contextmanager
 def weights_only_loads():
     """Every torch.load inside unpickles tensors, plain data and `_deepspeed_globals` only, whatever
     its caller asks: DeepSpeed's loaders pass weights_only=False, and a checkpoint comes from
     storage, where a crafted pickle would run code on every worker that resumes from it."""
-    torch.serialization.add_safe_globals(_deepspeed_globals())
-    saved = os.environ.get(_FORCE_WEIGHTS_ONLY)
-    os.environ[_FORCE_WEIGHTS_ONLY] = "1"  # torch reads it at each load, and it overrides the argument
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
-        else:
-            os.environ[_FORCE_WEIGHTS_ONLY] = saved
+    with _WEIGHTS_ONLY_LOCK:
+        torch.serialization.add_safe_globals(_deepspeed_globals())
+        saved = os.environ.get(_FORCE_WEIGHTS_ONLY)
+        os.environ[_FORCE_WEIGHTS_ONLY] = "1"  # torch reads it at each load, and it overrides the argument
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+            else:
+                os.environ[_FORCE_WEIGHTS_ONLY] = saved
 
 
 def to_universal(src: str, dst: str) -> None:
