@@ -386,6 +386,62 @@ def export(
     console.print(f"wrote {out} (TorchScript); largest logit difference from the model: {diff:.2e}", highlight=False)
 
 
+@app.command()
+def plan(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The recipe: frames per video and epochs.")] = Path("configs/dfdc_b7.yaml"),
+    nodes: Annotated[str, typer.Option(help="Cluster sizes to plan for, comma-separated.")] = "1,4,16,64",
+    cpu_node: Annotated[str, typer.Option(help="Spot CPU node type for the ingest (the price table names it).")] = "c7i.8xlarge",
+    gpu_node: Annotated[str, typer.Option(help="Spot GPU node type for training.")] = "p5.48xlarge",
+    ingest_rate: Annotated[Optional[float], typer.Option(help="Sampled frames/s per vCPU of the ingest (default: measured, see the output).")] = None,
+    gpu_rate: Annotated[Optional[float], typer.Option(help="Training images/s per GPU (default: measured, see the output).")] = None,
+    prices: Annotated[Optional[str], typer.Option(help="Price table (default: cluster/aws/prices.yaml).")] = None,
+):
+    """A capacity plan for the full DFDC training set: ingest time and cost on N spot CPU nodes, one
+    epoch and the whole recipe on N spot GPU nodes, and the S3 GETs/s and prefixes that implies.
+    Arithmetic on measured rates (their source is printed), assuming linear scaling over nodes.
+
+    Example: dfdc plan --nodes 8,32 --gpu-node p4d.24xlarge --gpu-rate 120
+    """
+    import dataclasses  # noqa: PLC0415
+
+    from rich.table import Table  # noqa: PLC0415
+
+    from cluster import capacity as cap  # noqa: PLC0415
+    from train.cost import load_prices  # noqa: PLC0415
+
+    cfg = _config(config, [])
+    try:
+        sizes = [int(n) for n in nodes.split(",")]
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        raise fail(f"--nodes {nodes!r}: give node counts of 1 or more, comma-separated (e.g. 1,4,16,64)", 2) from None
+    table_prices = load_prices(prices)
+    corpus = dataclasses.replace(cap.DFDC, frames_per_video=cfg.ingest.frames_per_video)
+    ingest = cap.Rate(ingest_rate, "given") if ingest_rate else cap.INGEST_PER_VCPU
+    train = cap.Rate(gpu_rate, "given") if gpu_rate else cap.IMAGES_PER_GPU
+    try:
+        plans = [(f"ingest on {cpu_node} spot nodes", cap.ingest_plan(corpus, ingest, table_prices, cpu_node, sizes)),
+                 (f"one epoch on {gpu_node} spot nodes", cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes)),
+                 (f"the recipe ({cfg.optim.epochs} epochs) on {gpu_node} spot nodes",
+                  cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes, cfg.optim.epochs))]
+    except ValueError as e:
+        raise fail(str(e), 2) from e
+    console.print(f"{corpus.name}: {corpus.videos:,} videos x {corpus.frames_per_video} frames, "
+                  f"{corpus.crops_per_frame:g} face crop a frame (assumed), {corpus.raw_bytes / 1e9:,.0f} GB raw", highlight=False)
+    console.print(f"ingest rate: {ingest.value:g} sampled frames/s per vCPU ({ingest.measured})", highlight=False)
+    console.print(f"training rate: {train.value:g} images/s per GPU ({train.measured})", highlight=False)
+    console.print(f"spot prices of {table_prices.date} ({table_prices.source}); throughput assumed linear in nodes, "
+                  f"S3 at {cap.S3_GETS_PER_PREFIX:,} GET/s per prefix", highlight=False)
+    for title, rows in plans:
+        table = Table(title=title)
+        for col in ("nodes", "hours", "spot $", "S3 GET/s", "prefixes needed"):
+            table.add_column(col, justify="right")
+        for r in rows:
+            table.add_row(str(r.nodes), f"{r.hours:,.2f}", f"{r.dollars:,.2f}", f"{r.gets_per_s:,.0f}", str(r.prefixes))
+        console.print(table)
+
+
 @local_app.command("up")
 def local_up(port: Annotated[Optional[int], typer.Option(help="Port for the S3 server (kept for later runs).")] = None):
     """Start the local S3 server (data kept in .dfdc/s3) and create the bucket 'dfdc'.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -38,6 +38,7 @@ class Prices:
     date: str
     source: str
     per_hour: dict[str, dict[str, float]]  # instance type -> {"spot": $, "on_demand": $}
+    size: dict[str, dict[str, int]] = field(default_factory=dict)  # instance type -> {"gpus": n, "vcpus": n}
 
     def of(self, node: Node) -> float | None:
         return self.per_hour.get(node.instance_type, {}).get(node.market)
@@ -52,13 +53,14 @@ def load_prices(uri: str | None) -> Prices:
         raise ValueError(f"price table {where} is not valid YAML: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("instances"), dict) or not data.get("date"):
         raise ValueError(f"price table {where} needs a date and an instances: mapping (see {DEFAULT_PRICES})")
-    per_hour = {}
+    per_hour, size = {}, {}
     for name, entry in data["instances"].items():
         try:
             per_hour[name] = {m: float(entry[m]) for m in MARKETS}
-        except (KeyError, TypeError, ValueError):
+            size[name] = {k: int(entry.get(k, 0)) for k in ("gpus", "vcpus")}
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError(f"price table {where}: {name} needs numbers for spot and on_demand, got {entry!r}") from None
-    return Prices(str(data["date"]), str(data.get("source", "")), per_hour)
+    return Prices(str(data["date"]), str(data.get("source", "")), per_hour, size)
 
 
 def identify(node_id: str, instance_type: str | None, market: str) -> Node:

@@ -1,0 +1,92 @@
+"""A capacity plan for a whole corpus (`dfdc plan`): how long and how much the ingest, one epoch and
+a whole training recipe take on N spot nodes, and the S3 request rate that implies.
+
+Arithmetic on measured rates, not a measurement: each rate says where it was measured, and the plan
+assumes throughput grows linearly with nodes (not measured beyond one GPU and two cores). Prices and
+node sizes come from the price table (cluster/aws/prices.yaml), with its date.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from train.cost import Prices
+
+# S3 serves at least this many GET/HEAD requests per second per partitioned prefix (AWS's
+# documented figure); more than that wants the shards spread over more prefixes.
+S3_GETS_PER_PREFIX = 5_500
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    videos: int
+    frames_per_video: int
+    crops_per_frame: float  # faces kept per sampled frame, on average
+    raw_bytes: float
+
+
+# DFDC's training set: 119,154 videos (~470 GB in 50 parts), 32 frames a video as the winner sampled.
+# One face per frame on average is an assumption: DFDC videos show one or two people, and ingest keeps
+# up to ingest.faces_per_frame (2 in configs/dfdc_b7.yaml); measure it from a manifest.
+DFDC = Corpus("DFDC train", videos=119_154, frames_per_video=32, crops_per_frame=1.0, raw_bytes=470e9)
+
+
+@dataclass(frozen=True)
+class Rate:
+    value: float
+    measured: str  # where and how: the plan prints it beside every figure that uses it
+
+
+# Recorded in docs/performance.md.
+INGEST_PER_VCPU = Rate(19.35, "`dfdc ingest` on 2 cores here: 38.7 sampled frames/s (640x360 synthetic videos, a third "
+                              "of them real, so detected); DFDC's 1920x1080 frames were not measured")
+IMAGES_PER_GPU = Rate(183.7, "one H100, EfficientNet-B4 at 380 px, bf16, ZeRO-2, batch 32, streamed from S3 "
+                             "(2026-11-23); the B7 recipe's model is larger and was not measured")
+
+
+@dataclass(frozen=True)
+class Row:
+    nodes: int
+    hours: float
+    dollars: float
+    gets_per_s: float  # S3 GETs/s the whole cluster issues at that speed
+    prefixes: int  # partitioned prefixes that many GETs want
+
+
+def _size(prices: Prices, node_type: str, key: str) -> int:
+    n = prices.size.get(node_type, {}).get(key, 0)
+    if node_type not in prices.per_hour or n <= 0:
+        known = ", ".join(t for t in prices.per_hour if prices.size.get(t, {}).get(key, 0) > 0)
+        raise ValueError(f"{node_type!r} has no {key} and spot price in the price table ({prices.date}); known: {known}")
+    return n
+
+
+def ingest_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int]) -> list[Row]:
+    """Ingest on N spot CPU nodes: every sampled frame decoded, detected or reused, cropped and
+    encoded at `rate` frames/s per vCPU. Its GETs read the raw videos: one ranged GET per 8 MiB
+    block (s3fs's block size), a small rate beside training's."""
+    vcpus = _size(prices, node_type, "vcpus")
+    frames = corpus.videos * corpus.frames_per_video
+    rows = []
+    for n in nodes:
+        seconds = frames / (rate.value * vcpus * n)
+        gets = corpus.raw_bytes / (8 * 2**20) / seconds
+        rows.append(Row(n, seconds / 3600, seconds / 3600 * n * prices.per_hour[node_type]["spot"], gets,
+                        max(1, math.ceil(gets / S3_GETS_PER_PREFIX))))
+    return rows
+
+
+def epoch_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int], epochs: int = 1) -> list[Row]:
+    """`epochs` epochs on N spot GPU nodes at `rate` images/s per GPU. The training loader issues
+    one ranged GET per sample (train/range_reads.py), so GETs/s is the images/s of the cluster."""
+    gpus = _size(prices, node_type, "gpus")
+    crops = corpus.videos * corpus.frames_per_video * corpus.crops_per_frame
+    rows = []
+    for n in nodes:
+        per_s = rate.value * gpus * n
+        seconds = crops * epochs / per_s
+        rows.append(Row(n, seconds / 3600, seconds / 3600 * n * prices.per_hour[node_type]["spot"], per_s,
+                        max(1, math.ceil(per_s / S3_GETS_PER_PREFIX))))
+    return rows

@@ -1,0 +1,49 @@
+"""The capacity plan's arithmetic (`dfdc plan`), on a made-up price table and corpus. No cluster."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from cluster.capacity import Corpus, Rate, epoch_plan, ingest_plan
+from train.cost import Prices
+
+PRICES = Prices("2026-01-01", "test", {"cpu.node": {"spot": 2.0, "on_demand": 4.0}, "gpu.node": {"spot": 10.0, "on_demand": 30.0}},
+                {"cpu.node": {"gpus": 0, "vcpus": 10}, "gpu.node": {"gpus": 8, "vcpus": 96}})
+CORPUS = Corpus("test", videos=1_000, frames_per_video=10, crops_per_frame=1.5, raw_bytes=8 * 2**20 * 100)
+
+
+def test_ingest_time_cost_and_gets():
+    one, two = ingest_plan(CORPUS, Rate(10.0, "x"), PRICES, "cpu.node", [1, 2])
+    assert one.hours == pytest.approx(10_000 / (10 * 10) / 3600)  # frames / (rate x vCPUs)
+    assert one.dollars == pytest.approx(one.hours * 2.0)
+    assert two.hours == pytest.approx(one.hours / 2) and two.dollars == pytest.approx(one.dollars)  # linear scaling
+    assert one.gets_per_s == pytest.approx(100 / (10_000 / 100))  # 100 blocks of 8 MiB over 100 s
+    assert one.prefixes == 1
+
+
+def test_epochs_time_cost_gets_and_prefixes():
+    one, many = epoch_plan(CORPUS, Rate(100.0, "x"), PRICES, "gpu.node", [1, 10], epochs=4)
+    assert one.hours == pytest.approx(15_000 * 4 / 800 / 3600)  # crops x epochs / (rate x 8 GPUs)
+    assert one.dollars == pytest.approx(one.hours * 10.0)
+    assert one.gets_per_s == 800 and one.prefixes == 1  # one GET per sample
+    assert many.gets_per_s == 8_000 and many.prefixes == 2  # more than 5,500 GET/s: a second prefix
+
+
+def test_a_node_type_the_table_lacks_is_named():
+    with pytest.raises(ValueError, match="'cpu.node' has no gpus.*known: gpu.node"):
+        epoch_plan(CORPUS, Rate(10.0, "x"), PRICES, "cpu.node", [1])  # a CPU node given for training
+    with pytest.raises(ValueError, match="'p9.huge' has no gpus"):
+        epoch_plan(CORPUS, Rate(10.0, "x"), PRICES, "p9.huge", [1])
+
+
+def test_dfdc_plan_prints_the_three_tables_with_their_sources():
+    out = CliRunner().invoke(app, ["plan", "--nodes", "1,4"])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    for part in ("119,154 videos x 32 frames", "ingest on c7i.8xlarge", "one epoch on p5.48xlarge",
+                 "the recipe (40 epochs)", "183.7 images/s per GPU (one H100", "prefixes needed", "spot prices of 2026-11-29"):
+        assert part in text, part
+    bad = CliRunner().invoke(app, ["plan", "--nodes", "0,x"])
+    assert bad.exit_code == 2 and "--nodes" in bad.output
