@@ -31,6 +31,7 @@ bench: install
 	$(VENV)/bin/python bench/train_step.py
 	$(VENV)/bin/python bench/loader_order.py
 	$(VENV)/bin/python bench/get_cpu.py
+	$(VENV)/bin/python bench/jpeg_decode.py
 
 clean:
 	rm -rf $(VENV) .venv-lint .pytest_cache

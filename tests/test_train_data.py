@@ -230,3 +230,30 @@ def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(shards, s3_s
     finally:
         monkeypatch.undo()
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_the_loaders_jpeg_decoder_gives_pils_pixels():
+    """train.samples.decode_jpeg (simplejpeg, faster) against PIL on crops as ingest encodes them, a
+    grayscale JPEG (simplejpeg refuses its header: PIL decodes it) and bytes that are not a JPEG."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from data_pipeline.crops import encode_jpeg
+    from train.samples import decode_jpeg
+
+    rng = np.random.default_rng(3)
+    for size, quality in [(64, 95), (380, 90), (97, 50)]:
+        data = encode_jpeg(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), quality)
+        pil = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
+        got = decode_jpeg(data)
+        assert str(got.dtype) == "torch.uint8" and tuple(got.shape) == (3, size, size)
+        assert np.array_equal(got.numpy(), pil)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 40), dtype=np.uint8), mode="L").save(buf, format="JPEG")
+    got = decode_jpeg(buf.getvalue())
+    assert tuple(got.shape) == (3, 32, 40)
+    assert np.array_equal(got.numpy(), np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")).transpose(2, 0, 1))
+    with pytest.raises(OSError):  # PIL's UnidentifiedImageError: the loader skips and names such a sample
+        decode_jpeg(b"not a jpeg at all")

@@ -18,13 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from fsspec.utils import merge_offset_ranges
-from PIL import Image
 
 from data_pipeline import shard_index
 from dfdc import storage
 from train.order import locate
 from train.range_reads import range_reads
+from train.samples import decode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def train_set_of(dataset: str, manifest: dict | None = None) -> TrainSet:
 @dataclass
 class Sample:
     key: str
-    image: Image.Image
+    image: torch.Tensor  # 3 x H x W, uint8
     meta: dict
     url: str
 
@@ -155,8 +156,6 @@ def _parse(data: bytes, url: str) -> Sample | Exception:
                 if m.isfile():
                     key, ext = shard_index.split_name(m.name)
                     members[ext] = tar.extractfile(m).read()
-        image = Image.open(io.BytesIO(members["jpg"]))
-        image.load()
-        return Sample(key, image.convert("RGB"), json.loads(members["json"]), url)
+        return Sample(key, decode_jpeg(members["jpg"]), json.loads(members["json"]), url)
     except Exception as e:  # noqa: BLE001  the sample's own bytes: tar, JPEG or JSON that does not parse
         return e

@@ -28,6 +28,24 @@ def worker_init(_worker_id: int) -> None:
     register_s3()
 
 
+def decode_jpeg(data: bytes) -> torch.Tensor:
+    """A face crop's JPEG as a 3 x H x W uint8 tensor, by simplejpeg (libjpeg-turbo): the same pixels
+    as PIL at 1.45-1.9x its speed on this machine's CPU (bench/jpeg_decode.py). torchvision's decoder
+    is as fast, but deprecated since torchvision 0.29. What simplejpeg refuses (it cannot read the
+    header of some grayscale JPEGs) goes to PIL, which raises for bytes that are no image."""
+    import simplejpeg  # noqa: PLC0415
+
+    try:
+        return torch.from_numpy(simplejpeg.decode_jpeg(data, colorspace="RGB")).permute(2, 0, 1)
+    except ValueError:
+        import io  # noqa: PLC0415
+
+        import numpy as np  # noqa: PLC0415
+        from PIL import Image  # noqa: PLC0415
+
+        return torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()).permute(2, 0, 1)
+
+
 class Batch(NamedTuple):
     images: torch.Tensor
     labels: torch.Tensor
