@@ -121,21 +121,27 @@ def ray_dashboard(ray_head) -> str:
     return ray_head.dashboard_url
 
 
-@pytest.fixture(scope="session")
-def moto_server():
-    """moto's in-memory S3 server: the pipeline must work against it as well."""
+def start_moto() -> tuple[subprocess.Popen, str]:
+    """A moto server (everything in memory) on a free port: its process and URL, once it listens."""
+    import socket
+
     port = free_port()
     binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-
-    for _ in range(100):
+    for _ in range(150):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             break
         except OSError:
             time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's in-memory S3 server: the pipeline must work against it as well."""
+    proc, url = start_moto()
+    yield url
     proc.terminate()
     proc.wait(10)
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -156,18 +153,9 @@ def moto_aws():
     import boto3
     from botocore.config import Config
 
-    from cluster.local.s3_server import free_port
+    from tests.conftest import start_moto
 
-    port = free_port()
-    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(150):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    endpoint = f"http://127.0.0.1:{port}"
+    proc, endpoint = start_moto()
     admin = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
     def client(service, **creds):
