@@ -18,6 +18,33 @@ from train import ledger
 from train.run import run
 
 
+def wait_until_the_coordinator_reserves(bundle: dict, count: int, timeout: float = 240.0) -> None:
+    """Ray Train sizes an elastic run by what Ray's autoscaling coordinator (a detached actor) reserves
+    for it, not by Ray's available resources. The coordinator refreshes its view of the nodes every 20 s,
+    and the request of a run that ended without cancelling it lives 180 s: a run started right after
+    nodes join can start on fewer workers than the nodes hold (a CI run started on 1 of 2). So ask the
+    coordinator, as Ray Train does (same priority), until it reserves `count` bundles; a tick is forced
+    on each ask. Its API is Ray's internal one: this is a test's readiness probe, not product code."""
+    import ray
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        ResourceRequestPriority, get_or_create_autoscaling_coordinator)
+
+    coordinator, probe = get_or_create_autoscaling_coordinator(), "dfdc-test-readiness-probe"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ray.get(coordinator.request_resources.remote(requester_id=probe, resources=[bundle] * count, expire_after_s=60,
+                                                         priority=ResourceRequestPriority.HIGH))
+            reserved = ray.get(coordinator.get_reserved_resources.remote(probe, recompute=True))
+            fits = sum(int(min(r.get(k, 0) // v for k, v in bundle.items())) for r in reserved.values())
+            if fits >= count:
+                return
+            assert time.monotonic() < deadline, f"the coordinator reserves {reserved} of {count} x {bundle}"
+            time.sleep(2)
+    finally:
+        ray.get(coordinator.cancel_request.remote(probe))
+
+
 def test_a_node_lost_mid_epoch_restarts_on_fewer_workers_and_the_epoch_sees_every_sample_once(shards, tmp_path, ray_address,
                                                                                                 monkeypatch):
     # Ray Train gives a worker group 60 s to start, then (elastic) tries again with what is ready:
@@ -35,6 +62,7 @@ def test_a_node_lost_mid_epoch_restarts_on_fewer_workers_and_the_epoch_sees_ever
         while ray.available_resources().get("elastic_slot", 0) < 2:
             assert time.monotonic() < deadline, ray.available_resources()
             time.sleep(0.5)
+        wait_until_the_coordinator_reserves({"CPU": 1, "elastic_slot": 1}, 2)
         cfg = load_config(None, train_sets(
             shards, tmp_path, "deepspeed.zero_stage=2", "data.batch_size=4", "optim.epochs=1", "data.ledger=true",
             "ray.checkpoint_every_steps=2", "ray.run_name=elastic", "ray.num_workers=1..2", "ray.max_failures=2",
