@@ -27,11 +27,16 @@ demo: install
 	$(VENV)/bin/python -m cluster.local.demo
 
 bench: install
+	@# The loader bench's peers (MosaicML Streaming, LitData) in their own locked environment.
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.venv-peers $(UV) sync --frozen --project bench/peers
 	$(VENV)/bin/python bench/ingest.py
-	$(VENV)/bin/python bench/train_step.py
-	$(VENV)/bin/python bench/loader_order.py
-	$(VENV)/bin/python bench/get_cpu.py
 	$(VENV)/bin/python bench/jpeg_decode.py
+	$(VENV)/bin/python bench/loader.py
+	$(VENV)/bin/python bench/zero_vs_ddp.py
+	$(VENV)/bin/python bench/train_step.py
+	$(VENV)/bin/python bench/loader_order.py --rounds 2
+	$(VENV)/bin/python bench/get_cpu.py
+	$(VENV)/bin/dfdc plan
 
 clean:
-	rm -rf $(VENV) .venv-lint .pytest_cache
+	rm -rf $(VENV) .venv-lint .venv-peers .pytest_cache

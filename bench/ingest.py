@@ -1,7 +1,10 @@
 """Ingest speed, side by side in one run: sampled frames per second for
 
   decode-all   decoding every frame of each video (what sampling by seeking avoids)
-  seek-decode  data_pipeline.frames.sample_frames: the same sampled frames, by seeking
+  seek-decode  data_pipeline.frames.sample_frames: the same sampled frames, by seeking (PyAV)
+  torchcodec   the same frames by torchcodec's VideoDecoder (needs FFmpeg's shared libraries on the
+               machine, e.g. Debian's libavcodec59 and friends; without them the row says why not)
+  MTCNN        the face detector alone on the sampled frames (decoded beforehand): its share of extract
   extract      seek-decode + MTCNN + crop + JPEG, one process, detection on every video
                (ingest lets fakes reuse their original's boxes, so it detects on the reals only)
   ingest       the whole `dfdc ingest` on a local S3 server with Ray tasks (all cores), shards included,
@@ -19,6 +22,29 @@ import time
 
 from dfdc import storage
 from dfdc.config import load_config
+
+
+def torchcodec_rate(videos: list[bytes], n: int, sampled: int) -> float | str:
+    """Sampled frames/s of torchcodec on the frames sample_frames picks (evenly spaced, by index), or
+    why it could not run."""
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: PLC0415
+
+        VideoDecoder(videos[0])
+    except (ImportError, OSError, RuntimeError) as e:
+        return f"torchcodec did not load ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+    got, t = 0, time.perf_counter()
+    for v in videos:
+        decoder = VideoDecoder(v, seek_mode="exact")
+        count = decoder.metadata.num_frames
+        wanted = np.unique(np.linspace(0, count - 1, min(n, count)).round().astype(int)).tolist()
+        got += len(decoder.get_frames_at(wanted).data)
+    rate = got / (time.perf_counter() - t)
+    if got != sampled:
+        return f"torchcodec returned {got} frames, PyAV {sampled}"
+    return rate
 
 
 def main() -> None:
@@ -63,11 +89,20 @@ def main() -> None:
             sample_frames(v, args.frames)
         rows["seek-decode"] = sampled / (time.perf_counter() - t)
 
+        rows["seek-decode, torchcodec"] = torchcodec_rate(videos, args.frames, sampled)
+
         detector = build_detector(cfg.detector)
+        decoded = [[f.image for f in sample_frames(v, args.frames)] for v in videos]
+        t = time.perf_counter()
+        for images in decoded:
+            detector.detect(images)
+        detect = time.perf_counter() - t
+        rows["MTCNN alone"] = sampled / detect
         t = time.perf_counter()
         for r, v in zip(scan.records, videos):
             extract(r, v, detector, cfg.ingest)
         rows["extract (1 process)"] = sampled / (time.perf_counter() - t)
+        mtcnn_share = detect / (time.perf_counter() - t)
 
         # Warm Ray up first, one unit per core (start, worker imports, model load): paid once per run.
         warm = load_config(None, [f"{k}={v}" for k, v in (("synth.videos", 3 * (os.cpu_count() or 2)), ("synth.width", 160), ("synth.height", 120))])
@@ -80,7 +115,11 @@ def main() -> None:
     base = rows["decode-all"]
     print(f"{'stage':32} {'sampled frames/s':>17} {'vs decode-all':>14}")
     for name, fps in rows.items():
-        print(f"{name:32} {fps:17.1f} {fps / base:13.2f}x")
+        if isinstance(fps, str):
+            print(f"{name:32} {'not measured: ' + fps}")
+        else:
+            print(f"{name:32} {fps:17.1f} {fps / base:13.2f}x")
+    print(f"MTCNN takes {mtcnn_share:.0%} of extract's time (MTCNN alone over extract, same frames).")
     print(f"keyframe every {args.gop} frames; ingest timed after a warm-up (Ray start, worker imports, MTCNN load).")
 
 
