@@ -40,8 +40,8 @@ class Rate:
 
 
 # Recorded in docs/performance.md.
-INGEST_PER_VCPU = Rate(19.35, "`dfdc ingest` on 2 cores here: 38.7 sampled frames/s (640x360 synthetic videos, a third "
-                              "of them real, so detected); DFDC's 1920x1080 frames were not measured")
+INGEST_PER_VCPU = Rate(63.85, "`dfdc ingest` on 2 cores here: 127.7 sampled frames/s (`make bench`, 2026-11-30; 640x360 "
+                              "synthetic videos, a third of them real, so detected); DFDC's 1920x1080 frames were not measured")
 IMAGES_PER_GPU = Rate(183.7, "one H100, EfficientNet-B4 at 380 px, bf16, ZeRO-2, batch 32, streamed from S3 "
                              "(2026-11-23); the B7 recipe's model is larger and was not measured")
 
