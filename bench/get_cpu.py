@@ -1,6 +1,6 @@
 """CPU time of one ranged GET, by client, side by side in one run: s3fs's `cat_ranges` (botocore
-builds, signs and parses every request) beside the loader's presigned URLs over urllib3
-(`train/range_reads.py`), on a local rclone S3 server. Ranges of --size bytes at random offsets in
+builds, signs and parses every request) beside the loader's presigned URLs over urllib3 and over
+libcurl (`train/range_reads.py`; `data.range_reads: presigned` and `curl`), on a local rclone S3 server. Ranges of --size bytes at random offsets in
 one object, --gets of them per client in calls of 32, after one warm-up call. CPU is this process's
 (the server's is not counted); wall time is given too.
 
@@ -26,7 +26,7 @@ def main() -> None:
     import s3fs  # noqa: PLC0415
 
     from cluster.local.s3_server import temporary_server  # noqa: PLC0415
-    from train.range_reads import RangeReads  # noqa: PLC0415
+    from train.range_reads import CurlRangeReads, RangeReads  # noqa: PLC0415
 
     with temporary_server("getcpu"):
         data = os.urandom(4_000_000)
@@ -34,7 +34,7 @@ def main() -> None:
         rng = random.Random(0)
         starts = [rng.randrange(0, len(data) - args.size) for _ in range(args.gets)]
         uri = "s3://getcpu/object.tar"
-        reads = RangeReads()
+        reads, curl = RangeReads(), CurlRangeReads()
 
         def via_s3fs(s, e):
             return s3fs.S3FileSystem().cat_ranges(["getcpu/object.tar"] * len(s), s, e)
@@ -42,7 +42,10 @@ def main() -> None:
         def via_presigned(s, e):
             return reads.cat_ranges([uri] * len(s), s, e)
 
-        clients = {"s3fs cat_ranges": via_s3fs, "presigned + urllib3": via_presigned}
+        def via_curl(s, e):
+            return curl.cat_ranges([uri] * len(s), s, e)
+
+        clients = {"s3fs cat_ranges": via_s3fs, "presigned + urllib3": via_presigned, "presigned + libcurl": via_curl}
         cpu: dict = {name: [] for name in clients}
         wall: dict = {name: [] for name in clients}
         for _ in range(args.rounds):

@@ -145,16 +145,17 @@ class DataConfig:
     # A rank reads each of its samples with a ranged GET; two of its ranges in one shard closer than
     # this many bytes are read as one (fewer requests, more bytes: each rank also reads the gap).
     merge_gap_bytes: int = 0
-    # How the permutation order's ranged GETs go out: presigned URLs over urllib3 (less CPU a GET;
-    # no HTTP proxy), or s3fs's cat_ranges (botocore: proxies, and every setting botocore reads).
-    range_reads: str = "presigned"
+    # How the permutation order's ranged GETs go out: presigned URLs over libcurl (`curl`, the least
+    # CPU a GET) or over urllib3 (`presigned`), neither through an HTTP proxy; or s3fs's cat_ranges
+    # (botocore: proxies, and every setting botocore reads). bench/get_cpu.py compares them.
+    range_reads: str = "curl"
     # Every rank appends one JSON line per batch (its position and sample keys) under
     # <run dir>/ledger/: the proof that an epoch saw every sample once (`dfdc ledger check`).
     ledger: bool = False
 
     def check(self) -> None:
-        if self.range_reads not in ("presigned", "s3fs"):
-            raise ConfigError(f"data.range_reads must be presigned or s3fs, got {self.range_reads!r}")
+        if self.range_reads not in ("curl", "presigned", "s3fs"):
+            raise ConfigError(f"data.range_reads must be curl, presigned or s3fs, got {self.range_reads!r}")
         if self.order not in ("permutation", "resampled"):
             raise ConfigError(f"data.order must be permutation or resampled, got {self.order!r}")
         if self.ledger and self.order != "permutation":

@@ -183,11 +183,12 @@ def test_a_sample_whose_bytes_are_bad_is_skipped_and_named_a_missing_shard_fails
         next(iter(epoch_loader(train, cfg, 0, 0, 0, 3, 0, 1)))
 
 
-def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(shards, s3_server, monkeypatch, caplog):
-    """The epoch loader's ranged GETs (presigned URLs, train/range_reads.py) through a proxy that
-    answers 503 SlowDown to one read in three and drops the connection of another: every sample
-    arrives. With keys the server refuses, and with nothing listening, the step fails naming the
-    shard and the cause, and no message holds the presigned URL's signature or credential."""
+@pytest.mark.parametrize("client", ["curl", "presigned"])
+def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(client, shards, s3_server, monkeypatch, caplog):
+    """The epoch loader's ranged GETs (presigned URLs over libcurl or urllib3, train/range_reads.py)
+    through a proxy that answers 503 SlowDown to one read in three and drops the connection of
+    another: every sample arrives. With keys the server refuses, and with nothing listening, the step
+    fails naming the shard and the cause, and no message holds the presigned URL's signature or credential."""
     import s3fs
 
     from tests.flaky_proxy import FlakyProxy, every_third_read_fails
@@ -196,7 +197,7 @@ def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(shards, s3_s
     shard_index.ensure(urls, log=lambda *_: None)
     train = load_train_set(urls, [5, 17])
 
-    def epoch(read_retries=4, client="presigned"):
+    def epoch(read_retries=4, client=client):
         cfg = DataConfig(image_size=24, batch_size=2, num_workers=0, augment=False, read_retries=read_retries,
                          range_reads=client)
         return [k for b in epoch_loader(train, cfg, 0, 0, 0, 11, 0, 1) for k in b.keys]

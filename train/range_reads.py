@@ -1,11 +1,12 @@
 """Many byte ranges of objects at once: the training loader's one GET per sample.
 
-Through s3fs every GET runs botocore's whole request pipeline (build, sign, parse): about 0.95 ms
+Through s3fs every GET runs botocore's whole request pipeline (build, sign, parse): about 0.8-0.95 ms
 of CPU per GET on the 2-core bench machine, as much as decoding a 128 px crop, and on the same cores.
 Here each object's URL is presigned once every few minutes (by s3fs, so the endpoint, the bucket's
 region and the credential chain are those of every other read) and the ranges go out as plain
-HTTP GETs with a Range header on a keep-alive pool (urllib3, the HTTP library under botocore):
-about 0.5 ms of CPU each (bench/get_cpu.py). Other filesystems go through fsspec's cat_ranges
+HTTP GETs with a Range header on kept-alive connections: by libcurl (`CurlRangeReads`, the default,
+about 0.04 ms of CPU a GET) or by urllib3, the HTTP library under botocore, from a thread pool
+(`RangeReads`, about 0.45 ms): bench/get_cpu.py. Other filesystems go through fsspec's cat_ranges
 (train/sample_reader.py).
 
 A presigned URL holds credentials (the session token, with temporary keys), so it is never logged
@@ -137,29 +138,131 @@ class RangeReads:
             return RangeConnectionError(uri, start, end, f"{type(reason).__name__}: {_scrub(str(reason))}")
         except Exception as e:  # noqa: BLE001  signing failed (no credentials...): botocore's error, no URL in it
             return e
-        body = resp.data
-        if resp.status in (200, 206):
-            got = resp.headers.get("Content-Range")
+        return self._result(uri, start, end, resp.status, resp.headers.get("Content-Range"), resp.data)
+
+    def _result(self, uri: str, start: int, end: int, status: int, got: str | None, body: bytes) -> bytes | Exception:
+        """The range's bytes from an HTTP answer, or the error it amounts to."""
+        if status in (200, 206):
             if got is not None:  # rclone answers a ranged GET with 200 and a Content-Range; S3 with 206
                 if got.split("/")[0].strip() == f"bytes {start}-{end - 1}" and len(body) == end - start:
                     return body
-            elif resp.status == 200 and len(body) >= end:
+            elif status == 200 and len(body) >= end:
                 return body[start:end]  # a server that ignores Range sends the whole object
-            return RangeReadError(uri, start, end, f"HTTP {resp.status} with {len(body)} bytes and Content-Range "
-                                  f"{got!r} for the range", status=resp.status)
-        if 400 <= resp.status < 500:  # perhaps an expired signature or token: sign again before the next try
+            return RangeReadError(uri, start, end, f"HTTP {status} with {len(body)} bytes and Content-Range "
+                                  f"{got!r} for the range", status=status)
+        if 400 <= status < 500:  # perhaps an expired signature or token: sign again before the next try
             with self._lock:
                 self._signed.pop(uri, None)
         code = _error_code(body)
-        return RangeReadError(uri, start, end, f"HTTP {resp.status} {code}".strip(), code=code, status=resp.status)
+        return RangeReadError(uri, start, end, f"HTTP {status} {code}".strip(), code=code, status=status)
 
 
-_reads: tuple[int, RangeReads] | None = None
+class CurlRangeReads(RangeReads):
+    """The same GETs, URLs and answers through libcurl's multi interface (pycurl): every range of a
+    call in flight at once from the calling thread, with libcurl doing the HTTP in C. About 0.04 ms of
+    CPU a GET against urllib3's 0.44 on the bench machine (bench/get_cpu.py), so a loader worker's
+    cores go to decoding. `data.range_reads: curl`, the default."""
+
+    def __init__(self):
+        import certifi  # noqa: PLC0415
+        import pycurl  # noqa: PLC0415
+
+        self._signed, self._lock, self._signer = {}, threading.Lock(), None
+        self._multi = pycurl.CurlMulti()
+        self._idle = []
+        for _ in range(CONCURRENCY):
+            h = pycurl.Curl()
+            h.setopt(pycurl.CAINFO, os.environ.get("AWS_CA_BUNDLE") or certifi.where())
+            h.setopt(pycurl.PROXY, "")  # as the urllib3 client: no HTTP proxy (`data.range_reads: s3fs` has them)
+            h.setopt(pycurl.CONNECTTIMEOUT, 10)
+            h.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # a read that stalls for 60 s fails, like urllib3's read timeout
+            h.setopt(pycurl.LOW_SPEED_TIME, 60)
+            h.setopt(pycurl.NOSIGNAL, 1)
+            self._idle.append(h)
+
+    def cat_ranges(self, uris: list[str], starts: list[int], ends: list[int]) -> list[bytes | Exception]:
+        out: list = [None] * len(uris)
+        todo = list(range(len(uris)))
+        for attempt in range(QUICK_TRIES):  # the retries of RangeReads._get, for all the ranges at once
+            if attempt:
+                time.sleep(0.1 * 2 ** attempt)
+            for i, got in zip(todo, self._perform([(uris[i], starts[i], ends[i]) for i in todo])):
+                out[i] = got
+            todo = [i for i in todo if getattr(out[i], "transient", False) or (attempt == 0 and getattr(out[i], "resign", False))]
+            if not todo:
+                break
+        return out
+
+    def _perform(self, reads: list[tuple[str, int, int]]) -> list[bytes | Exception]:
+        import io  # noqa: PLC0415
+
+        import pycurl  # noqa: PLC0415
+
+        out: list = [None] * len(reads)
+        running: dict = {}  # handle -> (index, body buffer, headers)
+        pending = list(range(len(reads)))[::-1]
+        try:
+            while pending or running:
+                while pending and self._idle:
+                    i = pending.pop()
+                    uri, start, end = reads[i]
+                    try:
+                        url = self._url(uri)
+                    except Exception as e:  # noqa: BLE001  signing failed (no credentials...): botocore's error
+                        out[i] = e
+                        continue
+                    h, body, headers = self._idle.pop(), io.BytesIO(), []
+                    h.setopt(pycurl.URL, url)
+                    h.setopt(pycurl.RANGE, f"{start}-{end - 1}")
+                    h.setopt(pycurl.WRITEFUNCTION, body.write)
+                    h.setopt(pycurl.HEADERFUNCTION, headers.append)
+                    self._multi.add_handle(h)
+                    running[h] = (i, body, headers)
+                while self._multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+                    pass
+                while True:
+                    queued, ok, failed = self._multi.info_read()
+                    for h in ok:
+                        i, body, headers = running.pop(h)
+                        self._multi.remove_handle(h)
+                        self._idle.append(h)
+                        uri, start, end = reads[i]
+                        out[i] = self._result(uri, start, end, h.getinfo(pycurl.RESPONSE_CODE),
+                                              _content_range(headers), body.getvalue())
+                    for h, _code, message in failed:
+                        i, _, _ = running.pop(h)
+                        os_errno = h.getinfo(pycurl.OS_ERRNO)  # curl 8 words a refused connection "Could not connect"
+                        self._multi.remove_handle(h)
+                        self._idle.append(h)
+                        uri, start, end = reads[i]
+                        why = f" ({os.strerror(os_errno)})" if os_errno else ""
+                        out[i] = RangeConnectionError(uri, start, end, f"curl: {_scrub(message)}{why}")
+                    if not queued:
+                        break
+                if running:
+                    self._multi.select(1.0)
+        finally:
+            for h in running:  # an exception above: leave the handles ready for the next call
+                self._multi.remove_handle(h)
+                self._idle.append(h)
+        return out
 
 
-def range_reads() -> RangeReads:
-    """This process's RangeReads (a process started by fork gets its own)."""
+def _content_range(lines: list[bytes]) -> str | None:
+    for line in lines:
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-range":
+            return value.strip()
+    return None
+
+
+_reads: tuple[tuple[int, str], RangeReads] | None = None
+
+
+def range_reads(client: str = "curl") -> RangeReads:
+    """This process's client of that kind, `curl` or `presigned` (urllib3); a process started by
+    fork gets its own."""
     global _reads
-    if _reads is None or _reads[0] != os.getpid():
-        _reads = (os.getpid(), RangeReads())
+    if _reads is None or _reads[0] != (os.getpid(), client):
+        _reads = ((os.getpid(), client), CurlRangeReads() if client == "curl" else RangeReads())
     return _reads[1]

@@ -80,7 +80,7 @@ class Sample:
 class SampleReader:
     """Fetch samples by id. Counts what it read (bytes, requests) for the read-amplification figures."""
 
-    def __init__(self, train: TrainSet, retries: int, merge_gap: int = 0, client: str = "presigned"):
+    def __init__(self, train: TrainSet, retries: int, merge_gap: int = 0, client: str = "curl"):
         self.train, self.retries, self.merge_gap, self.client = train, retries, merge_gap, client
         self.bytes = self.requests = 0
         self._keys: dict[int, list[str]] = {}
@@ -114,7 +114,7 @@ class SampleReader:
     def _get(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
         """The ranges' bytes. Failed ranges (storage failures) are fetched again, only they, up to
         `retries` more times, 1, 2, 4, ... s apart; then DataUnavailable names the first."""
-        reads = range_reads() if self.client == "presigned" and paths[0].startswith("s3://") else None
+        reads = range_reads(self.client) if self.client != "s3fs" and paths[0].startswith("s3://") else None
         out: list = [None] * len(paths)
         todo = list(range(len(paths)))
         for attempt in range(self.retries + 1):
