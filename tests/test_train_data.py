@@ -258,3 +258,23 @@ def test_the_loaders_jpeg_decoder_gives_pils_pixels():
     assert np.array_equal(got.numpy(), np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")).transpose(2, 0, 1))
     with pytest.raises(OSError):  # PIL's UnidentifiedImageError: the loader skips and names such a sample
         decode_jpeg(b"not a jpeg at all")
+
+
+def test_the_curl_client_answers_several_threads_at_once(shards):
+    """One CurlRangeReads per process, shared by whatever thread fetches: concurrent calls each get
+    their own bytes (a curl handle is not for two threads; the client serialises calls)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from train.range_reads import CurlRangeReads
+
+    url = f"{shards}/a.tar"
+    data = storage.read_bytes(url)
+    spans = [(k, min(len(data), k + 700)) for k in range(0, len(data) - 1, max(1, len(data) // 40))]
+    reads = CurlRangeReads()
+
+    def one(_):
+        return reads.cat_ranges([url] * len(spans), [a for a, _ in spans], [b for _, b in spans])
+
+    with ThreadPoolExecutor(4) as pool:
+        for got in pool.map(one, range(8)):
+            assert got == [data[a:b] for a, b in spans]
