@@ -23,6 +23,7 @@ Usage: python bench/loader.py [--videos 96] [--size 128] [--batch 8] [--workers 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -82,7 +83,7 @@ def ours(train, cfg, epoch: int):
         yield b.images, b.labels
 
 
-def export_images(local_root: str, urls: list[str], out: Path) -> list[dict]:
+def export_images(urls: list[str], out: Path) -> list[dict]:
     """Every train sample of the shards as a JPEG file (the bytes the shards hold) and its label."""
     import webdataset as wds  # noqa: PLC0415
 
@@ -127,15 +128,13 @@ def main() -> None:
         fs, path = storage.filesystem(root)
         fs.get(path.rstrip("/") + "/", disk + "/", recursive=True)
         on_s3, on_disk = train_set_of(root), train_set_of(disk)
-        samples = export_images(disk, mf.shard_urls(disk, mf.load(disk), "train"), Path(tmp) / "images")
+        samples = export_images(mf.shard_urls(disk, mf.load(disk), "train"), Path(tmp) / "images")
         bucket = root.removeprefix("s3://").split("/", 1)[0]
         t = time.perf_counter()
         for s in samples:
             storage.write_bytes(f"s3://{bucket}/naive/{s['file']}", (Path(tmp) / "images" / s["file"]).read_bytes())
         converted = {"naive": time.perf_counter() - t}
         naive = NaiveObjects(bucket, [f"naive/{s['file']}" for s in samples], [s["label"] for s in samples], args.size)
-
-        import dataclasses  # noqa: PLC0415
 
         rates: dict[tuple[str, int, int], list[float]] = {}
         for _ in track(range(args.rounds), description="ours, naive"):
