@@ -101,8 +101,9 @@ def main() -> None:
         t = time.perf_counter()
         for r, v in zip(scan.records, videos):
             extract(r, v, detector, cfg.ingest)
-        rows["extract (1 process)"] = sampled / (time.perf_counter() - t)
-        mtcnn_share = detect / (time.perf_counter() - t)
+        extract_s = time.perf_counter() - t
+        rows["extract (1 process)"] = sampled / extract_s
+        mtcnn_share = detect / extract_s
 
         # Warm Ray up first, one unit per core (start, worker imports, model load): paid once per run.
         warm = load_config(None, [f"{k}={v}" for k, v in (("synth.videos", 3 * (os.cpu_count() or 2)), ("synth.width", 160), ("synth.height", 120))])

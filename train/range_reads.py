@@ -77,34 +77,24 @@ def _error_code(body: bytes) -> str:
         return ""
 
 
-class RangeReads:
-    """Ranged GETs for one process (one per loader worker: connections and signatures are reused)."""
+def _try_again(got: bytes | Exception, attempt: int) -> bool:
+    """Whether a range's answer is worth another quick try: a transient failure, or a refusal on the
+    first try (perhaps an expired signature; the URL was dropped, so the next try signs it anew)."""
+    return getattr(got, "transient", False) or (attempt == 0 and getattr(got, "resign", False))
+
+
+class SignedRanges:
+    """What both HTTP clients share: each object's presigned URL, reused for a few minutes, and the
+    reading of an answer. One per process (per loader worker: connections and signatures are reused)."""
 
     def __init__(self):
         self._signed: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
-        # Certificates as botocore checks them: AWS_CA_BUNDLE, else certifi's. HTTP(S) proxies are
-        # not used here: `data.range_reads: s3fs` for networks that need one.
-        import certifi  # noqa: PLC0415
-
-        self._http = urllib3.PoolManager(maxsize=CONCURRENCY, retries=False,
-                                         ca_certs=os.environ.get("AWS_CA_BUNDLE") or certifi.where(),
-                                         timeout=urllib3.Timeout(connect=10, read=60))
-        self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="range-get")
         self._signer = None
 
     def cat_ranges(self, uris: list[str], starts: list[int], ends: list[int]) -> list[bytes | Exception]:
         """Each range's bytes (s3:// objects), or the exception of a storage failure, in order."""
-        return list(self._pool.map(self._get, uris, starts, ends))
-
-    def _get(self, uri: str, start: int, end: int) -> bytes | Exception:
-        for attempt in range(QUICK_TRIES):
-            if attempt:
-                time.sleep(0.1 * 2 ** attempt)
-            got = self._get_once(uri, start, end)
-            if not (getattr(got, "transient", False) or (attempt == 0 and getattr(got, "resign", False))):
-                break
-        return got
+        raise NotImplementedError
 
     def _url(self, uri: str) -> str:
         import s3fs  # noqa: PLC0415
@@ -130,16 +120,6 @@ class RangeReads:
             self._signed[uri] = (now, url)
         return url
 
-    def _get_once(self, uri: str, start: int, end: int) -> bytes | Exception:
-        try:
-            resp = self._http.request("GET", self._url(uri), headers={"Range": f"bytes={start}-{end - 1}"})
-        except urllib3.exceptions.HTTPError as e:
-            reason = getattr(e, "reason", None) or e
-            return RangeConnectionError(uri, start, end, f"{type(reason).__name__}: {_scrub(str(reason))}")
-        except Exception as e:  # noqa: BLE001  signing failed (no credentials...): botocore's error, no URL in it
-            return e
-        return self._result(uri, start, end, resp.status, resp.headers.get("Content-Range"), resp.data)
-
     def _result(self, uri: str, start: int, end: int, status: int, got: str | None, body: bytes) -> bytes | Exception:
         """The range's bytes from an HTTP answer, or the error it amounts to."""
         if status in (200, 206):
@@ -157,7 +137,44 @@ class RangeReads:
         return RangeReadError(uri, start, end, f"HTTP {status} {code}".strip(), code=code, status=status)
 
 
-class CurlRangeReads(RangeReads):
+class RangeReads(SignedRanges):
+    """The GETs over urllib3 from a thread pool (`data.range_reads: presigned`)."""
+
+    def __init__(self):
+        super().__init__()
+        # Certificates as botocore checks them: AWS_CA_BUNDLE, else certifi's. HTTP(S) proxies are
+        # not used here: `data.range_reads: s3fs` for networks that need one.
+        import certifi  # noqa: PLC0415
+
+        self._http = urllib3.PoolManager(maxsize=CONCURRENCY, retries=False,
+                                         ca_certs=os.environ.get("AWS_CA_BUNDLE") or certifi.where(),
+                                         timeout=urllib3.Timeout(connect=10, read=60))
+        self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="range-get")
+
+    def cat_ranges(self, uris: list[str], starts: list[int], ends: list[int]) -> list[bytes | Exception]:
+        return list(self._pool.map(self._get, uris, starts, ends))
+
+    def _get(self, uri: str, start: int, end: int) -> bytes | Exception:
+        for attempt in range(QUICK_TRIES):
+            if attempt:
+                time.sleep(0.1 * 2 ** attempt)
+            got = self._get_once(uri, start, end)
+            if not _try_again(got, attempt):
+                break
+        return got
+
+    def _get_once(self, uri: str, start: int, end: int) -> bytes | Exception:
+        try:
+            resp = self._http.request("GET", self._url(uri), headers={"Range": f"bytes={start}-{end - 1}"})
+        except urllib3.exceptions.HTTPError as e:
+            reason = getattr(e, "reason", None) or e
+            return RangeConnectionError(uri, start, end, f"{type(reason).__name__}: {_scrub(str(reason))}")
+        except Exception as e:  # noqa: BLE001  signing failed (no credentials...): botocore's error, no URL in it
+            return e
+        return self._result(uri, start, end, resp.status, resp.headers.get("Content-Range"), resp.data)
+
+
+class CurlRangeReads(SignedRanges):
     """The same GETs, URLs and answers through libcurl's multi interface (pycurl): every range of a
     call in flight at once from the calling thread, with libcurl doing the HTTP in C. About 0.045 ms
     of CPU a GET against urllib3's 0.42 on the bench machine (bench/get_cpu.py), so a loader worker's
@@ -168,7 +185,7 @@ class CurlRangeReads(RangeReads):
         import certifi  # noqa: PLC0415
         import pycurl  # noqa: PLC0415
 
-        self._signed, self._lock, self._signer = {}, threading.Lock(), None
+        super().__init__()
         self._one_call = threading.Lock()
         self._multi = pycurl.CurlMulti()
         self._idle = []
@@ -186,12 +203,12 @@ class CurlRangeReads(RangeReads):
         out: list = [None] * len(uris)
         todo = list(range(len(uris)))
         with self._one_call:
-            for attempt in range(QUICK_TRIES):  # the retries of RangeReads._get, for all the ranges at once
+            for attempt in range(QUICK_TRIES):  # RangeReads._get's retries, for all the ranges at once
                 if attempt:
                     time.sleep(0.1 * 2 ** attempt)
                 for i, got in zip(todo, self._perform([(uris[i], starts[i], ends[i]) for i in todo])):
                     out[i] = got
-                todo = [i for i in todo if getattr(out[i], "transient", False) or (attempt == 0 and getattr(out[i], "resign", False))]
+                todo = [i for i in todo if _try_again(out[i], attempt)]
                 if not todo:
                     break
         return out
@@ -259,10 +276,10 @@ def _content_range(lines: list[bytes]) -> str | None:
     return None
 
 
-_reads: tuple[tuple[int, str], RangeReads] | None = None
+_reads: tuple[tuple[int, str], SignedRanges] | None = None
 
 
-def range_reads(client: str = "curl") -> RangeReads:
+def range_reads(client: str = "curl") -> SignedRanges:
     """This process's client of that kind, `curl` or `presigned` (urllib3); a process started by
     fork gets its own."""
     global _reads
