@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.local.s3_server import free_port
+from cluster.local.s3_server import free_port, free_ports
 
 
 @dataclass
@@ -67,11 +67,11 @@ def _stop_group(pid: int, timeout: float) -> None:
         pass
 
 
-def _agent_ports() -> list[str]:
-    """Free ports for the node's dashboard agent. Its HTTP port is 52365 by default, so a second Ray
+def _agent_ports(http: int, grpc: int) -> list[str]:
+    """The node's dashboard agent on free ports. Its HTTP port is 52365 by default, so a second Ray
     on this machine (the demo beside the tests' head) had its agent fail to bind, the raylet went
     down with it, and the Jobs API answered "No available agent"."""
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
+    return [f"--dashboard-agent-listen-port={http}", f"--dashboard-agent-grpc-port={grpc}"]
 
 
 def auth_env(token_path: Path) -> dict[str, str]:
@@ -94,10 +94,10 @@ def start_head(num_cpus: int, dashboard: bool, log_path: Path, env: dict[str, st
     `log_path`). A process that imported ray before it set `auth_env` keeps Ray's earlier settings:
     set it first."""
     token = token_path or new_token(log_path.parent / "ray-auth-token")
-    port = free_port()
-    dash = free_port() if dashboard else None
+    port, dash, *agent = free_ports(4)  # picked together: one at a time, two once came out the same
+    dash = dash if dashboard else None
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
-           "--disable-usage-stats", *_agent_ports()]
+           "--disable-usage-stats", *_agent_ports(*agent)]
     cmd += [f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"] if dashboard else ["--include-dashboard=false"]
     full_env = dict(os.environ, **(env or {}), **auth_env(token))
     with open(log_path, "ab") as log:
@@ -173,7 +173,7 @@ def start_worker_node(head_address: str, num_cpus: int, resources: dict[str, flo
 
     name = f"node-{free_port()}"
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", f"--address={head_address}", f"--num-cpus={num_cpus}",
-           f"--resources={json.dumps(resources)}", f"--node-name={name}", "--disable-usage-stats", *_agent_ports()]
+           f"--resources={json.dumps(resources)}", f"--node-name={name}", "--disable-usage-stats", *_agent_ports(*free_ports(2))]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=dict(os.environ, **(env or {})), stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
