@@ -152,8 +152,34 @@ class DataConfig:
     # Every rank appends one JSON line per batch (its position and sample keys) under
     # <run dir>/ledger/: the proof that an epoch saw every sample once (`dfdc ledger check`).
     ledger: bool = False
+    # Input normalisation of the model's weights (per-channel mean and std of [0, 1] pixels), e.g.
+    # OpenAI CLIP's for CLIP encoders; None: the model sees [0, 1] pixels. Saved in the model card.
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    # video: the epoch's order keeps each real crop next to the crops of the fakes made from it (same
+    # original, frame and face), so they share a batch (train/order.py says what "once" means then).
+    pairing: str = "none"
+    # Probability that a real train crop becomes a self-blended pseudo-fake (SBI, train/sbi.py),
+    # drawn per sample from the run's seed, the epoch and the sample.
+    sbi: float = 0.0
+    # false: the epoch holds the dataset's real crops only (with data.sbi: the SBI paper's setting).
+    fakes: bool = True
 
     def check(self) -> None:
+        if self.pairing not in ("none", "video"):
+            raise ConfigError(f"data.pairing must be none or video, got {self.pairing!r}")
+        if not 0.0 <= self.sbi <= 1.0:
+            raise ConfigError(f"data.sbi is a probability (0 to 1), got {self.sbi}")
+        if not self.fakes and not 0.0 < self.sbi < 1.0:
+            raise ConfigError(f"data.fakes=false trains on real crops only: it needs data.sbi between 0 and 1 (exclusive) "
+                              f"to make pseudo-fakes of some of them, got data.sbi={self.sbi}")
+        if (self.pairing != "none" or self.sbi or not self.fakes) and self.order != "permutation":
+            raise ConfigError("data.pairing, data.sbi and data.fakes=false need data.order=permutation "
+                              "(they work on the epoch's order of samples)")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("data.mean and data.std go together: set both (3 numbers each) or neither")
+        if self.mean is not None and (len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0):
+            raise ConfigError(f"data.mean and data.std take 3 numbers each (std above 0), got {self.mean} and {self.std}")
         if self.range_reads not in ("curl", "presigned", "s3fs"):
             raise ConfigError(f"data.range_reads must be curl, presigned or s3fs, got {self.range_reads!r}")
         if self.order not in ("permutation", "resampled"):
@@ -167,6 +193,21 @@ class ModelConfig:
     name: str = "efficientnet_b0"  # any timm model name
     pretrained: str | None = None  # a state dict file: local path or s3://
     drop_rate: float = 0.2
+    # More keyword arguments for timm.create_model, e.g. {img_size: 128} for a ViT at another input size.
+    timm_args: dict = field(default_factory=dict)
+    # What trains (train/trainable.py): all | layernorm (normalisation layers and the head) | head |
+    # svd (a rank-`svd_rank` residual of each linear layer named by `svd_layers`, and the head).
+    trainable: str = "all"
+    svd_rank: int = 1
+    # Linear layers given an SVD residual: module names ending with one of these (timm ViTs'
+    # attention projections, as Effort adapts CLIP's).
+    svd_layers: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
+
+    def check(self) -> None:
+        if self.trainable not in ("all", "layernorm", "head", "svd"):
+            raise ConfigError(f"model.trainable must be all, layernorm, head or svd, got {self.trainable!r}")
+        if self.svd_rank < 1:
+            raise ConfigError(f"model.svd_rank must be at least 1, got {self.svd_rank}")
 
 
 @dataclass

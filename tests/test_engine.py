@@ -107,3 +107,45 @@ def test_bf16_zero3_over_two_ranks_consolidates_and_resumes_on_one(tmp_path, mon
     # In a process of its own too: a ZeRO-3 engine patches torch.nn.functional.linear for the rest of
     # its process (DeepSpeed's zero3_linear_wrap), which later TorchScript exports here cannot trace.
     mp.start_processes(_one_rank_resumes, args=(free_port(), str(tmp_path)), nprocs=1, join=True, start_method="spawn")
+
+
+def _optimizer_numel(engine) -> int:
+    """Elements the optimizer keeps fp32 state for (ZeRO 1-2: flat fp32 partitions; ZeRO-3: its
+    fp32 partitions; 0: the torch optimizer's own groups)."""
+    opt = engine.optimizer
+    for attr in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+        if hasattr(opt, attr):
+            return sum(t.numel() for t in getattr(opt, attr))
+    return sum(p.numel() for g in opt.param_groups for p in g["params"])
+
+
+@pytest.mark.parametrize("mode, stage", [("layernorm", 2), ("svd", 2), ("head", 1), ("layernorm", 3)])
+def test_frozen_parameters_stay_bit_identical_and_have_no_optimizer_state(one_rank, tmp_path, mode, stage):
+    cfg = load_config(None, ["model.name=test_vit", "model.timm_args={img_size: 32, patch_size: 8}", f"model.trainable={mode}",
+                             "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1", "optim.lr=0.01",
+                             f"deepspeed.zero_stage={stage}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    engine, _ = build_engine(model, cfg, world_size=1, total_steps=10)
+    # ZeRO pads each partition to an alignment: at most a few elements per group beyond the trainable ones
+    assert 0 < sum(initial[n].numel() for n in trains) <= _optimizer_numel(engine) < sum(initial[n].numel() for n in trains) + 64
+    for _ in range(3):
+        train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine))
+    probe = probe_logits(engine, 32)
+    engine.save_checkpoint(str(tmp_path), tag=TAG)
+    weights = consolidate(str(tmp_path))
+    assert set(weights) == set(initial)
+    changed = {k for k in initial if not torch.equal(weights[k], initial[k])}
+    assert changed == trains, f"changed but frozen: {changed - trains}; trainable but unchanged: {trains - changed}"
+    if mode == "svd":
+        assert all(k.endswith((".u", ".s", ".vh")) or k.startswith("head.") for k in changed)
+    rebuilt = build_model(cfg.model, decompose=False)
+    rebuilt.load_state_dict(weights, strict=True)
+    assert probe_diff(rebuilt, {"input": probe_input(32), **probe}) < 1e-4
+    # and the engine's own checkpoint round-trips: a new engine loads it and gives the same outputs
+    torch.manual_seed(1)
+    again, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10)
+    again.load_checkpoint(str(tmp_path), tag=TAG)
+    assert torch.equal(probe_logits(again, 32)["logits"], probe["logits"])

@@ -79,6 +79,12 @@ FIXED_ON_RESUME = {
     "deepspeed.offload": "the checkpoint holds that optimizer's state",
     "optim.lr": "the saved scheduler would restore the old base LR and ignore the new one",
     "optim.weight_decay": "the saved optimizer would restore the old value and ignore the new one",
+    "model.trainable": "the checkpoint's optimizer state covers the parameters that trained",
+    "model.svd_rank": "the checkpoint holds SVD residuals of that rank",
+    "model.svd_layers": "the checkpoint holds SVD residuals of those layers",
+    "model.timm_args": "the checkpoint holds the weights of the model those arguments build",
+    "data.pairing": "the saved position is a place in that order",
+    "data.fakes": "the saved position counts the samples of an epoch with (or without) the fakes",
 }
 
 
@@ -310,10 +316,14 @@ def consolidate(checkpoint_dir: str) -> dict:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
 
     with weights_only_loads():
-        if glob.glob(os.path.join(checkpoint_dir, TAG, "*zero_pp_rank_*optim_states.pt")):
-            return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=TAG)
-        states = torch.load(os.path.join(checkpoint_dir, TAG, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=True)
-    return {k: v.float() for k, v in states["module"].items()}
+        module = torch.load(sorted(glob.glob(os.path.join(checkpoint_dir, TAG, "*model_states.pt")))[0], map_location="cpu",
+                            weights_only=True)["module"]
+        if not glob.glob(os.path.join(checkpoint_dir, TAG, "*zero_pp_rank_*optim_states.pt")):
+            return {k: v.float() for k, v in module.items()}
+        weights = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=TAG)
+    # Frozen parameters (model.trainable): zero_to_fp32 rebuilds them from stage 2 and 3 files only.
+    # At stage 1 the module's states hold them whole, as every rank has them.
+    return weights | {k: v.float() for k, v in module.items() if k not in weights}
 
 
 def probe_diff(model: torch.nn.Module, probe: dict) -> float:

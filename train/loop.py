@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from dfdc import storage
 from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
-from train import checkpoint, cost, tracking
+from train import checkpoint, cost, tracking, trainable
 from train.checkpoint import TrainState
 from train.data import epoch_loader, resampled_loader, start_loader_server, unreadable_total, val_loader
 from train.ledger import Ledger, start_attempt
@@ -192,7 +192,9 @@ def train_func(config: dict) -> None:
 
     found = checkpoint.find(cfg, world)  # before the engine: a checkpoint of another world size changes its config
     total_steps = planned_steps(sum(counts), cfg, world, found.state if found else None)
-    engine, ds_config = build_engine(build_model(cfg.model), cfg, world, total_steps, universal=found is not None and found.universal)
+    model = build_model(cfg.model)
+    sizes = trainable.counts(model)  # before the engine: ZeRO-3 partitions the parameters
+    engine, ds_config = build_engine(model, cfg, world, total_steps, universal=found is not None and found.universal)
     torch.manual_seed(cfg.optim.seed * 1_000_003 + rank)  # the same init everywhere; from here on, per rank
     device = engine.device
     weight = torch.tensor(pos_weight, device=device) if pos_weight is not None else None
@@ -207,7 +209,7 @@ def train_func(config: dict) -> None:
     run = tracking.open_run(cfg, run_id=state.mlflow_run_id, name=cfg.ray.run_name, system_metrics=cfg.tracking.system_metrics)
     with run if rank == 0 else contextlib.nullcontext() as active:
         if rank == 0:
-            _log_start(active, state, reload, saved_world, world, cfg, ds_config)
+            _log_start(active, state, reload, saved_world, world, cfg, ds_config, sizes)
         first = True
         for epoch in range(state.epoch, cfg.optim.epochs):
             start = state.position if epoch == state.epoch else 0
@@ -364,11 +366,14 @@ class _Window:
         return out
 
 
-def _log_start(active, state: TrainState, reload: dict | None, saved_world: int, world: int, cfg: Config, ds_config: dict) -> None:
+def _log_start(active, state: TrainState, reload: dict | None, saved_world: int, world: int, cfg: Config, ds_config: dict,
+               sizes: dict[str, int]) -> None:
     import mlflow  # noqa: PLC0415
 
     if state.mlflow_run_id is None:  # a new run
-        mlflow.log_params(tracking.flat(tracking.loggable(cfg)))
+        mlflow.log_params(tracking.flat(tracking.loggable(cfg)) | sizes)
+        print(f"model {cfg.model.name}: {sizes['trainable_params']:,} of {sizes['total_params']:,} parameters train "
+              f"(model.trainable={cfg.model.trainable})", flush=True)
         mlflow.log_dict(tracking.loggable(cfg), "config.json")
         mlflow.log_dict(ds_config, "deepspeed_config.json")
     state.mlflow_run_id = active.info.run_id

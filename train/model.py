@@ -9,16 +9,22 @@ import torch
 
 from dfdc import storage
 from dfdc.config import ModelConfig
+from train import trainable
 
 
-def build_model(cfg: ModelConfig) -> torch.nn.Module:
+def build_model(cfg: ModelConfig, decompose: bool = True) -> torch.nn.Module:
+    """The model with `model.trainable` applied (train/trainable.py). `decompose` False: for weights
+    loaded from a model file or checkpoint next, so the SVD of random weights is skipped."""
     try:
-        model = timm.create_model(cfg.name, pretrained=False, num_classes=1, drop_rate=cfg.drop_rate)
-    except RuntimeError as e:  # timm's "Unknown model"
+        model = timm.create_model(cfg.name, pretrained=False, num_classes=1, drop_rate=cfg.drop_rate, **cfg.timm_args)
+    except (RuntimeError, TypeError) as e:  # timm's "Unknown model"; an argument the model does not take
         raise ValueError(f"model.name {cfg.name!r}: {e}") from e
     if cfg.pretrained:
         load_weights(model, cfg.pretrained)
-    return model
+    try:
+        return trainable.apply(model, cfg.trainable, cfg.svd_rank, cfg.svd_layers, decompose=decompose)
+    except ValueError as e:
+        raise ValueError(f"model.name {cfg.name!r}: {e}") from e
 
 
 def load_weights(model: torch.nn.Module, uri: str) -> None:

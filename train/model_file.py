@@ -135,7 +135,7 @@ def load(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
             weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  torch raises many kinds for a file that is not a state dict
             raise ModelFileError(f"{model_uri} is neither a state dict nor a TorchScript file: {e}") from e
-        model = build_model(card_model_config(card, model_uri))
+        model = build_model(card_model_config(card, model_uri), decompose=False)
         model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), card
 

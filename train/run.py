@@ -137,7 +137,7 @@ def write_final_model(ckpt, cfg: Config) -> dict | None:
         weights = consolidate(d)
         state = TrainState.from_json(Path(d, STATE).read_text())
         probe = torch.load(Path(d, PROBE), map_location="cpu", weights_only=True)
-    model = build_model(dataclasses.replace(cfg.model, pretrained=None))
+    model = build_model(dataclasses.replace(cfg.model, pretrained=None), decompose=False)
     model.load_state_dict(weights, strict=True)
     diff = probe_diff(model, probe)
     if diff > PROBE_TOLERANCE:
