@@ -4,6 +4,7 @@ training run writes it (weights + card): these tests are about the plumbing, not
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -86,11 +87,25 @@ def test_evaluate_writes_metrics_plots_and_mlflow_and_survives_a_bad_shard(shard
     assert len(pngs) == 6 and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in pngs)
     assert all(f"wrote {f}" in proc.stdout.replace("\n", "") for f in pngs)
 
+    # The cross-dataset table: every dataset evaluated, in the order given, then their mean; printed,
+    # in the report, and in cross_dataset.csv.
+    table = report["table"]
+    assert [(r["dataset"], r["uri"]) for r in table] == [("faces", shards), ("eval-corpus-bad", bad), ("mean", "")]
+    assert table[0]["video_auc"] == pytest.approx(good["video"]["auc"]) and table[1]["faces"] == worse["frame"]["count"]
+    mean_log_loss = (good["video"]["log_loss"] + worse["video"]["log_loss"]) / 2
+    assert table[-1]["video_log_loss"] == pytest.approx(mean_log_loss)
+    csv_rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "cross_dataset.csv").read_text())))
+    assert [r["uri"] for r in csv_rows] == [shards, bad, ""] and float(csv_rows[-1]["video_log_loss"]) == pytest.approx(mean_log_loss)
+    assert "cross-dataset" in proc.stdout
+    assert f"wrote {tmp_path / 'out' / 'cross_dataset.csv'}" in proc.stdout.replace("\n", "")
+
     client = mlflow.MlflowClient(cfg.tracking.uri)
     run = client.search_runs([client.get_experiment_by_name("eval").experiment_id])[0]
     assert run.data.tags["model_uri"] == model_uri
     assert run.data.metrics["faces/video_log_loss"] == pytest.approx(good["video"]["log_loss"])
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "faces-roc.png", "faces-reliability.png"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "faces-roc.png", "faces-reliability.png",
+                                                                        "cross_dataset.csv", "cross_dataset.json"}
+    assert run.data.metrics["mean/video_log_loss"] == pytest.approx(mean_log_loss)
 
 
 def test_score_cli_scores_an_unseen_video_and_reports_a_broken_one(model_uri, unseen_video, tmp_path, ray_address):

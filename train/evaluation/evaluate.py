@@ -17,6 +17,7 @@ from dfdc.config import Config
 from data_pipeline import manifest as mf
 from train.data import DECODED
 from train.evaluation import aggregate, metrics
+from train.evaluation import table as cross_dataset
 
 FIELDS = ("video", "label", "logit", "dataset", "method", "t", "face")
 
@@ -137,8 +138,9 @@ def _name(dataset_uri: str) -> str:
 
 
 def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, progress: bool = True, log=print) -> dict:
-    """Evaluate on each dataset's `eval.split`; write metrics.json and plots to `out_dir`, log them
-    to MLflow; the report."""
+    """Evaluate on each dataset's `eval.split`; write metrics.json, the cross-dataset table
+    (cross_dataset.csv) and plots to `out_dir`, log them to MLflow; the report, with the table's rows
+    under "table"."""
     from train import model_file  # noqa: PLC0415
     from train.evaluation import plots  # noqa: PLC0415
 
@@ -166,10 +168,13 @@ def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, pr
             f"{len(failed)} unreadable shards; video log loss {summary['video']['log_loss']:.4f}, "
             f"AUC {summary['video']['auc']:.4f}, AP {summary['video']['ap']:.4f}, EER {summary['video']['eer']:.4f}, "
             f"acc {summary['video']['accuracy']:.4f}, ECE {summary['video']['ece']:.4f}")
+    report["table"] = cross_dataset.rows(report["datasets"], _name)
     path = out_dir / "metrics.json"
     path.write_text(json.dumps(report, indent=1, default=float))
-    _log_mlflow(cfg, report, [path, *map(Path, pngs)], card)
-    report["files"] = [str(path), *pngs]
+    csv_path = out_dir / "cross_dataset.csv"
+    csv_path.write_text(cross_dataset.to_csv(report["table"]))
+    _log_mlflow(cfg, report, [path, csv_path, *map(Path, pngs)], card)
+    report["files"] = [str(path), str(csv_path), *pngs]
     return report
 
 
@@ -187,5 +192,10 @@ def _log_mlflow(cfg: Config, report: dict, files: list[Path], card: dict) -> Non
             flat = {f"{name}/{level}_{k}": v for level in ("frame", "video") for k, v in s[level].items()}
             flat |= {f"{name}/{m}/video_{k}": v for m, ms in s["by_method"].items() for k, v in ms.items()}
             tracking.log_metrics({k.replace(" ", "_"): v for k, v in flat.items() if isinstance(v, (int, float))})
+        mean = report["table"][-1]
+        tracking.log_metrics({f"mean/{col}": mean[col] for col in cross_dataset.METRICS})
+        # Also as an MLflow table: mlflow.load_table("cross_dataset.json", run_ids=...) then gathers the
+        # tables of many evaluation runs into one DataFrame, which CSV artifacts do not give.
+        mlflow.log_table(cross_dataset.columns(report["table"]), artifact_file="cross_dataset.json")
         for f in files:
             mlflow.log_artifact(str(f))
