@@ -280,7 +280,7 @@ def evaluate(
     checkpoint: CheckpointOpt,
     data: Annotated[Optional[list[str]], typer.Option("--data", help="Dataset root with manifest.json; repeat for several (cross-dataset). Default: the one trained on, plus eval.datasets.")] = None,
     split: Annotated[Optional[str], typer.Option(help="val | train | test | all (default: eval.split).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the plots (default: $DFDC_HOME/eval).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, cross_dataset.csv and the plots (default: $DFDC_HOME/eval).")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -288,6 +288,7 @@ def evaluate(
 ):
     """Score every face crop of a split with Ray tasks; video-level log loss (the DFDC metric), AUC, AP, EER,
     accuracy, ECE, by method and dataset; metrics.json and ROC / reliability / histogram PNGs, also in MLflow.
+    Prints the cross-dataset table (a row per dataset and their mean), also written as cross_dataset.csv.
 
     Example: dfdc evaluate --checkpoint s3://dfdc/runs/demo/model_fp32.pt --data s3://dfdc/faces/celebdf --split all
     """
@@ -309,8 +310,32 @@ def evaluate(
         report = run(checkpoint, datasets, cfg, out or _home() / cfg.eval.out, progress=progress, log=console.print)
     except (ModelFileError, ManifestError, ValueError) as e:
         raise fail(str(e)) from e
+    console.print(_cross_dataset_table(report["table"]))
     for f in report["files"]:
         console.print(f"wrote {f}", highlight=False)
+
+
+def _cross_dataset_table(rows: list[dict]):
+    """The report's cross-dataset rows as a rich table; the mean row below a line."""
+    import math  # noqa: PLC0415
+
+    from rich import box  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from train.evaluation.table import COUNTS, LABELS, METRICS  # noqa: PLC0415
+
+    # Nine columns in 80 characters (what a pipe or CI log gets): horizontal rules only, one space
+    # between columns, "video" / "frame" on a header line of its own, numbers never cut, and dataset
+    # names folded rather than cut.
+    table = Table(title="cross-dataset", box=box.HORIZONTALS, show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column(LABELS["dataset"], overflow="fold")
+    for col in (*METRICS, *COUNTS):
+        table.add_column(LABELS[col].replace(" ", "\n", 1), justify="right", no_wrap=True)
+    for i, row in enumerate(rows):
+        # NaN is a metric undefined on that dataset (AUC on a one-class split), not a number to read.
+        cells = ["n/a" if math.isnan(row[c]) else f"{row[c]:.4f}" for c in METRICS] + [str(row[c]) for c in COUNTS]
+        table.add_row(escape(str(row["dataset"])), *cells, end_section=i == len(rows) - 2)
+    return table
 
 
 @app.command()
@@ -536,8 +561,8 @@ def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (
     attempts = ledger.read_attempts(run_dir)
     if not attempts:
         raise fail(f"{run_dir} has no ledger (ledger/attempt-*.json): was it trained with data.ledger=true?")
-    dataset = attempts[max(attempts)]["dataset"]
-    keys = ledger.train_keys(dataset)
+    dataset, fakes = attempts[max(attempts)]["dataset"], attempts[max(attempts)].get("fakes", True)
+    keys = ledger.train_keys(dataset, fakes)
     table = Table(title=f"ledger of {run_dir} ({len(attempts)} attempt(s); {len(keys)} train samples in {dataset})")
     for col in ("epoch", "attempts", "once", "never", "more than once", "unreadable", "left at the end", "verdict"):
         table.add_column(col, justify="left" if col in ("attempts", "verdict") else "right")

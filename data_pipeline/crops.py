@@ -30,3 +30,11 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def points_in_crop(points, box, margin: float) -> list[list[float]]:
+    """Frame points (a face's landmarks) as fractions of the crop `crop_face` makes of `box`: the
+    same at any crop size."""
+    left, top, right, _ = square_box(box, margin)
+    side = right - left
+    return [[round((x - left) / side, 4), round((y - top) / side, 4)] for x, y in points]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from dfdc import storage
 from dfdc.config import IngestConfig
-from data_pipeline.crops import crop_face, encode_jpeg
+from data_pipeline.crops import crop_face, encode_jpeg, points_in_crop
 from data_pipeline.faces import Detector, Face, track
 from data_pipeline.frames import VideoError, sample_frames
 from data_pipeline.records import ZIP_CONTENT_ERRORS, VideoRecord
@@ -103,6 +103,8 @@ def extract(record: VideoRecord, data: bytes, detector: Detector, cfg: IngestCon
                 "face": track_id,
                 "box": [round(v, 1) for v in face.box],
                 "score": round(face.score, 4),
+                # fractions of the crop's side (train/sbi.py masks self-blended images with them)
+                "landmarks": points_in_crop(face.landmarks, face.box, cfg.margin) if face.landmarks else None,
                 "dataset": record.dataset,
                 "method": record.method,
                 "split": record.split,

@@ -23,6 +23,9 @@ from dfdc.config import ConfigError, DetectorConfig
 class Face:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in the frame's pixels
     score: float
+    # MTCNN's five points in the frame's pixels: left eye, right eye, nose, left and right mouth
+    # corners ((x, y) each); None from a detector that gives none. Self-blended images mask with them.
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
 
 class Detector(Protocol):
@@ -47,13 +50,14 @@ class MTCNNDetector:
             size = (round(w * scale), round(h * scale))
             # MTCNN batches only images of one size; a video's frames all share one.
             pil = [Image.fromarray(im).resize(size, Image.BILINEAR) if scale < 1 else Image.fromarray(im) for im in chunk]
-            boxes, probs = self.model.detect(pil)
-            for b, p in zip(boxes, probs):
+            boxes, probs, points = self.model.detect(pil, landmarks=True)
+            for b, p, pts in zip(boxes, probs, points):
                 faces = []
                 if b is not None:
-                    for box, score in zip(b, p):
+                    for box, score, five in zip(b, p, pts):
                         if score is not None and score >= self.cfg.min_score:
-                            faces.append(Face(tuple(float(v) / scale for v in box), float(score)))
+                            marks = tuple((float(x) / scale, float(y) / scale) for x, y in five)
+                            faces.append(Face(tuple(float(v) / scale for v in box), float(score), marks))
                 out.append(faces)
         return out
 

@@ -3,7 +3,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from data_pipeline.crops import crop_face, encode_jpeg, square_box
+from data_pipeline.crops import crop_face, encode_jpeg, points_in_crop, square_box
 from data_pipeline.faces import Face, iou, track
 
 
@@ -20,6 +20,11 @@ def test_crop_keeps_the_face_centred_at_the_border():
     assert crop.shape == (40, 40, 3)
     assert crop[0, 0].tolist() == [0, 0, 0]  # outside the frame: black
     assert crop[-1, -1].tolist() == [200, 200, 200]
+
+
+def test_landmarks_become_fractions_of_the_crop():
+    box, margin = (100, 100, 200, 200), 0.3  # the crop is the square (70, 70)-(230, 230)
+    assert points_in_crop([(150, 150), (70, 230), (100, 100)], box, margin) == [[0.5, 0.5], [0.0, 1.0], [0.1875, 0.1875]]
 
 
 def test_jpeg_roundtrip():

@@ -16,6 +16,7 @@ import webdataset as wds
 from dfdc import storage
 from dfdc.config import load_config
 from data_pipeline import manifest as mf
+from data_pipeline import shard_index
 from data_pipeline.ingest import IngestError, ingest
 from data_pipeline.synth import synth
 from tests.conftest import TINY
@@ -64,6 +65,13 @@ def test_synthetic_corpus_end_to_end(bucket, ray_address, tmp_path):
         assert s["dataset"] == "dfdc" and len(s["box"]) == 4
         for field in ("original", "frame", "face", "group", "method"):
             assert field in s
+        # MTCNN's five points, in the crop: eyes above the mouth, the nose between
+        (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = s["landmarks"]
+        assert all(0.1 < v < 0.9 for p in s["landmarks"] for v in p), s["landmarks"]
+        assert lx < rx and mlx < mrx and max(ly, ry) < ny < min(mly, mry)
+    # The shards' indexes hold each sample's label and group (paired batches, real-only epochs)
+    index = {row[0]: row for sh in m["shards"] for row in shard_index.read(storage.join(f"{bucket}/faces", sh["url"]))}
+    assert all(index[s["key"]][3:] == [s["label"], s["group"]] for s in samples)
     # Every group on one side; counts in the manifest match the shards.
     sides = {}
     for s in samples:

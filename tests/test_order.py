@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from train import ledger
-from train.order import batches_left, epoch_order, locate, rank_slice
+from train.order import batches_left, epoch_order, locate, rank_slice, sample_units
 
 
 def test_an_epoch_is_a_permutation_fixed_by_seed_and_epoch_only():
@@ -18,6 +18,43 @@ def test_an_epoch_is_a_permutation_fixed_by_seed_and_epoch_only():
     assert all(0 <= i[j] < counts[shard[j]] for j in range(len(order)))
     # Consecutive samples come from many shards: a window of 8 draws from at least 3 of the 4.
     assert min(len(set(shard[j:j + 8])) for j in range(0, 56, 8)) >= 2
+
+
+def _paired_corpus():
+    """Samples as ingest lays them out: per group, an original's frames then each fake's, two tracks
+    at some frames; one fake has a frame the original lacks (a lone sample)."""
+    labels, keys = [], []
+    for g in range(6):
+        for video, label in ((f"g{g}/real.mp4", 0), (f"g{g}/fake1.mp4", 1), (f"g{g}/fake2.mp4", 1)):
+            for frame in (0, 10, 20) + ((30,) if video.endswith("fake2.mp4") and g == 0 else ()):
+                for face in (0, 1) if frame == 10 else (0,):
+                    labels.append(label)
+                    keys.append(f"g{g}/f{frame:05d}-{face:02d}")
+    return labels, keys
+
+
+def test_paired_order_keeps_each_real_crop_next_to_its_fakes_and_every_sample_once():
+    labels, keys = _paired_corpus()
+    units = sample_units(labels, keys, fakes=True)
+    order = epoch_order([len(keys)], seed=3, epoch=1, units=units)
+    assert sorted(order.tolist()) == list(range(len(keys)))  # still one permutation of every sample
+    assert np.array_equal(order, epoch_order([len(keys)], 3, 1, units))
+    assert not np.array_equal(order, epoch_order([len(keys)], 3, 2, units))
+    runs = [keys[i] for i in order]
+    # each pair key's samples are consecutive: the number of runs of equal keys is the number of keys
+    assert sum(1 for j in range(len(runs)) if j == 0 or runs[j] != runs[j - 1]) == len(set(keys))
+    for j in range(len(runs)):
+        if j == 0 or runs[j] != runs[j - 1]:
+            members = [labels[i] for i in order[j:j + 3] if keys[i] == runs[j]]
+            assert members == sorted(members)  # real first (sample id order within a unit)
+    assert sum(1 for k in set(keys) if keys.count(k) == 1) == 1  # the lone fake frame is its own unit
+
+
+def test_an_epoch_without_fakes_holds_every_real_sample_once():
+    labels, keys = _paired_corpus()
+    for pairs in (None, keys):
+        order = epoch_order([len(keys)], seed=0, epoch=0, units=sample_units(labels, pairs, fakes=False))
+        assert sorted(order.tolist()) == [i for i, y in enumerate(labels) if y == 0]
 
 
 def _consumed(samples, positions_and_worlds, batch_size, accum=1):

@@ -35,6 +35,7 @@ from dfdc.config import DataConfig
 from train.order import epoch_order, rank_slice
 from train.sample_reader import DataUnavailable, SampleReader, TrainSet
 from train.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
+from train.sbi import self_blend
 from train.transforms import image_transform
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def resampled_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, 
         wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(base)),
         wds.decode("pil", only=DECODED, handler=errors),
         wds.to_tuple("jpg", "json", "__url__", "__key__", handler=errors),
-        wds.map(Decode(image_transform(cfg.image_size, cfg.augment)), handler=errors),
+        wds.map(Decode(image_transform(cfg.image_size, cfg.augment, cfg.mean, cfg.std)), handler=errors),
         wds.map(errors.ok),  # a sample made it through every stage: the run of failures ends
         wds.batched(cfg.batch_size, collation_fn=collate, partial=False),
         wds.map(errors.tag),
@@ -139,7 +140,7 @@ def val_loader(urls: list[str], cfg: DataConfig, rank: int, world: int, pin_memo
         wds.tarfile_to_samples(handler=errors),
         wds.decode("pil", only=DECODED, handler=errors),
         wds.to_tuple("jpg", "json", "__url__", "__key__", handler=errors),
-        wds.map(Decode(image_transform(cfg.image_size, False)), handler=errors),
+        wds.map(Decode(image_transform(cfg.image_size, False, cfg.mean, cfg.std)), handler=errors),
         wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
     )
     return _loader(pipeline, min(cfg.num_workers, max(1, len(mine))), pin_memory)
@@ -163,14 +164,14 @@ class EpochStream(torch.utils.data.IterableDataset):
                  rank: int, world: int, prefetch: int = 4):
         self.train, self.cfg, self.seed, self.epoch = train, cfg, seed, epoch
         self.position, self.batches, self.rank, self.world, self.prefetch = position, batches, rank, world, prefetch
-        self.transform = image_transform(cfg.image_size, cfg.augment)
+        self.transform = image_transform(cfg.image_size, cfg.augment, cfg.mean, cfg.std)
 
     def __iter__(self):
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        order = epoch_order(self.train.counts, self.seed, self.epoch)
+        order = epoch_order(self.train.counts, self.seed, self.epoch, self.train.units)
         reader = SampleReader(self.train, self.cfg.read_retries, self.cfg.merge_gap_bytes, self.cfg.range_reads)
         mine = list(range(worker, self.batches, workers))
         groups = [mine[c:c + self.prefetch] for c in range(0, len(mine), self.prefetch)]
@@ -196,7 +197,8 @@ class EpochStream(torch.utils.data.IterableDataset):
                         sample = next(fetched)
                         if not isinstance(sample, Exception):
                             try:
-                                items.append((*decode_sample(sample.image, sample.meta, self.transform), sample.url, sample.key))
+                                image, meta, _ = self_blended(sample, self.cfg.sbi, self.seed, self.epoch, int(sample_id))
+                                items.append((*decode_sample(image, meta, self.transform), sample.url, sample.key))
                                 in_a_row = 0
                                 continue
                             except (KeyError, ValueError, TypeError, OSError) as e:  # metadata without a label, an image the transform refuses
@@ -216,6 +218,39 @@ class EpochStream(torch.utils.data.IterableDataset):
                                                   read=read if n == 0 else (0, 0))
         finally:  # closed early or failed: do not wait for a fetch nobody will use (it may be sleeping between retries)
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def self_blended(sample, p: float, seed: int, epoch: int, sample_id: int):
+    """(image, meta, mask or None): a real sample becomes a self-blended pseudo-fake (label 1) with
+    probability `p` (data.sbi). The draw and the blend's own randomness come from (seed, epoch,
+    sample id) alone, so they are the same for any number of ranks and loader workers, and differ
+    from epoch to epoch."""
+    if not p or sample.meta.get("label") != 0:
+        return sample.image, sample.meta, None
+    rng = np.random.default_rng([seed, epoch, sample_id])
+    if rng.random() >= p:
+        return sample.image, sample.meta, None
+    image, mask = self_blend(sample.image, sample.meta.get("landmarks"), rng)
+    return image, sample.meta | {"label": 1, "sbi": True}, mask
+
+
+def sbi_gallery_rows(train: TrainSet, cfg: DataConfig, seed: int, n: int = 8) -> list:
+    """(original, mask, blended) of the first `n` pseudo-fakes epoch 0 makes, in its order: what
+    training sees before the other augmentations."""
+    order = epoch_order(train.counts, seed, 0, train.units)
+    reader = SampleReader(train, cfg.read_retries, cfg.merge_gap_bytes, cfg.range_reads)
+    rows = []
+    for start in range(0, len(order), 64):
+        ids = order[start:start + 64]
+        for sample_id, sample in zip(ids, reader.fetch(ids)):
+            if isinstance(sample, Exception):
+                continue
+            image, _, mask = self_blended(sample, cfg.sbi, seed, 0, int(sample_id))
+            if mask is not None:
+                rows.append((sample.image, mask, image))
+            if len(rows) == n:
+                return rows
+    return rows
 
 
 def epoch_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, batches: int, rank: int,

@@ -118,14 +118,16 @@ def kept_batches(run_uri: str, epoch: int) -> tuple[list[dict], list[int]]:
     return kept, attempts
 
 
-def train_keys(dataset: str) -> list[str]:
-    """The keys of the dataset's train samples, from its shards' indexes."""
+def train_keys(dataset: str, fakes: bool = True) -> list[str]:
+    """The keys of the dataset's train samples, from its shards' indexes; real ones only when the
+    run left the fakes out (data.fakes=false)."""
     from data_pipeline import manifest as mf  # noqa: PLC0415
     from data_pipeline import shard_index  # noqa: PLC0415
 
     data = mf.load(dataset)
     counts = [s["samples"] for s in data["shards"] if s["split"] == "train"]
-    return [s[0] for url, n in zip(mf.shard_urls(dataset, data, "train"), counts) for s in shard_index.read(url, n)]
+    return [s[0] for url, n in zip(mf.shard_urls(dataset, data, "train"), counts) for s in shard_index.read(url, n)
+            if fakes or (len(s) > 3 and s[3] == 0)]
 
 
 def check(run_uri: str, train_keys: list[str]) -> list[EpochCheck]:

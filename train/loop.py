@@ -18,7 +18,7 @@ from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
 from train import checkpoint, cost, tracking, trainable
 from train.checkpoint import TrainState
-from train.data import epoch_loader, resampled_loader, start_loader_server, unreadable_total, val_loader
+from train.data import epoch_loader, resampled_loader, sbi_gallery_rows, start_loader_server, unreadable_total, val_loader
 from train.ledger import Ledger, start_attempt
 from train.order import batches_left
 from train.sample_reader import train_set_of
@@ -27,20 +27,23 @@ from train.evaluation import aggregate, metrics
 from train.model import build_model
 
 
-def plan_epochs(manifest: dict, cfg: Config, world: int) -> tuple[int, float | None]:
-    """Batches per rank in a whole epoch (one pass over the train samples in all, in whole optimizer
-    steps: an epoch, and its checkpoint, never ends inside a gradient accumulation), and the
-    fake-class loss weight that balances real and fake (None when not balancing)."""
+def plan_epochs(manifest: dict, cfg: Config, world: int, samples: int | None = None) -> tuple[int, float | None]:
+    """Batches per rank in a whole epoch (one pass over the epoch's `samples`, by default every
+    train sample, in whole optimizer steps: an epoch, and its checkpoint, never ends inside a
+    gradient accumulation), and the fake-class loss weight that balances real and fake (None when
+    not balancing), counting the expected self-blended pseudo-fakes (data.sbi) as fakes."""
     train = manifest["splits"].get("train")
     if not train or not train["samples"]:
         raise ValueError(f"dataset {cfg.data.dataset} has no train samples")
-    batches = batches_left(train["samples"], 0, cfg.data.batch_size, world, cfg.optim.grad_accum)
+    samples = train["samples"] if samples is None else samples
+    batches = batches_left(samples, 0, cfg.data.batch_size, world, cfg.optim.grad_accum)
     if not batches:
-        raise ValueError(f"dataset {cfg.data.dataset} has {train['samples']} train samples, fewer than one optimizer step "
+        raise ValueError(f"dataset {cfg.data.dataset} has {samples} train samples in an epoch, fewer than one optimizer step "
                          f"takes (data.batch_size x ray.num_workers x optim.grad_accum = "
                          f"{cfg.data.batch_size * world * cfg.optim.grad_accum})")
+    real, fake = train["real"] * (1 - cfg.data.sbi), (train["fake"] if cfg.data.fakes else 0) + train["real"] * cfg.data.sbi
     if cfg.data.balance == "loss":
-        pos_weight = train["real"] / max(1, train["fake"])
+        pos_weight = real / max(1.0, fake)
     elif cfg.data.balance == "none":
         pos_weight = None
     else:
@@ -185,13 +188,15 @@ def train_func(config: dict) -> None:
     manifest = mf.load(cfg.data.dataset)
     train_urls = mf.shard_urls(cfg.data.dataset, manifest, "train")
     counts = [s["samples"] for s in manifest["shards"] if s["split"] == "train"]
-    train_set = train_set_of(cfg.data.dataset, manifest) if cfg.data.order == "permutation" else None
+    train_set = (train_set_of(cfg.data.dataset, manifest, cfg.data.pairing, cfg.data.fakes) if cfg.data.order == "permutation"
+                 else None)
+    samples = train_set.samples if train_set else sum(counts)  # in an epoch
     val_shards = {storage.child(cfg.data.dataset, s["url"]): s["samples"] for s in manifest["shards"] if s["split"] == "val"}
-    batches, pos_weight = plan_epochs(manifest, cfg, world)
+    batches, pos_weight = plan_epochs(manifest, cfg, world, samples)
     global_batch = cfg.data.batch_size * world
 
     found = checkpoint.find(cfg, world)  # before the engine: a checkpoint of another world size changes its config
-    total_steps = planned_steps(sum(counts), cfg, world, found.state if found else None)
+    total_steps = planned_steps(samples, cfg, world, found.state if found else None)
     model = build_model(cfg.model)
     sizes = trainable.counts(model)  # before the engine: ZeRO-3 partitions the parameters
     engine, ds_config = build_engine(model, cfg, world, total_steps, universal=found is not None and found.universal)
@@ -210,11 +215,13 @@ def train_func(config: dict) -> None:
     with run if rank == 0 else contextlib.nullcontext() as active:
         if rank == 0:
             _log_start(active, state, reload, saved_world, world, cfg, ds_config, sizes)
+            if cfg.data.sbi and not reload:
+                _log_sbi_gallery(train_set, cfg)
         first = True
         for epoch in range(state.epoch, cfg.optim.epochs):
             start = state.position if epoch == state.epoch else 0
             state.epoch, state.position = epoch, start
-            batches = batches_left(sum(counts), start, cfg.data.batch_size, world, cfg.optim.grad_accum)
+            batches = batches_left(samples, start, cfg.data.batch_size, world, cfg.optim.grad_accum)
             if ledger:  # an attempt that loaded a checkpoint says where it took the epoch up
                 ledger.begin_epoch(epoch, resumed_from=start if first and reload else None)
             first = False
@@ -330,7 +337,7 @@ def _open_ledger(cfg: Config, rank: int, world: int, state: TrainState, reload: 
     if rank == 0:
         info[0] = start_attempt(checkpoint.run_uri(cfg), {
             "world_size": world, "batch_size": cfg.data.batch_size, "grad_accum": cfg.optim.grad_accum,
-            "seed": cfg.optim.seed, "dataset": cfg.data.dataset, "epoch": state.epoch, "position": state.position,
+            "seed": cfg.optim.seed, "dataset": cfg.data.dataset, "fakes": cfg.data.fakes, "epoch": state.epoch, "position": state.position,
             "resumed_from": reload["resumed_from"] if reload else None})
     dist.broadcast_object_list(info, src=0)
     return Ledger(checkpoint.run_uri(cfg), info[0], rank)
@@ -364,6 +371,19 @@ class _Window:
                "data_wait_fraction": self.wait / wall}
         self.restart()
         return out
+
+
+def _log_sbi_gallery(train_set, cfg: Config) -> None:
+    """A grid of the first self-blended pseudo-fakes (original, mask, result), so that a person can
+    see what the detector learns from."""
+    import mlflow  # noqa: PLC0415
+
+    from train.sbi import gallery  # noqa: PLC0415
+
+    rows = sbi_gallery_rows(train_set, cfg.data, cfg.optim.seed)
+    if rows:
+        mlflow.log_image(gallery(rows), artifact_file="sbi_gallery.png")
+    print(f"data.sbi={cfg.data.sbi}: {len(rows)} self-blended samples of epoch 0 logged to MLflow as sbi_gallery.png", flush=True)
 
 
 def _log_start(active, state: TrainState, reload: dict | None, saved_world: int, world: int, cfg: Config, ds_config: dict,

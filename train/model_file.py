@@ -36,6 +36,7 @@ def make_card(cfg: Config, **extra) -> dict:
         "format": CARD_FORMAT, "version": CARD_VERSION,
         "model": dataclasses.asdict(cfg.model) | {"pretrained": None},
         "image_size": cfg.data.image_size,
+        "mean": cfg.data.mean, "std": cfg.data.std,  # input normalisation (None: [0, 1] pixels)
         "trained_precision": cfg.deepspeed.precision,
         "temperature": 1.0,
         "aggregate": cfg.eval.aggregate,

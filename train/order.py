@@ -20,10 +20,36 @@ from __future__ import annotations
 import numpy as np
 
 
-def epoch_order(counts: list[int], seed: int, epoch: int) -> np.ndarray:
-    """Sample ids in the order of `epoch`."""
+def epoch_order(counts: list[int], seed: int, epoch: int, units: np.ndarray | None = None) -> np.ndarray:
+    """Sample ids in the order of `epoch`. `units` (`sample_units`): the unit of each sample id, -1
+    for samples outside the epoch; then the units are permuted and each unit's samples follow one
+    another (by sample id)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch]))
-    return rng.permutation(int(sum(counts)))
+    if units is None:
+        return rng.permutation(int(sum(counts)))
+    ids = np.flatnonzero(units >= 0)
+    n = int(units.max()) + 1 if ids.size else 0
+    place = np.empty(n, dtype=np.int64)
+    place[rng.permutation(n)] = np.arange(n)
+    return ids[np.argsort(place[units[ids]], kind="stable")]
+
+
+def sample_units(labels: list, pair_keys: list | None, fakes: bool) -> np.ndarray:
+    """The unit of each sample (ids in order) for `epoch_order`.
+
+    Paired (`pair_keys`, data.pairing=video): the samples that share a pair key, a real crop and the
+    crops of the fakes made from its video at the same frame and face track, are one unit. "Once"
+    stays what it was: each sample of the epoch once, a pair's members next to each other in the
+    order; only a unit that a batch boundary cuts has its members in consecutive batches.
+    `fakes` False: fake samples are left out of the epoch (-1)."""
+    if pair_keys is None:
+        units = np.arange(len(labels), dtype=np.int64)
+    else:
+        number: dict = {}
+        units = np.fromiter((number.setdefault(k, len(number)) for k in pair_keys), dtype=np.int64, count=len(pair_keys))
+    if not fakes:
+        units = np.where(np.asarray(labels) == 0, units, -1)
+    return units
 
 
 def locate(ids: np.ndarray, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from fsspec.utils import merge_offset_ranges
 
 from data_pipeline import shard_index
 from dfdc import storage
-from train.order import locate
+from train.order import locate, sample_units
 from train.range_reads import range_reads
 from train.samples import decode_jpeg
 
@@ -41,32 +41,46 @@ class TrainSet:
     counts: list[int]
     starts: np.ndarray  # by sample id
     ends: np.ndarray
+    units: np.ndarray | None = None  # by sample id (train/order.py sample_units); None: every sample on its own
 
     @property
     def samples(self) -> int:
-        return int(sum(self.counts))
+        """Samples in an epoch."""
+        return int(sum(self.counts)) if self.units is None else int((self.units >= 0).sum())
 
     @property
     def bytes(self) -> int:
         return int((self.ends - self.starts).sum())
 
 
-def load_train_set(urls: list[str], counts: list[int]) -> TrainSet:
-    """Read every train shard's index (concurrently), checked against the manifest's counts."""
+def load_train_set(urls: list[str], counts: list[int], pairing: str = "none", fakes: bool = True) -> TrainSet:
+    """Read every train shard's index (concurrently), checked against the manifest's counts.
+    `pairing` and `fakes` (data.pairing, data.fakes) shape the epoch from the indexes' labels and groups."""
     with ThreadPoolExecutor(8) as pool:
         indexes = list(pool.map(lambda uc: shard_index.read(*uc), zip(urls, counts)))
     starts = np.array([s[1] for index in indexes for s in index], dtype=np.int64)
     ends = np.array([s[2] for index in indexes for s in index], dtype=np.int64)
-    return TrainSet(list(urls), list(counts), starts, ends)
+    units = None
+    if pairing != "none" or not fakes:
+        for url, index in zip(urls, indexes):
+            lacking = next((s[0] for s in index if len(s) < 5 or s[3] is None or (pairing != "none" and s[4] is None)), None)
+            if lacking is not None:
+                raise ValueError(f"{shard_index.index_uri(url)} has no label or group for sample {lacking}, which "
+                                 f"data.pairing={pairing} / data.fakes={fakes} need: indexes written before they held them lack "
+                                 f"them; delete the dataset's *{shard_index.SUFFIX} files and train again to rebuild them")
+        labels = [s[3] for index in indexes for s in index]
+        pairs = [f"{s[4]}/{s[0].rsplit('/', 1)[-1]}" for index in indexes for s in index] if pairing != "none" else None
+        units = sample_units(labels, pairs, fakes)
+    return TrainSet(list(urls), list(counts), starts, ends, units)
 
 
-def train_set_of(dataset: str, manifest: dict | None = None) -> TrainSet:
+def train_set_of(dataset: str, manifest: dict | None = None, pairing: str = "none", fakes: bool = True) -> TrainSet:
     """The train set of an ingested dataset (its manifest's train shards, in manifest order)."""
     from data_pipeline import manifest as mf  # noqa: PLC0415
 
     manifest = manifest or mf.load(dataset)
     return load_train_set(mf.shard_urls(dataset, manifest, "train"),
-                          [s["samples"] for s in manifest["shards"] if s["split"] == "train"])
+                          [s["samples"] for s in manifest["shards"] if s["split"] == "train"], pairing, fakes)
 
 
 @dataclass

@@ -31,7 +31,12 @@ class SVDResidualLinear(nn.Module):
         out_features, in_features = linear.weight.shape
         rank = min(rank, min(out_features, in_features))
         if decompose:
-            u, s, vh = torch.linalg.svd(linear.weight.detach().float(), full_matrices=False)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # LAPACK's factors vary in the last bits with its thread count: the same in every process
+            try:
+                u, s, vh = torch.linalg.svd(linear.weight.detach().float(), full_matrices=False)
+            finally:
+                torch.set_num_threads(threads)
             keep = s.numel() - rank
             main = (u[:, :keep] * s[:keep]) @ vh[:keep]
             u, s, vh = u[:, keep:], s[keep:], vh[keep:]

@@ -7,11 +7,13 @@ import torch
 from torchvision.transforms import v2
 
 
-def image_transform(size: int, augment: bool) -> v2.Compose:
+def image_transform(size: int, augment: bool, mean: list[float] | None = None, std: list[float] | None = None) -> v2.Compose:
     """Augmentations fit for deepfake detection: they vary what compression, scale, blur, noise and
-    colour do to a face without hiding blending artifacts entirely."""
+    colour do to a face without hiding blending artifacts entirely. `mean` and `std` (data.mean,
+    data.std; the model card's): the input normalisation of pretrained weights, last."""
+    norm = [v2.Normalize(mean, std)] if mean is not None else []
     if not augment:
-        return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
+        return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True), *norm])
     return v2.Compose([
         v2.PILToTensor(),
         v2.RandomApply([v2.JPEG((40, 95))], p=0.3),
@@ -22,4 +24,5 @@ def image_transform(size: int, augment: bool) -> v2.Compose:
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomApply([v2.GaussianNoise(sigma=0.02)], p=0.2),
         v2.RandomErasing(p=0.2, scale=(0.02, 0.1)),  # cutout
+        *norm,
     ])

@@ -34,7 +34,7 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") 
 
     register_s3()
     model, card = load_cached(model_uri, device)
-    tf = image_transform(card["image_size"], augment=False)
+    tf = image_transform(card["image_size"], False, card.get("mean"), card.get("std"))
     rows: dict[str, list] = {k: [] for k in FIELDS}
     images: list = []
 

@@ -43,7 +43,7 @@ def _setup(model_uri: str, device: str, plugins: tuple[str, ...] = ()):
     if (model_uri, device) not in _LOADED:
         model, card = model_file.load_cached(model_uri, device)
         faces = build_detector(dataclasses.replace(model_file.detector_config(card), device=device), plugins=plugins)
-        tf = image_transform(card["image_size"], augment=False)
+        tf = image_transform(card["image_size"], False, card.get("mean"), card.get("std"))
         _LOADED[(model_uri, device)] = (model, card, faces, tf)
     return _LOADED[(model_uri, device)]
 

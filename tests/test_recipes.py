@@ -1,0 +1,106 @@
+"""The detection recipes' parts on real services: paired batches and self-blended pseudo-fakes from
+the loader (S3 server), and frozen encoders trained through Ray Train + DeepSpeed, checked on the
+consolidated model against the initial weights. Tiny ViT, random init."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline import manifest as mf
+from data_pipeline import shard_index
+from dfdc.config import DataConfig
+from tests.test_train import load_fp32, train_cfg
+from train import ledger
+from train.data import epoch_loader, sbi_gallery_rows
+from train.model import build_model
+from train.order import batches_left
+from train.run import run
+from train.sample_reader import train_set_of
+
+
+def index_rows(dataset: str) -> dict[str, list]:
+    m = mf.load(dataset)
+    return {row[0]: row for url in mf.shard_urls(dataset, m, "train") for row in shard_index.read(url)}
+
+
+def pair_key(row: list) -> str:
+    return f"{row[4]}/{row[0].rsplit('/', 1)[-1]}"
+
+
+def one_epoch(train, cfg: DataConfig, world: int, seed: int = 0) -> list:
+    n = batches_left(train.samples, 0, cfg.batch_size, world)
+    return sorted((b for r in range(world) for b in epoch_loader(train, cfg, seed, 0, 0, n, r, world)), key=lambda b: b.position)
+
+
+def test_paired_batches_hold_each_real_crop_with_the_crops_of_its_fakes(shards):
+    rows = index_rows(shards)
+    size = Counter(pair_key(r) for r in rows.values())
+    assert any(n > 1 and {rows[k][3] for k in rows if pair_key(rows[k]) == p} == {0, 1} for p, n in size.items()), \
+        "the corpus has real crops with fakes of the same frame"
+    train = train_set_of(shards, pairing="video")
+    cfg = DataConfig(image_size=32, batch_size=6, num_workers=1, augment=False, pairing="video")
+    batches = one_epoch(train, cfg, world=2)
+    keys = [k for b in batches for k in b.keys]
+    assert len(keys) == len(set(keys)) and len(rows) - len(keys) < 12  # every sample once, but the remainder
+    for b in batches:
+        units = [pair_key(rows[k]) for k in b.keys]
+        inner = [u for u in dict.fromkeys(units)][1:-1]  # only the batch's first and last unit may be cut
+        assert all(units.count(u) == size[u] for u in inner), units
+        for u in inner:  # a whole unit: the real crop and the fakes made from its video, same frame and face
+            assert sorted(int(y) for y, k in zip(b.labels, b.keys) if pair_key(rows[k]) == u) == \
+                sorted(rows[k][3] for k in rows if pair_key(rows[k]) == u)
+
+
+def test_self_blended_pseudo_fakes_are_drawn_per_sample_whatever_the_world_size(shards):
+    rows = index_rows(shards)
+    train = train_set_of(shards, fakes=False)
+    assert train.samples == sum(r[3] == 0 for r in rows.values())
+    cfg = DataConfig(image_size=32, batch_size=4, num_workers=1, augment=False, fakes=False, sbi=0.5)
+    labels = {}
+    for world in (1, 2):
+        got = {k: int(y) for b in one_epoch(train, cfg, world, seed=5) for k, y in zip(b.keys, b.labels)}
+        assert all(rows[k][3] == 0 for k in got), "no fake crop of the dataset in a real-only epoch"
+        labels[world] = got
+    shared = labels[1].keys() & labels[2].keys()
+    assert len(shared) > 20 and all(labels[1][k] == labels[2][k] for k in shared)
+    assert 0.25 < np.mean(list(labels[1].values())) < 0.75  # about half became pseudo-fakes
+    gallery = sbi_gallery_rows(train, cfg, seed=5, n=4)
+    assert len(gallery) == 4
+    for original, mask, blended in gallery:
+        assert original.shape == blended.shape and mask.shape == original.shape[1:]
+        assert float(mask.max()) > 0 and not torch.equal(original, blended)
+
+
+@pytest.mark.parametrize("mode, extra", [
+    ("layernorm", ["data.pairing=video"]),
+    ("svd", ["data.fakes=false", "data.sbi=0.5"]),
+])
+def test_a_frozen_encoder_trains_only_its_chosen_parameters_through_ray_train(shards, tmp_path, ray_address, mode, extra):
+    cfg = train_cfg(shards, tmp_path, "model.name=test_vit", "model.timm_args={img_size: 48, patch_size: 8}",
+                    f"model.trainable={mode}", "optim.epochs=1", "optim.lr=0.01", "data.ledger=true", *extra)
+    out = run(cfg, tmp_path)
+    torch.manual_seed(cfg.optim.seed)  # what every worker built before training
+    initial = build_model(cfg.model)
+    trains = {n for n, p in initial.named_parameters() if p.requires_grad}
+    before = initial.state_dict()
+    after = load_fp32(out["model"])
+    assert set(after) == set(before)
+    changed = {k for k in before if not torch.equal(after[k], before[k])}
+    assert changed == trains, f"frozen but changed: {changed - trains}; trainable but unchanged: {trains - changed}"
+    expected = ("norm", "head.") if mode == "layernorm" else (".u", ".s", ".vh", "head.")
+    assert all(any(e in k for e in expected) for k in changed)
+
+    run_info = mlflow.MlflowClient(cfg.tracking.uri).get_run(out["mlflow_run_id"])
+    assert run_info.data.params["trainable_params"] == str(sum(before[n].numel() for n in trains))
+    assert int(run_info.data.params["total_params"]) > 20 * len(trains)
+    artifacts = {a.path for a in mlflow.MlflowClient(cfg.tracking.uri).list_artifacts(out["mlflow_run_id"])}
+    assert ("sbi_gallery.png" in artifacts) == (mode == "svd")
+    # The ledger: every sample of the epoch once (with pairs; without the fakes)
+    keys = ledger.train_keys(cfg.data.dataset, fakes=cfg.data.fakes)
+    [epoch] = ledger.check(f"s3://test/runs/{cfg.ray.run_name}", keys)
+    assert epoch.ok and epoch.once == epoch.end, epoch
