@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 
 from dfdc.config import Config, ConfigError, load_config
@@ -48,6 +51,30 @@ def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["model.trainable=lora"], "model.trainable must be all, layernorm, head or svd, got 'lora'"),
+    (["model.svd_rank=0"], "model.svd_rank must be at least 1"),
+    (["data.pairing=group"], "data.pairing must be none or video"),
+    (["data.sbi=1.5"], "data.sbi is a probability"),
+    (["data.fakes=false"], "data.fakes=false trains on real crops only: it needs data.sbi between 0 and 1"),
+    (["data.sbi=0.5", "data.order=resampled"], "need data.order=permutation"),
+    (["data.mean=[0.5, 0.5, 0.5]"], "data.mean and data.std go together"),
+    (["data.mean=[0.5, 0.5]", "data.std=[0.2, 0.2]"], "take 3 numbers each"),
+    (["data.fakes=false", "data.sbi=0.5", "data.pairing=video", "model.trainable=svd"], None),
+])
+def test_recipe_settings_that_cannot_work_are_refused_at_load(sets, message):
+    if message is None:
+        load_config(None, sets)
+        return
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, sets)
+
+
+def test_every_recipe_config_loads():
+    for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
+        load_config(path)
 
 
 def test_bad_files(tmp_path):

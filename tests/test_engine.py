@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from cluster.local.s3_server import free_port
 from dfdc.config import load_config
-from train.checkpoint import TAG, consolidate, probe_diff, probe_input, probe_logits, restore_buffers, to_universal
+from train.checkpoint import TAG, consolidate, probe_diff, probe_input, probe_logits, restore_buffers, restore_frozen, to_universal
 from train.engine import build_engine, input_dtype, to_device
 from train.loop import train_step
 from train.model import build_model
@@ -149,3 +149,49 @@ def test_frozen_parameters_stay_bit_identical_and_have_no_optimizer_state(one_ra
     again, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10)
     again.load_checkpoint(str(tmp_path), tag=TAG)
     assert torch.equal(probe_logits(again, 32)["logits"], probe["logits"])
+
+
+def _frozen_two_ranks(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    cfg = load_config(None, FROZEN_VIT)
+    torch.manual_seed(0)
+    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=2, total_steps=10)
+    for _ in range(3):
+        train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine))
+    probe = probe_logits(engine, 32)
+    engine.save_checkpoint(folder, tag=TAG)
+    if rank == 0:
+        torch.save({"input": probe_input(32), **probe}, os.path.join(folder, "probe.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _frozen_one_rank_resumes(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    cfg = load_config(None, FROZEN_VIT)
+    torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
+    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10, universal=True)
+    to_universal(folder, os.path.join(folder, "universal"))
+    engine.load_checkpoint(os.path.join(folder, "universal"), tag=TAG)
+    restore_frozen(engine, folder)
+    probe = torch.load(os.path.join(folder, "probe.pt"), weights_only=True)
+    assert (probe_logits(engine, 32)["logits_fp32"] - probe["logits_fp32"]).abs().max() < 1e-5
+    assert torch.isfinite(train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)))
+    dist.destroy_process_group()
+
+
+FROZEN_VIT = ["model.name=test_vit", "model.timm_args={img_size: 32, patch_size: 8}", "model.trainable=layernorm",
+              "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1", "optim.lr=0.01", "deepspeed.zero_stage=2"]
+
+
+def test_a_frozen_encoders_checkpoint_resumes_on_another_world_size(tmp_path, monkeypatch):
+    """Elastic resume with frozen parameters: a 2-rank ZeRO-2 checkpoint of a LayerNorm-tuned ViT,
+    converted to DeepSpeed's universal format, loads on one rank with the same outputs."""
+    import torch.multiprocessing as mp
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    mp.start_processes(_frozen_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_frozen_one_rank_resumes, args=(free_port(), str(tmp_path)), nprocs=1, join=True, start_method="spawn")

@@ -226,6 +226,12 @@ def test_resume_allows_some_changes_and_refuses_others_naming_the_key():
         check_resume(resampled, load_config(None, ["data.batch_size=8", "data.order=resampled"]), 4, "ckpt")
     with pytest.raises(ResumeError, match=r"data[.]order was 'permutation' and is now 'resampled'"):
         check_resume(saved, load_config(None, ["data.batch_size=8", "data.order=resampled"]), 2, "ckpt")
+    # A checkpoint written before a key existed had that key's default: resuming with it is fine
+    old = saved.config | {"model": {k: v for k, v in saved.config["model"].items() if k != "trainable"}}
+    check_resume(TrainState(epoch=1, step=40, world_size=2, config=old), load_config(None, ["data.batch_size=8"]), 2, "ckpt")
+    with pytest.raises(ResumeError, match=r"model[.]trainable was 'all' and is now 'head'"):
+        check_resume(TrainState(epoch=1, step=40, world_size=2, config=old),
+                     load_config(None, ["data.batch_size=8", "model.trainable=head"]), 2, "ckpt")
 
 
 @pytest.mark.parametrize("value, expected", [(2, (2, 2)), ("1..3", (1, 3)), ("4", (4, 4))])

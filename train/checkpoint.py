@@ -88,6 +88,15 @@ FIXED_ON_RESUME = {
 }
 
 
+def _has(config: dict, key: str) -> bool:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _get(config: dict, key: str):
     node = config
     for part in key.split("."):
@@ -101,9 +110,11 @@ def check_resume(saved: TrainState, cfg: Config, world_size: int | None, where: 
     """Refuse to resume from the checkpoint at `where` when the new config changes a key that fixes
     the meaning of its position or its state; the message names the key. `world_size` None: not
     known yet (an elastic run, checked again by the workers)."""
-    new = cfg.to_dict()
+    new, defaults = cfg.to_dict(), Config().to_dict()
     for key, why in FIXED_ON_RESUME.items():
-        old_value, new_value = _get(saved.config, key), _get(new, key)
+        # A key added after the checkpoint was written had its default then (model.trainable: all).
+        old_value = _get(saved.config, key) if _has(saved.config, key) else _get(defaults, key)
+        new_value = _get(new, key)
         if saved.config and old_value != new_value:
             raise ResumeError(f"cannot resume from {where}: {key} was {old_value!r} and is now {new_value!r} ({why}); "
                               f"set it back, or start a new run (another ray.run_name, or none for a fresh name)")
@@ -293,6 +304,23 @@ def restore_buffers(module: torch.nn.Module, checkpoint_dir: str) -> None:
                 buf.copy_(saved[name])
 
 
+def restore_frozen(engine, checkpoint_dir: str) -> None:
+    """Frozen parameters (model.trainable) from the checkpoint itself. A universal load restores the
+    parameters the optimizer holds, so without this the frozen ones would stay as this process built
+    them (measured: a ViT's outputs moved when it was built from another seed). Collective at ZeRO-3."""
+    import deepspeed  # noqa: PLC0415
+
+    frozen = [(n, p) for n, p in engine.module.named_parameters() if not p.requires_grad]
+    if not frozen:
+        return
+    weights = consolidate(checkpoint_dir)
+    partitioned = engine.zero_optimization_stage() == 3  # every rank holds a slice: gather, set, re-partition
+    gathered = deepspeed.zero.GatheredParameters([p for _, p in frozen], modifier_rank=0) if partitioned else contextlib.nullcontext()
+    with torch.no_grad(), gathered:
+        for name, p in frozen:
+            p.copy_(weights[name])
+
+
 def load(engine, found: Found, cfg: Config) -> tuple[TrainState, dict]:
     """Restore the engine from `found`: its state, and what the reload measured.
     `reload_max_abs_diff` is how far the reloaded engine's probe outputs are from the ones saved
@@ -305,6 +333,7 @@ def load(engine, found: Found, cfg: Config) -> tuple[TrainState, dict]:
         engine.load_checkpoint(converted if found.universal else d, tag=TAG)
         if found.universal:
             restore_buffers(engine.module, d)
+            restore_frozen(engine, d)
         saved = torch.load(os.path.join(d, PROBE), map_location="cpu", weights_only=True)
     diff = float((probe_logits(engine, cfg.data.image_size)["logits"] - saved["logits"]).abs().max())
     return found.state, {"resumed_from": found.checkpoint.path, "reload_max_abs_diff": diff, "converted": found.universal}
