@@ -324,17 +324,18 @@ def _cross_dataset_table(rows: list[dict]):
 
     from train.evaluation.table import COUNTS, LABELS, METRICS  # noqa: PLC0415
 
-    # Nine columns in 80 characters (what a pipe or CI log gets): horizontal rules only, one space
+    # Ten columns in 80 characters (what a pipe or CI log gets): horizontal rules only, one space
     # between columns, "video" / "frame" on a header line of its own, numbers never cut, and dataset
     # names folded rather than cut.
     table = Table(title="cross-dataset", box=box.HORIZONTALS, show_edge=False, pad_edge=False, collapse_padding=True)
     table.add_column(LABELS["dataset"], overflow="fold")
+    table.add_column(LABELS["split"])
     for col in (*METRICS, *COUNTS):
         table.add_column(LABELS[col].replace(" ", "\n", 1), justify="right", no_wrap=True)
     for i, row in enumerate(rows):
         # NaN is a metric undefined on that dataset (AUC on a one-class split), not a number to read.
         cells = ["n/a" if math.isnan(row[c]) else f"{row[c]:.4f}" for c in METRICS] + [str(row[c]) for c in COUNTS]
-        table.add_row(escape(str(row["dataset"])), *cells, end_section=i == len(rows) - 2)
+        table.add_row(escape(str(row["dataset"])), escape(str(row["split"])), *cells, end_section=i == len(rows) - 2)
     return table
 
 
@@ -562,7 +563,10 @@ def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (
     if not attempts:
         raise fail(f"{run_dir} has no ledger (ledger/attempt-*.json): was it trained with data.ledger=true?")
     dataset, fakes = attempts[max(attempts)]["dataset"], attempts[max(attempts)].get("fakes", True)
-    keys = ledger.train_keys(dataset, fakes)
+    try:
+        keys = ledger.train_keys(dataset, fakes)
+    except ValueError as e:
+        raise fail(str(e)) from e
     table = Table(title=f"ledger of {run_dir} ({len(attempts)} attempt(s); {len(keys)} train samples in {dataset})")
     for col in ("epoch", "attempts", "once", "never", "more than once", "unreadable", "left at the end", "verdict"):
         table.add_column(col, justify="left" if col in ("attempts", "verdict") else "right")

@@ -42,10 +42,10 @@ def index_uri(shard_uri: str) -> str:
 
 
 def build(fileobj: IO[bytes]) -> list[list]:
-    """[[key, start, end, label, group], ...] in the tar's order, from a stream of the tar (read once,
-    front to back). Label (0 real, 1 fake) and group (an original and its fakes share one) come from
-    the sample's JSON, None where it has none: paired batches and real-only epochs need them
-    without reading every sample."""
+    """[[key, start, end, label, source], ...] in the tar's order, from a stream of the tar (read once,
+    front to back). Label (0 real, 1 fake) and source (the original video a fake was made from; a
+    real's own video) come from the sample's JSON, None where it has none or it does not parse:
+    paired batches and real-only epochs need them without reading every sample."""
     samples: list[list] = []
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:
         for member in tar:
@@ -58,24 +58,24 @@ def build(fileobj: IO[bytes]) -> list[list]:
             else:
                 samples.append([key, member.offset, end, None, None])
             if ext == "json":
-                samples[-1][3:] = _label_and_group(tar.extractfile(member).read())
+                samples[-1][3:] = _label_and_source(tar.extractfile(member).read())
     return samples
 
 
-def _label_and_group(data: bytes) -> list:
+def _label_and_source(data: bytes) -> list:
     try:
         meta = json.loads(data)
-        return [int(meta["label"]) if meta.get("label") is not None else None, meta.get("group")]
+        return [int(meta["label"]) if meta.get("label") is not None else None, meta.get("original") or meta.get("video")]
     except (ValueError, TypeError, AttributeError):  # a sample whose JSON is broken: the loader names it when read
         return [None, None]
 
 
 def encode(samples: list[list]) -> bytes:
-    """Groups are stored once per index and referred to by number in the samples."""
-    groups = list(dict.fromkeys(s[4] for s in samples if len(s) > 4 and s[4] is not None))
-    number = {g: i for i, g in enumerate(groups)}
+    """Sources are stored once per index and referred to by number in the samples."""
+    sources = list(dict.fromkeys(s[4] for s in samples if len(s) > 4 and s[4] is not None))
+    number = {g: i for i, g in enumerate(sources)}
     rows = [s[:4] + [number.get(s[4])] if len(s) > 4 else s for s in samples]
-    return json.dumps({"format": FORMAT, "version": VERSION, "groups": groups, "samples": rows}, separators=(",", ":")).encode()
+    return json.dumps({"format": FORMAT, "version": VERSION, "sources": sources, "samples": rows}, separators=(",", ":")).encode()
 
 
 def write_for_local_tar(path: str, shard_uri: str) -> int:
@@ -88,17 +88,17 @@ def write_for_local_tar(path: str, shard_uri: str) -> int:
 
 def read(shard_uri: str, expected: int | None = None) -> list[list]:
     """The index of a shard, checked against the manifest's sample count when given: [key, start,
-    end] per sample, and label and group name where the index has them (indexes written before
-    they were added have not)."""
+    end] per sample, then label and source video where the index has them (indexes written before
+    they were added have not: 3 fields)."""
     uri = index_uri(shard_uri)
     data = json.loads(storage.read_bytes(uri))
     if data.get("format") != FORMAT or data.get("version") != VERSION:
         raise ShardIndexError(f"{uri} is not a {FORMAT} v{VERSION} index")
     samples = data["samples"]
-    groups = data.get("groups", [])
+    sources = data.get("sources", [])
     for s in samples:
         if len(s) > 4 and s[4] is not None:
-            s[4] = groups[s[4]]
+            s[4] = sources[s[4]]
     if expected is not None and len(samples) != expected:
         raise ShardIndexError(f"{uri} lists {len(samples)} samples but the manifest says the shard holds {expected}: "
                           f"the shard was rewritten after its index; rebuild the index (delete it and train again)")

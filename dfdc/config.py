@@ -173,6 +173,8 @@ class DataConfig:
         if not self.fakes and not 0.0 < self.sbi < 1.0:
             raise ConfigError(f"data.fakes=false trains on real crops only: it needs data.sbi between 0 and 1 (exclusive) "
                               f"to make pseudo-fakes of some of them, got data.sbi={self.sbi}")
+        if self.pairing != "none" and not self.fakes:
+            raise ConfigError("data.pairing=video pairs real crops with fakes: it does nothing with data.fakes=false")
         if (self.pairing != "none" or self.sbi or not self.fakes) and self.order != "permutation":
             raise ConfigError("data.pairing, data.sbi and data.fakes=false need data.order=permutation "
                               "(they work on the epoch's order of samples)")
@@ -186,6 +188,10 @@ class DataConfig:
             raise ConfigError(f"data.order must be permutation or resampled, got {self.order!r}")
         if self.ledger and self.order != "permutation":
             raise ConfigError("data.ledger needs data.order=permutation (a resampled stream has no positions to prove)")
+
+
+# model.trainable's values (train/trainable.py builds each).
+TRAINABLE = ("all", "layernorm", "head", "svd")
 
 
 @dataclass
@@ -204,10 +210,19 @@ class ModelConfig:
     svd_layers: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
 
     def check(self) -> None:
-        if self.trainable not in ("all", "layernorm", "head", "svd"):
-            raise ConfigError(f"model.trainable must be all, layernorm, head or svd, got {self.trainable!r}")
+        if self.trainable not in TRAINABLE:
+            raise ConfigError(f"model.trainable must be {', '.join(TRAINABLE[:-1])} or {TRAINABLE[-1]}, got {self.trainable!r}")
         if self.svd_rank < 1:
             raise ConfigError(f"model.svd_rank must be at least 1, got {self.svd_rank}")
+        if not isinstance(self.timm_args, dict) or not all(isinstance(k, str) for k in self.timm_args):
+            raise ConfigError(f"model.timm_args must be a mapping of timm.create_model's argument names to values, got {self.timm_args!r}")
+        # Set elsewhere, or a place to read weights from: a model card (from storage) names its
+        # architecture through these, and must not make evaluation read a file of its choosing.
+        refused = sorted(k for k in self.timm_args if k in ("num_classes", "drop_rate", "pretrained")
+                         or any(w in k for w in ("pretrained", "checkpoint", "cache", "path", "file", "url")))
+        if refused:
+            raise ConfigError(f"model.timm_args may not set {', '.join(refused)}: the head, dropout and weights come from "
+                              "model.drop_rate and model.pretrained")
 
 
 @dataclass
@@ -259,6 +274,9 @@ class EvalConfig:
     # Cross-dataset protocol: dataset roots (with manifest.json) to evaluate on as well as the one
     # trained on, e.g. train on DFDC and test on Celeb-DF.
     datasets: list[str] = field(default_factory=list)
+    # Dataset root -> the split to evaluate there instead of eval.split, e.g. Celeb-DF's official
+    # test list (ingest's `test` split) or `all` for a dataset no training saw.
+    splits: dict = field(default_factory=dict)
     fit_temperature: bool = True  # after training, fit temperature scaling on the val split and save it with the model
     # Bounds of the fitted temperature: below 1 sharpens, and a val split the model separates
     # perfectly would otherwise push T towards 0 (near-certain scores on unseen videos).

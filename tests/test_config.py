@@ -62,7 +62,10 @@ def test_bad_overrides_name_the_key(override, message):
     (["data.sbi=0.5", "data.order=resampled"], "need data.order=permutation"),
     (["data.mean=[0.5, 0.5, 0.5]"], "data.mean and data.std go together"),
     (["data.mean=[0.5, 0.5]", "data.std=[0.2, 0.2]"], "take 3 numbers each"),
-    (["data.fakes=false", "data.sbi=0.5", "data.pairing=video", "model.trainable=svd"], None),
+    (["data.fakes=false", "data.sbi=0.5", "data.pairing=video"], "does nothing with data.fakes=false"),
+    (["model.timm_args={checkpoint_path: /etc/x}"], "model.timm_args may not set checkpoint_path"),
+    (["model.timm_args=128"], "model.timm_args must be a mapping"),
+    (["data.fakes=false", "data.sbi=0.5", "model.trainable=svd", "model.timm_args={img_size: 128}"], None),
 ])
 def test_recipe_settings_that_cannot_work_are_refused_at_load(sets, message):
     if message is None:

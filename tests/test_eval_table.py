@@ -47,6 +47,22 @@ def test_every_dataset_is_a_row_in_the_order_given_then_the_unweighted_mean():
     assert (mean["videos"], mean["faces"]) == (160, 1270)  # totals
 
 
+def test_the_mean_leaves_out_the_dataset_trained_on_when_others_are_listed():
+    rows = table.rows(SUMMARIES, trained_on="s3://b/faces/ffpp")
+    assert [r["dataset"] for r in rows][-1] == table.MEAN_CROSS
+    assert rows[-1]["video_auc"] == pytest.approx(0.7) and rows[-1]["video_log_loss"] == pytest.approx(0.75)
+    alone = table.rows({"s3://b/faces/ffpp": SUMMARIES["s3://b/faces/ffpp"]}, trained_on="s3://b/faces/ffpp")
+    assert alone[-1]["dataset"] == table.MEAN and alone[-1]["video_auc"] == pytest.approx(0.9)  # nothing else to average
+
+
+def test_dataset_names_tell_apart_roots_with_the_same_last_part():
+    from train.evaluation.evaluate import dataset_names
+
+    assert dataset_names(["s3://a/faces/celebdf", "s3://b/faces/celebdf", "s3://a/ffpp/"]) == {
+        "s3://a/faces/celebdf": "a-faces-celebdf", "s3://b/faces/celebdf": "b-faces-celebdf", "s3://a/ffpp/": "ffpp"}
+    assert dataset_names(["s3://a/celebdf", "s3://a/ffpp"]) == {"s3://a/celebdf": "celebdf", "s3://a/ffpp": "ffpp"}
+
+
 def test_a_metric_no_dataset_has_is_nan_in_the_mean():
     one_class = {"s3://b/reals": {"video": metrics.all_metrics([0, 0, 0], [0.1, 0.2, 0.3]),
                                   "frame": metrics.all_metrics([0] * 6, [0.1] * 6)}}

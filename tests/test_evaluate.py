@@ -62,7 +62,8 @@ def test_evaluate_writes_metrics_plots_and_mlflow_and_survives_a_bad_shard(shard
     manifest = mf.load(bad)
 
     # Through the CLI, cross-dataset from config: the dataset the model was trained on, plus eval.datasets.
-    sets = eval_sets(tmp_path, "eval.split=all", "eval.aggregate=confident", f"eval.datasets=[{bad}]")
+    # and a split of its own for the second (eval.splits)
+    sets = eval_sets(tmp_path, "eval.split=all", "eval.aggregate=confident", f"eval.datasets=[{bad}]", f"eval.splits={{'{bad}': train}}")
     proc = subprocess.run([sys.executable, "-m", "cli", "evaluate", "--checkpoint", model_uri, "--out", str(tmp_path / "out"),
                            "--no-progress", *[a for s in sets for a in ("--set", s)]],
                           env=os.environ | {"RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=600)
@@ -74,7 +75,8 @@ def test_evaluate_writes_metrics_plots_and_mlflow_and_survives_a_bad_shard(shard
     good, worse = report["datasets"][shards], report["datasets"][bad]
     assert good["unreadable_shards"] == [] and [f["shard"] for f in worse["unreadable_shards"]] == [storage.join(bad, broken["url"])]
     assert good["frame"]["count"] == sum(s["samples"] for s in manifest["shards"])
-    assert worse["frame"]["count"] == good["frame"]["count"] - broken["samples"]
+    assert (good["split"], worse["split"]) == ("all", "train")
+    assert worse["frame"]["count"] == sum(s["samples"] for s in manifest["shards"] if s["split"] == "train") - broken["samples"]
     assert good["video"]["count"] == manifest["videos"]["ingested"] + good["videos_set_aside"]
     assert report["temperature"] == 1.5 and good["aggregate"] == "confident"
     for level in ("frame", "video"):
@@ -87,12 +89,13 @@ def test_evaluate_writes_metrics_plots_and_mlflow_and_survives_a_bad_shard(shard
     assert len(pngs) == 6 and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in pngs)
     assert all(f"wrote {f}" in proc.stdout.replace("\n", "") for f in pngs)
 
-    # The cross-dataset table: every dataset evaluated, in the order given, then their mean; printed,
-    # in the report, and in cross_dataset.csv.
+    # The cross-dataset table: every dataset evaluated, in the order given, then the mean of those the
+    # model was not trained on (here only the second); printed, in the report, and in cross_dataset.csv.
     table = report["table"]
-    assert [(r["dataset"], r["uri"]) for r in table] == [("faces", shards), ("eval-corpus-bad", bad), ("mean", "")]
+    assert [(r["dataset"], r["uri"]) for r in table] == [("faces", shards), ("eval-corpus-bad", bad), ("mean (not trained on)", "")]
     assert table[0]["video_auc"] == pytest.approx(good["video"]["auc"]) and table[1]["faces"] == worse["frame"]["count"]
-    mean_log_loss = (good["video"]["log_loss"] + worse["video"]["log_loss"]) / 2
+    assert [r["split"] for r in table] == ["all", "train", ""]
+    mean_log_loss = worse["video"]["log_loss"]
     assert table[-1]["video_log_loss"] == pytest.approx(mean_log_loss)
     csv_rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "cross_dataset.csv").read_text())))
     assert [r["uri"] for r in csv_rows] == [shards, bad, ""] and float(csv_rows[-1]["video_log_loss"]) == pytest.approx(mean_log_loss)

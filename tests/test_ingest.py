@@ -69,9 +69,9 @@ def test_synthetic_corpus_end_to_end(bucket, ray_address, tmp_path):
         (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = s["landmarks"]
         assert all(0.1 < v < 0.9 for p in s["landmarks"] for v in p), s["landmarks"]
         assert lx < rx and mlx < mrx and max(ly, ry) < ny < min(mly, mry)
-    # The shards' indexes hold each sample's label and group (paired batches, real-only epochs)
+    # The shards' indexes hold each sample's label and source video (paired batches, real-only epochs)
     index = {row[0]: row for sh in m["shards"] for row in shard_index.read(storage.join(f"{bucket}/faces", sh["url"]))}
-    assert all(index[s["key"]][3:] == [s["label"], s["group"]] for s in samples)
+    assert all(index[s["key"]][3:] == [s["label"], s["original"] or s["video"]] for s in samples)
     # Every group on one side; counts in the manifest match the shards.
     sides = {}
     for s in samples:

@@ -50,6 +50,13 @@ def test_paired_order_keeps_each_real_crop_next_to_its_fakes_and_every_sample_on
     assert sum(1 for k in set(keys) if keys.count(k) == 1) == 1  # the lone fake frame is its own unit
 
 
+def test_samples_whose_metadata_does_not_parse_stay_in_the_epoch_on_their_own():
+    labels, keys = [0, 1, None, 1], ["a/f0", "a/f0", None, None]
+    units = sample_units(labels, keys, fakes=False)
+    assert units[1] == -1 and units[3] == -1 and units[2] >= 0 and units[0] != units[2]
+    assert sorted(epoch_order([4], 0, 0, sample_units(labels, keys, fakes=True)).tolist()) == [0, 1, 2, 3]
+
+
 def test_an_epoch_without_fakes_holds_every_real_sample_once():
     labels, keys = _paired_corpus()
     for pairs in (None, keys):

@@ -85,6 +85,8 @@ FIXED_ON_RESUME = {
     "model.timm_args": "the checkpoint holds the weights of the model those arguments build",
     "data.pairing": "the saved position is a place in that order",
     "data.fakes": "the saved position counts the samples of an epoch with (or without) the fakes",
+    "data.mean": "the weights learnt from inputs normalised that way (and the model card would record the new value)",
+    "data.std": "the weights learnt from inputs normalised that way (and the model card would record the new value)",
 }
 
 
@@ -344,9 +346,11 @@ def consolidate(checkpoint_dir: str) -> dict:
     no shards: its model file holds the whole module."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
 
+    states = sorted(glob.glob(os.path.join(checkpoint_dir, TAG, "*model_states.pt")))
+    if not states:
+        raise FileNotFoundError(f"{checkpoint_dir} holds no DeepSpeed checkpoint ({TAG}/*model_states.pt)")
     with weights_only_loads():
-        module = torch.load(sorted(glob.glob(os.path.join(checkpoint_dir, TAG, "*model_states.pt")))[0], map_location="cpu",
-                            weights_only=True)["module"]
+        module = torch.load(states[0], map_location="cpu", weights_only=True)["module"]
         if not glob.glob(os.path.join(checkpoint_dir, TAG, "*zero_pp_rank_*optim_states.pt")):
             return {k: v.float() for k, v in module.items()}
         weights = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=TAG)

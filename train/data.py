@@ -197,7 +197,7 @@ class EpochStream(torch.utils.data.IterableDataset):
                         sample = next(fetched)
                         if not isinstance(sample, Exception):
                             try:
-                                image, meta, _ = self_blended(sample, self.cfg.sbi, self.seed, self.epoch, int(sample_id))
+                                image, meta, _ = self_blended(sample, self.cfg.sbi, self.seed, self.epoch, int(sample_id), self.train.margin)
                                 items.append((*decode_sample(image, meta, self.transform), sample.url, sample.key))
                                 in_a_row = 0
                                 continue
@@ -220,24 +220,25 @@ class EpochStream(torch.utils.data.IterableDataset):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def self_blended(sample, p: float, seed: int, epoch: int, sample_id: int):
+def self_blended(sample, p: float, seed: int, epoch: int, sample_id: int, margin: float):
     """(image, meta, mask or None): a real sample becomes a self-blended pseudo-fake (label 1) with
     probability `p` (data.sbi). The draw and the blend's own randomness come from (seed, epoch,
     sample id) alone, so they are the same for any number of ranks and loader workers, and differ
-    from epoch to epoch."""
+    from epoch to epoch. `margin`: the ingest's crop margin, for crops without landmarks."""
     if not p or sample.meta.get("label") != 0:
         return sample.image, sample.meta, None
     rng = np.random.default_rng([seed, epoch, sample_id])
     if rng.random() >= p:
         return sample.image, sample.meta, None
-    image, mask = self_blend(sample.image, sample.meta.get("landmarks"), rng)
+    image, mask = self_blend(sample.image, sample.meta.get("landmarks"), rng, margin)
     return image, sample.meta | {"label": 1, "sbi": True}, mask
 
 
-def sbi_gallery_rows(train: TrainSet, cfg: DataConfig, seed: int, n: int = 8) -> list:
-    """(original, mask, blended) of the first `n` pseudo-fakes epoch 0 makes, in its order: what
-    training sees before the other augmentations."""
-    order = epoch_order(train.counts, seed, 0, train.units)
+def sbi_gallery_rows(train: TrainSet, cfg: DataConfig, seed: int, n: int = 8, scan: int = 512) -> list:
+    """(original, mask, blended) of the first `n` pseudo-fakes epoch 0 makes among its first `scan`
+    samples, in its order: what training sees before the other augmentations. Samples that cannot
+    be read or blended are passed over here (training counts and names them)."""
+    order = epoch_order(train.counts, seed, 0, train.units)[:scan]
     reader = SampleReader(train, cfg.read_retries, cfg.merge_gap_bytes, cfg.range_reads)
     rows = []
     for start in range(0, len(order), 64):
@@ -245,7 +246,11 @@ def sbi_gallery_rows(train: TrainSet, cfg: DataConfig, seed: int, n: int = 8) ->
         for sample_id, sample in zip(ids, reader.fetch(ids)):
             if isinstance(sample, Exception):
                 continue
-            image, _, mask = self_blended(sample, cfg.sbi, seed, 0, int(sample_id))
+            try:
+                image, _, mask = self_blended(sample, cfg.sbi, seed, 0, int(sample_id), train.margin)
+            except (KeyError, ValueError, TypeError) as e:
+                log.warning("sbi gallery: sample %s not blended: %s", sample.key, e)
+                continue
             if mask is not None:
                 rows.append((sample.image, mask, image))
             if len(rows) == n:

@@ -126,8 +126,14 @@ def train_keys(dataset: str, fakes: bool = True) -> list[str]:
 
     data = mf.load(dataset)
     counts = [s["samples"] for s in data["shards"] if s["split"] == "train"]
-    return [s[0] for url, n in zip(mf.shard_urls(dataset, data, "train"), counts) for s in shard_index.read(url, n)
-            if fakes or (len(s) > 3 and s[3] == 0)]
+    keys = []
+    for url, n in zip(mf.shard_urls(dataset, data, "train"), counts):
+        index = shard_index.read(url, n)
+        if not fakes and index and len(index[0]) < 5:
+            raise ValueError(f"{shard_index.index_uri(url)} holds no labels: the run left the fakes out, so its samples "
+                             f"cannot be told apart; delete the dataset's *{shard_index.SUFFIX} files to rebuild them")
+        keys += [s[0] for s in index if fakes or s[3] != 1]  # as train/order.py: an unknown label stays in
+    return keys
 
 
 def check(run_uri: str, train_keys: list[str]) -> list[EpochCheck]:

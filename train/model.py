@@ -21,10 +21,7 @@ def build_model(cfg: ModelConfig, decompose: bool = True) -> torch.nn.Module:
         raise ValueError(f"model.name {cfg.name!r}: {e}") from e
     if cfg.pretrained:
         load_weights(model, cfg.pretrained)
-    try:
-        return trainable.apply(model, cfg.trainable, cfg.svd_rank, cfg.svd_layers, decompose=decompose)
-    except ValueError as e:
-        raise ValueError(f"model.name {cfg.name!r}: {e}") from e
+    return trainable.apply(model, cfg.trainable, cfg.svd_rank, cfg.svd_layers, decompose=decompose)
 
 
 def load_weights(model: torch.nn.Module, uri: str) -> None:

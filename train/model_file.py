@@ -105,6 +105,10 @@ def card_model_config(card: dict, model_uri: str) -> ModelConfig:
     `pretrained` (a URI) is not read, and a timm name that would fetch a config from elsewhere
     (`hf-hub:...`, `local-dir:...`) is refused."""
     cfg = ModelConfig(**card["model"])
+    try:
+        cfg.check()  # model.timm_args may not name a file to read, nor anything else the card should not choose
+    except ValueError as e:
+        raise ModelFileError(f"the card of {model_uri}: {e}") from e
     if ":" in cfg.name:
         raise ModelFileError(f"the card of {model_uri} names the model {cfg.name!r}: a card names a timm architecture, "
                              "not a place to fetch one from")

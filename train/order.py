@@ -41,14 +41,18 @@ def sample_units(labels: list, pair_keys: list | None, fakes: bool) -> np.ndarra
     crops of the fakes made from its video at the same frame and face track, are one unit. "Once"
     stays what it was: each sample of the epoch once, a pair's members next to each other in the
     order; only a unit that a batch boundary cuts has its members in consecutive batches.
-    `fakes` False: fake samples are left out of the epoch (-1)."""
+    `fakes` False: fake samples are left out of the epoch (-1). A sample whose label or key is None
+    (its metadata does not parse) is a unit of its own in the epoch: the loader names and counts it
+    when its bytes fail to decode."""
+    n = len(labels)
     if pair_keys is None:
-        units = np.arange(len(labels), dtype=np.int64)
+        units = np.arange(n, dtype=np.int64)
     else:
         number: dict = {}
-        units = np.fromiter((number.setdefault(k, len(number)) for k in pair_keys), dtype=np.int64, count=len(pair_keys))
+        units = np.fromiter((number.setdefault(k if k is not None else ("lone", i), len(number)) for i, k in enumerate(pair_keys)),
+                            dtype=np.int64, count=n)
     if not fakes:
-        units = np.where(np.asarray(labels) == 0, units, -1)
+        units = np.where(np.array([y != 1 for y in labels], dtype=bool), units, -1)
     return units
 
 

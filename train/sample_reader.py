@@ -42,6 +42,7 @@ class TrainSet:
     starts: np.ndarray  # by sample id
     ends: np.ndarray
     units: np.ndarray | None = None  # by sample id (train/order.py sample_units); None: every sample on its own
+    margin: float = 0.3  # the ingest's crop margin (ingest.margin): where the face box lies in a crop
 
     @property
     def samples(self) -> int:
@@ -50,12 +51,14 @@ class TrainSet:
 
     @property
     def bytes(self) -> int:
-        return int((self.ends - self.starts).sum())
+        """Bytes of the samples in an epoch."""
+        sizes = self.ends - self.starts
+        return int(sizes.sum() if self.units is None else sizes[self.units >= 0].sum())
 
 
 def load_train_set(urls: list[str], counts: list[int], pairing: str = "none", fakes: bool = True) -> TrainSet:
     """Read every train shard's index (concurrently), checked against the manifest's counts.
-    `pairing` and `fakes` (data.pairing, data.fakes) shape the epoch from the indexes' labels and groups."""
+    `pairing` and `fakes` (data.pairing, data.fakes) shape the epoch from the indexes' labels and source videos."""
     with ThreadPoolExecutor(8) as pool:
         indexes = list(pool.map(lambda uc: shard_index.read(*uc), zip(urls, counts)))
     starts = np.array([s[1] for index in indexes for s in index], dtype=np.int64)
@@ -63,13 +66,12 @@ def load_train_set(urls: list[str], counts: list[int], pairing: str = "none", fa
     units = None
     if pairing != "none" or not fakes:
         for url, index in zip(urls, indexes):
-            lacking = next((s[0] for s in index if len(s) < 5 or s[3] is None or (pairing != "none" and s[4] is None)), None)
-            if lacking is not None:
-                raise ValueError(f"{shard_index.index_uri(url)} has no label or group for sample {lacking}, which "
-                                 f"data.pairing={pairing} / data.fakes={fakes} need: indexes written before they held them lack "
-                                 f"them; delete the dataset's *{shard_index.SUFFIX} files and train again to rebuild them")
+            if index and len(index[0]) < 5:
+                raise ValueError(f"{shard_index.index_uri(url)} holds no labels or source videos, which data.pairing={pairing} "
+                                 f"and data.fakes={str(fakes).lower()} need: it was written before indexes held them; delete the "
+                                 f"dataset's *{shard_index.SUFFIX} files and train again to rebuild them")
         labels = [s[3] for index in indexes for s in index]
-        pairs = [f"{s[4]}/{s[0].rsplit('/', 1)[-1]}" for index in indexes for s in index] if pairing != "none" else None
+        pairs = [f"{s[4]}/{s[0].rsplit('/', 1)[-1]}" if s[4] else None for index in indexes for s in index] if pairing != "none" else None
         units = sample_units(labels, pairs, fakes)
     return TrainSet(list(urls), list(counts), starts, ends, units)
 
@@ -79,8 +81,10 @@ def train_set_of(dataset: str, manifest: dict | None = None, pairing: str = "non
     from data_pipeline import manifest as mf  # noqa: PLC0415
 
     manifest = manifest or mf.load(dataset)
-    return load_train_set(mf.shard_urls(dataset, manifest, "train"),
-                          [s["samples"] for s in manifest["shards"] if s["split"] == "train"], pairing, fakes)
+    train = load_train_set(mf.shard_urls(dataset, manifest, "train"),
+                           [s["samples"] for s in manifest["shards"] if s["split"] == "train"], pairing, fakes)
+    train.margin = float(manifest.get("config", {}).get("ingest", {}).get("margin", train.margin))
+    return train
 
 
 @dataclass

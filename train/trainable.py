@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("all", "layernorm", "head", "svd")
+from dfdc.config import TRAINABLE
 
 
 class SVDResidualLinear(nn.Module):
@@ -51,11 +51,13 @@ class SVDResidualLinear(nn.Module):
         if linear.bias is not None:
             self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
+    @property
     def weight(self) -> torch.Tensor:
+        """The effective weight, for code that reads a linear layer's `weight` (shape, dtype)."""
         return self.weight_main + (self.u * self.s) @ self.vh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight(), self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -67,13 +69,13 @@ def is_norm(module: nn.Module) -> bool:
 def apply(model: nn.Module, mode: str, svd_rank: int = 1, svd_layers: list[str] | tuple = (), decompose: bool = True) -> nn.Module:
     """Freeze all but what `mode` trains (in place; returns the model). `decompose` False builds the
     SVD layers' shapes without decomposing (the weights come from a file next)."""
-    if mode not in MODES:
-        raise ValueError(f"model.trainable must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in TRAINABLE:
+        raise ValueError(f"model.trainable must be one of {', '.join(TRAINABLE)}, got {mode!r}")
     if mode == "all":
         return model
     if mode == "svd":
         targets = [(name, m) for name, m in model.named_modules()
-                   if isinstance(m, nn.Linear) and any(name.endswith(s) for s in svd_layers)]
+                   if isinstance(m, nn.Linear) and any(name == s or name.endswith("." + s) for s in svd_layers)]
         if not targets:
             raise ValueError(f"model.trainable=svd: no linear layer of {type(model).__name__} is named like "
                              f"model.svd_layers={list(svd_layers)}")

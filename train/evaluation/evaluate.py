@@ -133,8 +133,18 @@ def summarize(rows: dict[str, list], missing: list[dict], rule: str, temperature
     return out
 
 
-def _name(dataset_uri: str) -> str:
-    return dataset_uri.rstrip("/").rsplit("/", 1)[-1] or "dataset"
+def dataset_names(uris: list[str]) -> dict[str, str]:
+    """A short name per dataset root for files, metric keys and the table: its last part, or as many
+    of its last parts as tell it apart from the others (s3://a/celebdf and s3://b/celebdf)."""
+    parts = {u: [p for p in u.rstrip("/").split("://")[-1].split("/") if p] or ["dataset"] for u in uris}
+    depth = dict.fromkeys(uris, 1)
+    while True:
+        names = {u: "-".join(parts[u][-depth[u]:]) for u in uris}
+        clash = [u for u in uris if list(names.values()).count(names[u]) > 1 and depth[u] < len(parts[u])]
+        if not clash:
+            return names if len(set(names.values())) == len(names) else {u: f"{names[u]}-{i}" for i, u in enumerate(uris)}
+        for u in clash:
+            depth[u] += 1
 
 
 def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, progress: bool = True, log=print) -> dict:
@@ -149,26 +159,28 @@ def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, pr
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"model": model_uri, "split": cfg.eval.split, "aggregate": cfg.eval.aggregate, "temperature": temperature, "datasets": {}}
     pngs = []
+    names = dataset_names(datasets)
     for uri in datasets:
-        urls, missing, _ = split_of(uri, cfg.eval.split)
+        split = cfg.eval.splits.get(uri, cfg.eval.split)
+        urls, missing, _ = split_of(uri, split)
         t0 = time.monotonic()
-        rows, failed = predict(model_uri, urls, cfg, progress, label=f"evaluate {_name(uri)}")
+        rows, failed = predict(model_uri, urls, cfg, progress, label=f"evaluate {names[uri]}")
         summary = summarize(rows, missing, cfg.eval.aggregate, temperature, cfg.eval.clip)
-        summary |= {"shards": len(urls), "unreadable_shards": failed, "seconds": round(time.monotonic() - t0, 1)}
+        summary |= {"split": split, "shards": len(urls), "unreadable_shards": failed, "seconds": round(time.monotonic() - t0, 1)}
         report["datasets"][uri] = summary
         table = videos(rows, missing, cfg.eval.aggregate, temperature)
         y = np.array([t["label"] for t in table.values()])
         p = np.array([t["score"] for t in table.values()])
         p_raw = np.array([t["score"] for t in videos(rows, missing, cfg.eval.aggregate, 1.0).values()])
-        stem = out_dir / _name(uri)
-        pngs += [plots.roc(f"{stem}-roc.png", y, p, f"{_name(uri)} {cfg.eval.split} (videos)"),
+        stem = out_dir / names[uri]
+        pngs += [plots.roc(f"{stem}-roc.png", y, p, f"{names[uri]} {split} (videos)"),
                  plots.reliability(f"{stem}-reliability.png", y, p_raw, p, temperature, cfg.eval.bins),
                  plots.histograms(f"{stem}-scores.png", y, p)]
-        log(f"{_name(uri)}: {len(table)} videos ({summary['videos_set_aside']} without faces, scored 0.5), "
+        log(f"{names[uri]} ({split}): {len(table)} videos ({summary['videos_set_aside']} without faces, scored 0.5), "
             f"{len(failed)} unreadable shards; video log loss {summary['video']['log_loss']:.4f}, "
             f"AUC {summary['video']['auc']:.4f}, AP {summary['video']['ap']:.4f}, EER {summary['video']['eer']:.4f}, "
             f"acc {summary['video']['accuracy']:.4f}, ECE {summary['video']['ece']:.4f}")
-    report["table"] = cross_dataset.rows(report["datasets"], _name)
+    report["table"] = cross_dataset.rows(report["datasets"], names.get, trained_on=card.get("trained_on"))
     path = out_dir / "metrics.json"
     path.write_text(json.dumps(report, indent=1, default=float))
     csv_path = out_dir / "cross_dataset.csv"
@@ -187,8 +199,9 @@ def _log_mlflow(cfg: Config, report: dict, files: list[Path], card: dict) -> Non
     with tracking.open_run(cfg, name=f"evaluate-{cfg.eval.split}", kind="evaluation", tags=tags):
         mlflow.log_params({"split": cfg.eval.split, "aggregate": cfg.eval.aggregate, "temperature": report["temperature"],
                            "datasets": ",".join(report["datasets"])})
+        names = dataset_names(list(report["datasets"]))
         for uri, s in report["datasets"].items():
-            name = _name(uri)
+            name = names[uri]
             flat = {f"{name}/{level}_{k}": v for level in ("frame", "video") for k, v in s[level].items()}
             flat |= {f"{name}/{m}/video_{k}": v for m, ms in s["by_method"].items() for k, v in ms.items()}
             tracking.log_metrics({k.replace(" ", "_"): v for k, v in flat.items() if isinstance(v, (int, float))})

@@ -19,28 +19,37 @@ METRICS = {
     "frame_ap": ("frame", "ap"),
 }
 COUNTS = {"videos": ("video", "count"), "faces": ("frame", "count")}
-COLUMNS = ("dataset", *METRICS, *COUNTS, "uri")
-LABELS = {"dataset": "dataset", "video_auc": "video AUC", "video_ap": "video AP", "video_eer": "video EER",
+COLUMNS = ("dataset", "split", *METRICS, *COUNTS, "uri")
+LABELS = {"dataset": "dataset", "split": "split", "video_auc": "video AUC", "video_ap": "video AP", "video_eer": "video EER",
           "video_log_loss": "video log loss", "frame_auc": "frame AUC", "frame_ap": "frame AP",
           "videos": "videos", "faces": "faces", "uri": "URI"}
 MEAN = "mean"
 
 
-def rows(summaries: dict[str, dict], name: Callable[[str], str] = lambda uri: uri) -> list[dict]:
+MEAN_CROSS = "mean (not trained on)"
+
+
+def rows(summaries: dict[str, dict], name: Callable[[str], str] = lambda uri: uri, trained_on: str | None = None) -> list[dict]:
     """One row per dataset in `summaries` ({uri: summary}, in the order the datasets were given),
     named by `name(uri)`, then the mean row. A metric undefined on a dataset (AUC on a one-class
-    split) stays NaN in its row: the dataset is listed all the same."""
+    split) stays NaN in its row: the dataset is listed all the same. The mean leaves out the dataset
+    the model was trained on (`trained_on`) when others are listed, as cross-dataset papers average
+    the datasets a detector never saw; its row is then named MEAN_CROSS."""
     if not summaries:
         raise ValueError("no datasets to tabulate: evaluate at least one")
     out = [_row(uri, s, name(uri)) for uri, s in summaries.items()]
-    return [*out, _mean(out)]
+    others = [r for r in out if r["uri"] != trained_on]
+    mean = _mean(others) if others and len(others) < len(out) else _mean(out)
+    if len(others) < len(out) and others:
+        mean["dataset"] = MEAN_CROSS
+    return [*out, mean]
 
 
 def _row(uri: str, summary: dict, dataset: str) -> dict:
     missing = sorted({level for level, _ in (*METRICS.values(), *COUNTS.values()) if level not in summary})
     if missing:
         raise ValueError(f"the summary of {uri} has no {' or '.join(missing)} metrics")
-    row: dict = {"dataset": dataset}
+    row: dict = {"dataset": dataset, "split": summary.get("split", "")}
     row |= {col: float(summary[level].get(key, math.nan)) for col, (level, key) in METRICS.items()}
     row |= {col: int(summary[level].get(key, 0)) for col, (level, key) in COUNTS.items()}
     return row | {"uri": uri}
@@ -51,7 +60,7 @@ def _mean(table: list[dict]) -> dict:
     much as a large one, since the question is how well the detector transfers to each. A dataset
     where a metric is undefined (NaN) is left out of that metric's mean, so one one-class split does
     not blank the column; NaN only when no dataset has it. Counts are totals."""
-    mean: dict = {"dataset": MEAN}
+    mean: dict = {"dataset": MEAN, "split": ""}
     for col in METRICS:
         values = [r[col] for r in table if not math.isnan(r[col])]
         mean[col] = sum(values) / len(values) if values else math.nan
