@@ -75,9 +75,17 @@ def test_recipe_settings_that_cannot_work_are_refused_at_load(sets, message):
         load_config(None, sets)
 
 
-def test_every_recipe_config_loads():
+def test_every_recipe_config_loads_and_makes_valid_mlflow_params():
+    from mlflow.utils.validation import _validate_param_name
+
+    from train.tracking import flat, loggable
+
     for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
-        load_config(path)
+        cfg = load_config(path)
+        params = flat(loggable(cfg))
+        for key in params:
+            _validate_param_name(key)  # raises on an s3:// URI as a key (eval.splits)
+    assert params["model.timm_args"] == "{}" and "data.batch_size" in params
 
 
 def test_bad_files(tmp_path):

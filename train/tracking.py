@@ -54,13 +54,15 @@ def login(cfg: Config) -> None:
     os.environ["MLFLOW_TRACKING_PASSWORD"] = password
 
 
-def flat(d: dict, prefix: str = "") -> dict[str, str]:
+def flat(d: dict, prefix: str = "", depth: int = 2) -> dict[str, str]:
+    """The config as MLflow params, `section.key` -> value. A mapping below that (model.timm_args,
+    eval.splits) is one param holding its JSON: its keys, s3:// URIs say, are no valid param names."""
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
+        if isinstance(v, dict) and depth > 1:
+            out.update(flat(v, f"{prefix}{k}.", depth - 1))
         else:
-            out[f"{prefix}{k}"] = str(v)
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v)
     return out
 
 

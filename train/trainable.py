@@ -83,7 +83,7 @@ def apply(model: nn.Module, mode: str, svd_rank: int = 1, svd_layers: list[str] 
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, SVDResidualLinear(linear, svd_rank, decompose))
     head = set(map(id, model.get_classifier().parameters()))
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         p.requires_grad = id(p) in head
     if mode == "layernorm":
         for m in model.modules():

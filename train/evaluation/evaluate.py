@@ -148,7 +148,7 @@ def dataset_names(uris: list[str]) -> dict[str, str]:
 
 
 def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, progress: bool = True, log=print) -> dict:
-    """Evaluate on each dataset's `eval.split`; write metrics.json, the cross-dataset table
+    """Evaluate on each dataset's split (`eval.splits`, else `eval.split`); write metrics.json, the cross-dataset table
     (cross_dataset.csv) and plots to `out_dir`, log them to MLflow; the report, with the table's rows
     under "table"."""
     from train import model_file  # noqa: PLC0415

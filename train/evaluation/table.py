@@ -24,8 +24,6 @@ LABELS = {"dataset": "dataset", "split": "split", "video_auc": "video AUC", "vid
           "video_log_loss": "video log loss", "frame_auc": "frame AUC", "frame_ap": "frame AP",
           "videos": "videos", "faces": "faces", "uri": "URI"}
 MEAN = "mean"
-
-
 MEAN_CROSS = "mean (not trained on)"
 
 
@@ -39,10 +37,9 @@ def rows(summaries: dict[str, dict], name: Callable[[str], str] = lambda uri: ur
         raise ValueError("no datasets to tabulate: evaluate at least one")
     out = [_row(uri, s, name(uri)) for uri, s in summaries.items()]
     others = [r for r in out if r["uri"] != trained_on]
-    mean = _mean(others) if others and len(others) < len(out) else _mean(out)
-    if len(others) < len(out) and others:
-        mean["dataset"] = MEAN_CROSS
-    return [*out, mean]
+    if others and len(others) < len(out):
+        return [*out, _mean(others) | {"dataset": MEAN_CROSS}]
+    return [*out, _mean(out)]
 
 
 def _row(uri: str, summary: dict, dataset: str) -> dict:
