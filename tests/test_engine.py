@@ -119,7 +119,9 @@ def _optimizer_numel(engine) -> int:
     return sum(p.numel() for g in opt.param_groups for p in g["params"])
 
 
-@pytest.mark.parametrize("mode, stage", [("layernorm", 2), ("svd", 2), ("head", 1), ("layernorm", 3)])
+# ZeRO-3 runs in processes of its own below: its engine patches torch.nn.functional.linear for the
+# rest of its process, which later TorchScript exports in this one cannot trace.
+@pytest.mark.parametrize("mode, stage", [("layernorm", 2), ("svd", 2), ("head", 1), ("svd", 1)])
 def test_frozen_parameters_stay_bit_identical_and_have_no_optimizer_state(one_rank, tmp_path, mode, stage):
     cfg = load_config(None, ["model.name=test_vit", "model.timm_args={img_size: 32, patch_size: 8}", f"model.trainable={mode}",
                              "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1", "optim.lr=0.01",
@@ -151,11 +153,11 @@ def test_frozen_parameters_stay_bit_identical_and_have_no_optimizer_state(one_ra
     assert torch.equal(probe_logits(again, 32)["logits"], probe["logits"])
 
 
-def _frozen_two_ranks(rank: int, port: int, folder: str) -> None:
+def _frozen_two_ranks(rank: int, port: int, folder: str, stage: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    cfg = load_config(None, FROZEN_VIT)
+    cfg = load_config(None, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])
     torch.manual_seed(0)
     engine, _ = build_engine(build_model(cfg.model), cfg, world_size=2, total_steps=10)
     for _ in range(3):
@@ -168,10 +170,10 @@ def _frozen_two_ranks(rank: int, port: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
-def _frozen_one_rank_resumes(rank: int, port: int, folder: str) -> None:
+def _frozen_one_rank_resumes(rank: int, port: int, folder: str, stage: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1)
-    cfg = load_config(None, FROZEN_VIT)
+    cfg = load_config(None, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])
     torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
     engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10, universal=True)
     to_universal(folder, os.path.join(folder, "universal"))
@@ -184,14 +186,22 @@ def _frozen_one_rank_resumes(rank: int, port: int, folder: str) -> None:
 
 
 FROZEN_VIT = ["model.name=test_vit", "model.timm_args={img_size: 32, patch_size: 8}", "model.trainable=layernorm",
-              "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1", "optim.lr=0.01", "deepspeed.zero_stage=2"]
+              "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1", "optim.lr=0.01"]
 
 
-def test_a_frozen_encoders_checkpoint_resumes_on_another_world_size(tmp_path, monkeypatch):
-    """Elastic resume with frozen parameters: a 2-rank ZeRO-2 checkpoint of a LayerNorm-tuned ViT,
-    converted to DeepSpeed's universal format, loads on one rank with the same outputs."""
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_frozen_encoders_checkpoint_resumes_on_another_world_size(tmp_path, monkeypatch, stage):
+    """Elastic resume with frozen parameters: a 2-rank checkpoint of a LayerNorm-tuned ViT, converted
+    to DeepSpeed's universal format, loads on one rank with the same outputs; its consolidated
+    weights keep the frozen ones as they were built."""
     import torch.multiprocessing as mp
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    mp.start_processes(_frozen_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
-    mp.start_processes(_frozen_one_rank_resumes, args=(free_port(), str(tmp_path)), nprocs=1, join=True, start_method="spawn")
+    mp.start_processes(_frozen_two_ranks, args=(free_port(), str(tmp_path), stage), nprocs=2, join=True, start_method="spawn")
+    cfg = load_config(None, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])
+    torch.manual_seed(0)
+    initial = build_model(cfg.model)
+    weights = consolidate(str(tmp_path))
+    frozen = [n for n, p in initial.named_parameters() if not p.requires_grad]
+    assert frozen and all(torch.equal(weights[n], initial.state_dict()[n]) for n in frozen)
+    mp.start_processes(_frozen_one_rank_resumes, args=(free_port(), str(tmp_path), stage), nprocs=1, join=True, start_method="spawn")
