@@ -52,12 +52,16 @@ def test_each_precision_trains_and_consolidates(one_rank, tmp_path, precision, s
     assert probe_diff(model, {"input": probe_input(32), **probe}) < 1e-4
 
 
-def _two_ranks(rank: int, port: int, folder: str) -> None:
+ZERO3_BF16 = ["model.name=efficientnet_b0", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
+              "deepspeed.precision=bf16", "deepspeed.zero_stage=3"]
+
+
+def _two_ranks(rank: int, port: int, folder: str, sets: list[str]) -> None:
+    """Three steps on two ranks of the config `sets`, then a checkpoint (and its probe) in `folder`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    cfg = load_config(None, ["model.name=efficientnet_b0", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
-                             "deepspeed.precision=bf16", "deepspeed.zero_stage=3"])
+    cfg = load_config(None, sets)
     torch.manual_seed(0)
     engine, _ = build_engine(build_model(cfg.model), cfg, world_size=2, total_steps=10)
     for _ in range(3):
@@ -74,8 +78,7 @@ def _one_rank_resumes(rank: int, port: int, folder: str) -> None:
     """Load the 2-rank ZeRO-3 checkpoint in `folder` on one rank through DeepSpeed's universal format."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1)
-    cfg = load_config(None, ["model.name=efficientnet_b0", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
-                             "deepspeed.precision=bf16", "deepspeed.zero_stage=3"])
+    cfg = load_config(None, ZERO3_BF16)
     engine, ds = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10, universal=True)
     assert ds["checkpoint"] == {"load_universal": True}
     to_universal(folder, os.path.join(folder, "universal"))
@@ -98,7 +101,7 @@ def test_bf16_zero3_over_two_ranks_consolidates_and_resumes_on_one(tmp_path, mon
 
     # Both ranks on the CPU (gloo), also on a GPU machine: NCCL refuses two ranks on one GPU.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    mp.start_processes(_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_two_ranks, args=(free_port(), str(tmp_path), ZERO3_BF16), nprocs=2, join=True, start_method="spawn")
     model = build_model(load_config(None, ["model.name=efficientnet_b0"]).model)
     model.load_state_dict(consolidate(str(tmp_path)), strict=True)
     probe = torch.load(tmp_path / "probe.pt", weights_only=True)
@@ -153,23 +156,6 @@ def test_frozen_parameters_stay_bit_identical_and_have_no_optimizer_state(one_ra
     assert torch.equal(probe_logits(again, 32)["logits"], probe["logits"])
 
 
-def _frozen_two_ranks(rank: int, port: int, folder: str, stage: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    cfg = load_config(None, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])
-    torch.manual_seed(0)
-    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=2, total_steps=10)
-    for _ in range(3):
-        train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine))
-    probe = probe_logits(engine, 32)
-    engine.save_checkpoint(folder, tag=TAG)
-    if rank == 0:
-        torch.save({"input": probe_input(32), **probe}, os.path.join(folder, "probe.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 def _frozen_one_rank_resumes(rank: int, port: int, folder: str, stage: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1)
@@ -197,8 +183,9 @@ def test_a_frozen_encoders_checkpoint_resumes_on_another_world_size(tmp_path, mo
     import torch.multiprocessing as mp
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    mp.start_processes(_frozen_two_ranks, args=(free_port(), str(tmp_path), stage), nprocs=2, join=True, start_method="spawn")
-    cfg = load_config(None, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])
+    sets = FROZEN_VIT + [f"deepspeed.zero_stage={stage}"]
+    mp.start_processes(_two_ranks, args=(free_port(), str(tmp_path), sets), nprocs=2, join=True, start_method="spawn")
+    cfg = load_config(None, sets)
     torch.manual_seed(0)
     initial = build_model(cfg.model)
     weights = consolidate(str(tmp_path))

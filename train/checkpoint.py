@@ -90,20 +90,14 @@ FIXED_ON_RESUME = {
 }
 
 
-def _has(config: dict, key: str) -> bool:
+_MISSING = object()
+
+
+def _get(config: dict, key: str, missing=None):
     node = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def _get(config: dict, key: str):
-    node = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
+            return missing
         node = node[part]
     return node
 
@@ -115,7 +109,9 @@ def check_resume(saved: TrainState, cfg: Config, world_size: int | None, where: 
     new, defaults = cfg.to_dict(), Config().to_dict()
     for key, why in FIXED_ON_RESUME.items():
         # A key added after the checkpoint was written had its default then (model.trainable: all).
-        old_value = _get(saved.config, key) if _has(saved.config, key) else _get(defaults, key)
+        old_value = _get(saved.config, key, _MISSING)
+        if old_value is _MISSING:
+            old_value = _get(defaults, key)
         new_value = _get(new, key)
         if saved.config and old_value != new_value:
             raise ResumeError(f"cannot resume from {where}: {key} was {old_value!r} and is now {new_value!r} ({why}); "
