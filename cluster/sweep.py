@@ -16,7 +16,7 @@ import secrets
 import time
 from pathlib import Path
 
-from dfdc import storage
+from dfdc import ray_orphans, storage
 from dfdc.config import Config, ConfigError, load_config, with_overrides
 from train import tracking
 
@@ -147,6 +147,7 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
     check_space(base, s.space)
     parent = _parent_run(cfg, name)
     connect(cfg.ray.address, log_to_driver=True)
+    ray_orphans.reclaim(log)  # what a killed sweep's trials held, before its trials start again
     root, fs = storage_for_ray(storage.join(cfg.ray.storage_path, "sweeps"))
     where = f"{root.rstrip('/')}/{name}"
     trainable = tune.with_resources(tune.with_parameters(_trial, base=base, sweep_name=name, parent_run_id=parent,

@@ -223,6 +223,14 @@ class ModelConfig:
         if refused:
             raise ConfigError(f"model.timm_args may not set {', '.join(refused)}: the head, dropout and weights come from "
                               "model.drop_rate and model.pretrained")
+        # Values are plain settings (sizes, rates, flags, layer names), never a place: no mapping,
+        # and no text that could name a file, a URL or a hub.
+        for key, value in self.timm_args.items():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if not all(v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and not set(v) & set("/\\:"))
+                       for v in items):
+                raise ConfigError(f"model.timm_args.{key}: {value!r} is not a plain setting (a number, a flag, a name "
+                                  "without '/', '\\' or ':', or a list of them)")
 
 
 @dataclass

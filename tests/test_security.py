@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -162,3 +163,18 @@ def test_a_card_cannot_send_the_loader_elsewhere(name):
         card_model_config({"model": {"name": name}}, "s3://b/runs/r/model_fp32.pt")
     cfg = card_model_config({"model": {"name": "efficientnet_b0", "pretrained": "s3://elsewhere/w.pth"}}, "m")
     assert cfg.pretrained is None
+
+
+@pytest.mark.parametrize("timm_args, message", [
+    ({"pretrained_cfg_overlay": {"file": "/tmp/w.pth"}}, "may not set pretrained_cfg_overlay"),
+    ({"checkpoint_path": "s3://elsewhere/w.pth"}, "may not set checkpoint_path"),
+    ({"act_layer": "/tmp/layer.py"}, "timm_args.act_layer: '/tmp/layer.py' is not a plain setting"),
+    ({"global_pool": {"nested": 1}}, "timm_args.global_pool"),
+])
+def test_a_card_cannot_pass_timm_a_place_to_read(timm_args, message):
+    from train.model_file import ModelFileError, card_model_config
+
+    with pytest.raises(ModelFileError, match=re.escape(message)):
+        card_model_config({"model": {"name": "vit_tiny_patch16_224", "timm_args": timm_args}}, "s3://b/runs/r/model_fp32.pt")
+    ok = card_model_config({"model": {"name": "vit_tiny_patch16_224", "timm_args": {"img_size": [64, 64], "act_layer": "quick_gelu"}}}, "m")
+    assert ok.timm_args == {"img_size": [64, 64], "act_layer": "quick_gelu"}

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dfdc import storage
+from dfdc import ray_orphans, storage
 from dfdc.config import Config
 from train.checkpoint import run_uri
 
@@ -77,6 +77,7 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None) -> di
 
         shard_index.ensure(mf.shard_urls(cfg.data.dataset, mf.load(cfg.data.dataset), "train"), log=log)
     connect(cfg.ray.address, log_to_driver=True)
+    ray_orphans.reclaim(log)  # a killed run's resources, which it may be about to resume on
     import ray  # noqa: PLC0415
 
     from train.cost import identify  # noqa: PLC0415

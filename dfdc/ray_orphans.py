@@ -1,0 +1,89 @@
+"""Placement groups that Ray leaves behind when a driver is killed: found and removed before a run.
+
+Ray removes a job's placement group once its job and the actor that created it are both dead. A
+driver SIGKILLed while a Ray Train controller creates its worker group can leave that group
+recorded after those deaths were handled: GCS keeps it with its creator job and actor marked alive,
+and Ray Train's PlacementGroupCleaner misses it as well (ray-project/ray#62753). Seen here with
+Ray 2.60 after a killed `dfdc sweep`: the group held a CPU of the head for the life of the cluster,
+and every later run that needed that CPU waited for it forever. So `dfdc train` and `dfdc sweep`
+remove such groups when they start, and name each one in their log.
+
+A group is left behind when it is not detached, its creator job has ended, and its creator actor
+(if an actor made it) is not alive: nothing can use it again. GCS's own records are read, through
+Ray's private state accessor, since the public state API does not say which actor made a group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+# Actor states from which an actor can still use a group (gcs.proto's ActorTableData.ActorState).
+LIVE_ACTOR_STATES = frozenset({"DEPENDENCIES_UNREADY", "PENDING_CREATION", "ALIVE", "RESTARTING"})
+
+
+@dataclass(frozen=True)
+class Group:
+    id: str
+    job: str
+    creator_actor: str | None  # None: the driver made it
+    detached: bool
+    removed: bool
+    resources: dict[str, float]  # summed over its bundles
+
+    def describe(self) -> str:
+        held = ", ".join(f"{v:g} {k}" for k, v in sorted(self.resources.items()))
+        return f"placement group {self.id} of job {self.job} ({held or 'no resources'})"
+
+
+def left_behind(groups: Iterable[Group], dead_jobs: set[str], live_actors: set[str]) -> list[Group]:
+    """The groups nothing can use again: not detached, not removed, their job ended and their
+    creator actor (if any) not alive."""
+    return [g for g in groups if not g.detached and not g.removed and g.job in dead_jobs
+            and (g.creator_actor is None or g.creator_actor not in live_actors)]
+
+
+def _groups(accessor) -> list[Group]:
+    from ray.core.generated import gcs_pb2  # noqa: PLC0415
+
+    nil = b"\xff"
+    found = []
+    for raw in accessor.get_placement_group_table():
+        d = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        resources: dict[str, float] = {}
+        for bundle in d.bundles:
+            for name, amount in bundle.unit_resources.items():
+                resources[name] = resources.get(name, 0.0) + amount
+        actor = d.creator_actor_id
+        found.append(Group(id=d.placement_group_id.hex(), job=d.creator_job_id.hex(),
+                           creator_actor=None if not actor or actor == nil * len(actor) else actor.hex(),
+                           detached=d.is_detached, removed=d.state == gcs_pb2.PlacementGroupTableData.REMOVED,
+                           resources=resources))
+    return found
+
+
+def find() -> list[Group]:
+    """The groups left behind on the cluster this process is connected to."""
+    from ray._private.state import state  # noqa: PLC0415
+
+    groups = _groups(state._connect_and_get_accessor())
+    dead_jobs = {job["JobID"] for job in state.job_table() if job["IsDead"]}
+    creators = {g.creator_actor for g in groups if g.creator_actor and g.job in dead_jobs}
+    live = {a for a in creators if state.actor_table(a).get("State") in LIVE_ACTOR_STATES}
+    return left_behind(groups, dead_jobs, live)
+
+
+def remove(groups: Iterable[Group], log: Callable[[str], None] = print) -> None:
+    import ray  # noqa: PLC0415
+    from ray.util.placement_group import PlacementGroup, remove_placement_group  # noqa: PLC0415
+
+    for group in groups:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group.id))))
+        log(f"removed {group.describe()}: its job and creator are gone, but Ray kept it (ray-project/ray#62753)")
+
+
+def reclaim(log: Callable[[str], None] = print) -> list[Group]:
+    """Remove the groups left behind; the removed ones, each named in `log`."""
+    found = find()
+    remove(found, log)
+    return found
