@@ -1,12 +1,13 @@
 """Placement groups that Ray leaves behind when a driver is killed: found and removed before a run.
 
-Ray removes a job's placement group once its job and the actor that created it are both dead. A
-driver SIGKILLed while a Ray Train controller creates its worker group can leave that group
-recorded after those deaths were handled: GCS keeps it with its creator job and actor marked alive,
-and Ray Train's PlacementGroupCleaner misses it as well (ray-project/ray#62753). Seen here with
-Ray 2.60 after a killed `dfdc sweep`: the group held a CPU of the head for the life of the cluster,
-and every later run that needed that CPU waited for it forever. So `dfdc train` and `dfdc sweep`
-remove such groups when they start, and name each one in their log.
+Ray removes a job's placement group once its job and the actor that created it are both dead. After
+a SIGKILLed `dfdc sweep`, Ray 2.60 sometimes keeps one anyway (seen here in one of four runs of the
+kill test; the CI failure that led here matches it): a Train worker group's, whose job had ended and whose TrainController was
+dead, while GCS's record of the group still said both were alive, and Ray Train's
+PlacementGroupCleaner had not removed it either (a race of that kind: ray-project/ray#62753). The
+group held a CPU of the head for the life of the cluster, and every later run needing that CPU
+waited forever. So `dfdc train` and `dfdc sweep` remove such groups when they start, and name each
+one in their log.
 
 A group is left behind when it is not detached, its creator job has ended, and its creator actor
 (if an actor made it) is not alive: nothing can use it again. GCS's own records are read, through
