@@ -78,7 +78,7 @@ def _trial(params: dict, base: dict, sweep_name: str, parent_run_id: str, home: 
         # the trial's run stops itself where the sweep's total would pass the budget (its meter goes on
         # from its own saved spending when a restored trial resumes: left excludes it)
         cfg.budget.dollars = left
-    run(cfg, Path(home), callbacks=[TuneReportCallback()])
+    run(cfg, Path(home), callbacks=[TuneReportCallback()], reclaim=False)
 
 
 def budget_left(cfg: Config, parent_run_id: str, own_run: str) -> tuple[float, float | None]:

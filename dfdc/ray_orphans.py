@@ -9,8 +9,9 @@ group held a CPU of the head for the life of the cluster, and every later run ne
 waited forever. So `dfdc train` and `dfdc sweep` remove such groups when they start, and name each
 one in their log.
 
-A group is left behind when it is not detached, its creator job has ended, and its creator actor
-(if an actor made it) is not alive: nothing can use it again. GCS's own records are read, through
+A group is left behind when an actor made it, it is not detached, its job has ended, and that actor
+is not alive: nothing can use it again. (Ray removes a group a driver or task made when its job
+ends; one a task of a live detached actor made may still be in use: neither is taken.) GCS's own records are read, through
 Ray's private state accessor, since the public state API does not say which actor made a group.
 """
 
@@ -38,10 +39,10 @@ class Group:
 
 
 def left_behind(groups: Iterable[Group], dead_jobs: set[str], live_actors: set[str]) -> list[Group]:
-    """The groups nothing can use again: not detached, not removed, their job ended and their
-    creator actor (if any) not alive."""
-    return [g for g in groups if not g.detached and not g.removed and g.job in dead_jobs
-            and (g.creator_actor is None or g.creator_actor not in live_actors)]
+    """The groups nothing can use again: made by an actor that is not alive, not detached, not
+    removed, their job ended."""
+    return [g for g in groups if g.creator_actor is not None and g.creator_actor not in live_actors
+            and not g.detached and not g.removed and g.job in dead_jobs]
 
 
 def _groups(accessor) -> list[Group]:
@@ -80,11 +81,16 @@ def remove(groups: Iterable[Group], log: Callable[[str], None] = print) -> None:
 
     for group in groups:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group.id))))
-        log(f"removed {group.describe()}: its job and creator are gone, but Ray kept it (ray-project/ray#62753)")
+        log(f"removed {group.describe()}: its job and the actor that made it are gone (ray-project/ray#62753)")
 
 
 def reclaim(log: Callable[[str], None] = print) -> list[Group]:
-    """Remove the groups left behind; the removed ones, each named in `log`."""
-    found = find()
-    remove(found, log)
+    """Remove the groups left behind; the removed ones, each named in `log`. A failure to look (GCS
+    busy, Ray's private API changed) is logged, never fatal: the run may still fit."""
+    try:
+        found = find()
+        remove(found, log)
+    except Exception as e:  # noqa: BLE001
+        log(f"could not check the cluster for placement groups left behind by killed drivers: {e!r}")
+        return []
     return found

@@ -21,7 +21,7 @@ def test_only_groups_nothing_can_use_again_are_left_behind():
     groups = [_group("dead-actor"), _group("driver-made", actor=None), _group("live-actor", actor="bb"),
               _group("detached", detached=True), _group("removed", removed=True), _group("live-job", job="01000000")]
     found = ray_orphans.left_behind(groups, dead_jobs={"02000000"}, live_actors={"bb"})
-    assert [g.id for g in found] == ["dead-actor", "driver-made"]
+    assert [g.id for g in found] == ["dead-actor"]  # Ray itself removes a driver's at its job's end
     assert groups[0].describe() == "placement group dead-actor of job 02000000 (1 CPU)"
 
 
@@ -72,12 +72,15 @@ def test_groups_of_a_live_job_a_live_actor_or_detached_are_kept_and_removal_work
         kept = {own.id.hex(), before_end, detached}
         assert kept <= set(groups()) and groups()[before_end].creator_actor and groups()[detached].detached
         assert not {g.id for g in ray_orphans.find()} & kept  # a live job's, a live actor's, a detached one
+        # ... and it is the creator's being alive that keeps the actor's: GCS's ids match its job table's
+        dead_jobs = {j["JobID"] for j in state.job_table() if j["IsDead"]}
+        assert job in dead_jobs and before_end in {g.id for g in ray_orphans.left_behind(groups().values(), dead_jobs, set())}
 
         logged: list[str] = []
         ray_orphans.remove([groups()[own.id.hex()]], logged.append)
         _wait("the group is removed", lambda: groups()[own.id.hex()].removed)
         assert logged == [f"removed placement group {own.id.hex()} of job {groups()[own.id.hex()].job} (0.01 CPU): "
-                          "its job and creator are gone, but Ray kept it (ray-project/ray#62753)"]
+                          "its job and the actor that made it are gone (ray-project/ray#62753)"]
         assert not groups()[before_end].removed and not groups()[detached].removed
     finally:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(detached))))

@@ -170,6 +170,9 @@ def test_a_card_cannot_send_the_loader_elsewhere(name):
     ({"checkpoint_path": "s3://elsewhere/w.pth"}, "may not set checkpoint_path"),
     ({"act_layer": "/tmp/layer.py"}, "timm_args.act_layer: '/tmp/layer.py' is not a plain setting"),
     ({"global_pool": {"nested": 1}}, "timm_args.global_pool"),
+    ({"act_layer": "hf-hub:someone/layer"}, "timm_args.act_layer"),
+    ({"act_layer": "C:\\layer"}, "timm_args.act_layer"),
+    ({"out_indices": [1, "a/b"]}, "timm_args.out_indices"),
 ])
 def test_a_card_cannot_pass_timm_a_place_to_read(timm_args, message):
     from train.model_file import ModelFileError, card_model_config

@@ -38,10 +38,11 @@ def storage_for_ray(uri: str):
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def run(cfg: Config, home: Path, log=print, callbacks: list | None = None) -> dict:
+def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, reclaim: bool = True) -> dict:
     """Train (or resume) the run `ray.run_name`, a new one when it is None. The result, also written
     to `<storage_path>/<run_name>/result.json`. `callbacks`: Ray Train callbacks (a sweep's trial
-    passes Tune's, which hands every report to Tune)."""
+    passes Tune's, which hands every report to Tune). `reclaim`: first remove placement groups killed
+    drivers left on the cluster (a sweep's trials leave that to the sweep)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
 
@@ -77,7 +78,8 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None) -> di
 
         shard_index.ensure(mf.shard_urls(cfg.data.dataset, mf.load(cfg.data.dataset), "train"), log=log)
     connect(cfg.ray.address, log_to_driver=True)
-    ray_orphans.reclaim(log)  # a killed run's resources, which it may be about to resume on
+    if reclaim:
+        ray_orphans.reclaim(log)  # a killed run's resources, which it may be about to resume on
     import ray  # noqa: PLC0415
 
     from train.cost import identify  # noqa: PLC0415
