@@ -72,21 +72,31 @@ def _ended_trials(tmp_path: Path) -> tuple[list[str], list[str]]:
     return done, stopped
 
 
-def _left_behind_by(pid: int, started: float) -> list:
-    """Once the killed driver's job has ended, its actors have died and Ray Train's placement group
-    cleaners have done what they do: the placement groups Ray left behind (most runs none; Ray 2.60
-    sometimes keeps a Train worker group's, ray-project/ray#62753)."""
+def _left_behind_by(pid: int, started: float) -> tuple[list, bool]:
+    """Once the killed driver's job has ended and its actors have died: the placement groups Ray
+    left behind (most runs none; Ray 2.60 sometimes keeps a Train worker group's, ray-project/ray#62753),
+    and whether a Ray Train cleaner of that job is still alive (it may yet remove some of them)."""
     from ray._private.state import state
 
+    def job() -> dict | None:
+        found = [j for j in state.job_table() if j["DriverPid"] == pid and j["StartTime"] >= started * 1000]
+        return found[-1] if found else None
+
+    def live(job_id: str, cleaners: bool = False) -> list[str]:
+        return [a["ActorClassName"] for a in state.actor_table(None, job_id=ray.JobID.from_hex(job_id)).values()
+                if a["State"] in ray_orphans.LIVE_ACTOR_STATES
+                and (a["ActorClassName"] == "PlacementGroupCleaner" if cleaners else not a["IsDetached"])]
+
     deadline = time.monotonic() + 120
-    while True:
-        jobs = [j["JobID"] for j in state.job_table() if j["DriverPid"] == pid and j["StartTime"] >= started * 1000]
-        live = [a for job in jobs for a in state.actor_table(None, job_id=ray.JobID.from_hex(job)).values()
-                if a["State"] in ray_orphans.LIVE_ACTOR_STATES and (not a["IsDetached"] or a["ActorClassName"] == "PlacementGroupCleaner")]
-        if jobs and all(j["IsDead"] for j in state.job_table() if j["JobID"] in jobs) and not live:
-            return ray_orphans.find()
-        assert time.monotonic() < deadline, f"the killed driver's job {jobs} has not ended, or these live on: {live}"
+    while (j := job()) is None or not j["IsDead"] or live(j["JobID"]):
+        assert time.monotonic() < deadline, f"the killed driver's job has not ended, or these live on: {j and live(j['JobID'])}"
         time.sleep(1)
+    # Ray Train's detached cleaners remove their run's group a moment after its controller dies; one
+    # can also linger without doing anything (seen here), so this wait is bounded and not asserted.
+    deadline = time.monotonic() + 30
+    while (lingering := bool(live(j["JobID"], cleaners=True))) and time.monotonic() < deadline:
+        time.sleep(1)
+    return ray_orphans.find(), lingering
 
 
 def test_a_sweep_stops_bad_trials_early_registers_the_best_and_continues_after_a_kill(shards, tmp_path, ray_address):
@@ -110,7 +120,7 @@ def test_a_sweep_stops_bad_trials_early_registers_the_best_and_continues_after_a
     os.killpg(first.pid, signal.SIGKILL)  # the driver's machine is gone: its trials go with it
     first.wait()
     kept = {name: _modified(name) for name in done}
-    left = _left_behind_by(first.pid, started)
+    left, cleaner_alive = _left_behind_by(first.pid, started)
 
     # 8 minutes: the restored trials take 2 to 3; a trial waiting for resources never left would wait forever
     second = subprocess.run([dfdc, "sweep", "--config", str(path)], env=env, capture_output=True, text=True, timeout=480)
@@ -118,8 +128,9 @@ def test_a_sweep_stops_bad_trials_early_registers_the_best_and_continues_after_a
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "continuing from" in second.stdout
     # Whatever the killed trials' placement groups still held is given back before the trials run
-    # again, and nothing is left behind after.
-    assert all(f"removed placement group {g.id} " in second.stdout for g in left), (left, second.stdout[-3000:])
+    # again (by the sweep, unless a cleaner of Ray Train's still alive did it first), and nothing is
+    # left behind after.
+    assert cleaner_alive or all(f"removed placement group {g.id} " in second.stdout for g in left), (left, second.stdout[-3000:])
     deadline = time.monotonic() + 60  # the continued sweep's own groups go once Ray has seen its job end
     while ray_orphans.find():
         assert time.monotonic() < deadline, ray_orphans.find()
