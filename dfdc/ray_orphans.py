@@ -2,17 +2,18 @@
 
 Ray removes a job's placement group once its job and the actor that created it are both dead. After
 a SIGKILLed `dfdc sweep`, Ray 2.60 sometimes keeps one anyway (seen here in one of four runs of the
-kill test; the CI failure that led here matches it): a Train worker group's, whose job had ended and whose TrainController was
-dead, while GCS's record of the group still said both were alive, and Ray Train's
-PlacementGroupCleaner had not removed it either (a race of that kind: ray-project/ray#62753). The
-group held a CPU of the head for the life of the cluster, and every later run needing that CPU
-waited forever. So `dfdc train` and `dfdc sweep` remove such groups when they start, and name each
-one in their log.
+kill test; the CI failure that led here matches it): a Train worker group's, whose job had ended
+and whose TrainController was dead, while GCS's record of the group still said both were alive, and
+Ray Train's PlacementGroupCleaner had not removed it either (a race of that kind:
+ray-project/ray#62753). The group held a CPU of the head for the life of the cluster, and every
+later run needing that CPU waited forever. So `dfdc train` and `dfdc sweep` remove such groups when
+they start, and name each one in their log.
 
 A group is left behind when an actor made it, it is not detached, its job has ended, and that actor
 is not alive: nothing can use it again. (Ray removes a group a driver or task made when its job
-ends; one a task of a live detached actor made may still be in use: neither is taken.) GCS's own records are read, through
-Ray's private state accessor, since the public state API does not say which actor made a group.
+ends; one a task of a live detached actor made may still be in use: neither is taken.) GCS's own
+records are read, through Ray's private state accessor, since the public state API does not say
+which actor made a group.
 """
 
 from __future__ import annotations
