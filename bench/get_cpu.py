@@ -1,6 +1,6 @@
 """CPU time of one ranged GET, by client, side by side in one run: s3fs's `cat_ranges` (botocore
 builds, signs and parses every request) beside the loader's presigned URLs over urllib3 and over
-libcurl (`train/range_reads.py`; `data.range_reads: presigned` and `curl`), on a local rclone S3 server. Ranges of --size bytes at random offsets in
+libcurl (`train/data/range_reads.py`; `data.range_reads: presigned` and `curl`), on a local rclone S3 server. Ranges of --size bytes at random offsets in
 one object, --gets of them per client in calls of 32, after one warm-up call. CPU is this process's
 (the server's is not counted); wall time is given too.
 
@@ -26,7 +26,7 @@ def main() -> None:
     import s3fs  # noqa: PLC0415
 
     from cluster.local.s3_server import temporary_server  # noqa: PLC0415
-    from train.range_reads import CurlRangeReads, RangeReads  # noqa: PLC0415
+    from train.data.range_reads import CurlRangeReads, RangeReads  # noqa: PLC0415
 
     with temporary_server("getcpu"):
         data = os.urandom(4_000_000)

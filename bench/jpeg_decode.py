@@ -1,5 +1,5 @@
 """JPEG decode of face crops, side by side in one run: PIL (what the loader used before), the
-loader's decoder (`train.samples.decode_jpeg`: simplejpeg, libjpeg-turbo bindings) and
+loader's decoder (`train.data.samples.decode_jpeg`: simplejpeg, libjpeg-turbo bindings) and
 torchvision's `decode_jpeg` (libjpeg-turbo; deprecated since torchvision 0.29). Each gives a 3 x H x W uint8 tensor, as the training transform takes it;
 one thread, the best of --rounds runs. Crops are encoded as ingest encodes them
 (`data_pipeline.crops.encode_jpeg`, quality 95) from scikit-image's astronaut photo with noise, at
@@ -35,7 +35,7 @@ def decoders() -> dict:
     from PIL import Image  # noqa: PLC0415
     from torchvision.transforms import v2  # noqa: PLC0415
 
-    from train.samples import decode_jpeg  # noqa: PLC0415
+    from train.data.samples import decode_jpeg  # noqa: PLC0415
 
     to_tensor = v2.PILToTensor()
 

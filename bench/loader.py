@@ -54,7 +54,7 @@ class NaiveObjects(torch.utils.data.Dataset):
     """One boto3 GET per sample, each JPEG its own object: the loader people write first."""
 
     def __init__(self, bucket: str, keys: list[str], labels: list[int], size: int):
-        from train.transforms import image_transform  # noqa: PLC0415
+        from train.data.transforms import image_transform  # noqa: PLC0415
 
         self.bucket, self.keys, self.labels = bucket, keys, labels
         self.transform = image_transform(size, augment=True)
@@ -66,7 +66,7 @@ class NaiveObjects(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         import boto3  # noqa: PLC0415
 
-        from train.samples import decode_jpeg  # noqa: PLC0415
+        from train.data.samples import decode_jpeg  # noqa: PLC0415
 
         if self.client is None:  # one client per worker process
             self.client = boto3.client("s3")
@@ -76,8 +76,8 @@ class NaiveObjects(torch.utils.data.Dataset):
 
 def ours(train, cfg, epoch: int):
     """One epoch of the training loader, as (images, labels) pairs."""
-    from train.data import epoch_loader  # noqa: PLC0415
-    from train.order import batches_left  # noqa: PLC0415
+    from train.data.loader import epoch_loader  # noqa: PLC0415
+    from train.data.order import batches_left  # noqa: PLC0415
 
     for b in epoch_loader(train, cfg, 0, epoch, 0, batches_left(train.samples, 0, cfg.batch_size, 1), 0, 1):
         yield b.images, b.labels
@@ -114,7 +114,7 @@ def main() -> None:
     from data_pipeline import shard_index  # noqa: PLC0415
     from dfdc import storage  # noqa: PLC0415
     from dfdc.config import load_config  # noqa: PLC0415
-    from train.sample_reader import train_set_of  # noqa: PLC0415
+    from train.data.reader import train_set_of  # noqa: PLC0415
 
     cfg = load_config(None, [
         f"data.image_size={args.size}", f"data.batch_size={args.batch}",

@@ -46,7 +46,7 @@ def server_process(endpoint: str):
 
 def speed(train, urls, cfg, n: int, server) -> tuple[float, float]:
     """samples/s, and the server's CPU ms per sample meanwhile (nan if unknown)."""
-    from train.data import batches  # noqa: PLC0415
+    from train.data.loader import batches  # noqa: PLC0415
 
     it = batches(train, urls, cfg, n + 2)
     for _ in range(2):
@@ -62,8 +62,8 @@ def speed(train, urls, cfg, n: int, server) -> tuple[float, float]:
 def accounting(train, urls, keys: list[str], cfg, world: int, endpoint: str) -> dict:
     """One epoch's batches of every rank, read through the counting proxy."""
     from tests.flaky_proxy import FlakyProxy  # noqa: PLC0415
-    from train.data import batches  # noqa: PLC0415
-    from train.order import batches_left  # noqa: PLC0415
+    from train.data.loader import batches  # noqa: PLC0415
+    from train.data.order import batches_left  # noqa: PLC0415
 
     cfg = dataclasses.replace(cfg, num_workers=0)
     per_rank = batches_left(train.samples, 0, cfg.batch_size, world)
@@ -100,8 +100,8 @@ def main() -> None:
     from data_pipeline import manifest as mf  # noqa: PLC0415
     from data_pipeline import shard_index  # noqa: PLC0415
     from dfdc.config import load_config  # noqa: PLC0415
-    from train.ledger import train_keys  # noqa: PLC0415
-    from train.sample_reader import train_set_of  # noqa: PLC0415
+    from train.data.ledger import train_keys  # noqa: PLC0415
+    from train.data.reader import train_set_of  # noqa: PLC0415
 
     cfg = load_config(None, [
         f"data.image_size={args.size}", f"data.batch_size={args.batch}", "data.shuffle_buffer=100",

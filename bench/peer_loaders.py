@@ -21,8 +21,8 @@ from pathlib import Path
 import streaming
 import torch
 
-from train.samples import decode_jpeg
-from train.transforms import image_transform
+from train.data.samples import decode_jpeg
+from train.data.transforms import image_transform
 
 # LitData downloads chunks with obstore, whose client it builds without `allow_http`: it refuses the
 # local server's http:// endpoint (AWS is https). Allowing plain HTTP here changes nothing else; at

@@ -557,7 +557,7 @@ def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (
     """
     from rich.table import Table  # noqa: PLC0415
 
-    from train import ledger  # noqa: PLC0415
+    from train.data import ledger  # noqa: PLC0415
 
     attempts = ledger.read_attempts(run_dir)
     if not attempts:

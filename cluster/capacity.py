@@ -80,7 +80,7 @@ def ingest_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, node
 
 def epoch_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int], epochs: int = 1) -> list[Row]:
     """`epochs` epochs on N spot GPU nodes at `rate` images/s per GPU. The training loader issues
-    one ranged GET per sample (train/range_reads.py), so GETs/s is the images/s of the cluster."""
+    one ranged GET per sample (train/data/range_reads.py), so GETs/s is the images/s of the cluster."""
     gpus = _size(prices, node_type, "gpus")
     crops = corpus.videos * corpus.frames_per_video * corpus.crops_per_frame
     rows = []

@@ -103,7 +103,7 @@ def extract(record: VideoRecord, data: bytes, detector: Detector, cfg: IngestCon
                 "face": track_id,
                 "box": [round(v, 1) for v in face.box],
                 "score": round(face.score, 4),
-                # fractions of the crop's side (train/sbi.py masks self-blended images with them)
+                # fractions of the crop's side (train/data/sbi.py masks self-blended images with them)
                 "landmarks": points_in_crop(face.landmarks, face.box, cfg.margin) if face.landmarks else None,
                 "dataset": record.dataset,
                 "method": record.method,

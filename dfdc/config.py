@@ -134,7 +134,7 @@ class DataConfig:
     balance: str = "loss"  # loss: weight fakes by real/fake ratio; none
     augment: bool = True
     # permutation: an epoch is one pass over every train sample in a seeded order, the same for any
-    # number of ranks (train/order.py); resampled: shards drawn with replacement (no exact epochs).
+    # number of ranks (train/data/order.py); resampled: shards drawn with replacement (no exact epochs).
     order: str = "permutation"
     # The loader skips (and counts) a sample (or, resampled, a shard) whose bytes cannot be read, but
     # stops with an error after this many in a row: a dataset that cannot be read fails the step.
@@ -157,9 +157,9 @@ class DataConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     # video: the epoch's order keeps each real crop next to the crops of the fakes made from it (same
-    # original, frame and face), so they share a batch (train/order.py says what "once" means then).
+    # original, frame and face), so they share a batch (train/data/order.py says what "once" means then).
     pairing: str = "none"
-    # Probability that a real train crop becomes a self-blended pseudo-fake (SBI, train/sbi.py),
+    # Probability that a real train crop becomes a self-blended pseudo-fake (SBI, train/data/sbi.py),
     # drawn per sample from the run's seed, the epoch and the sample.
     sbi: float = 0.0
     # false: the epoch holds the dataset's real crops only (with data.sbi: the SBI paper's setting).

@@ -14,7 +14,7 @@ from cluster.local.ray_head import start_worker_node
 from dfdc import storage
 from dfdc.config import load_config
 from tests.test_train import train_sets
-from train import ledger
+from train.data import ledger
 from train.run import run
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from train import ledger
-from train.order import batches_left, epoch_order, locate, rank_slice, sample_units
+from train.data import ledger
+from train.data.order import batches_left, epoch_order, locate, rank_slice, sample_units
 
 
 def test_an_epoch_is_a_permutation_fixed_by_seed_and_epoch_only():

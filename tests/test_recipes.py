@@ -15,12 +15,12 @@ from data_pipeline import manifest as mf
 from data_pipeline import shard_index
 from dfdc.config import DataConfig
 from tests.test_train import load_fp32, train_cfg
-from train import ledger
-from train.data import epoch_loader, sbi_gallery_rows
+from train.data import ledger
+from train.data.loader import epoch_loader, sbi_gallery_rows
 from train.model import build_model
-from train.order import batches_left
+from train.data.order import batches_left
 from train.run import run
-from train.sample_reader import train_set_of
+from train.data.reader import train_set_of
 
 
 def index_rows(dataset: str) -> dict[str, list]:

@@ -1,11 +1,11 @@
-"""Self-blended images (train/sbi.py): reproducible from the seed alone, a mask that stays on the face
+"""Self-blended images (train/data/sbi.py): reproducible from the seed alone, a mask that stays on the face
 and inside the crop, blending that changes only what is under the mask, clear errors for bad landmarks."""
 
 import numpy as np
 import pytest
 import torch
 
-from train.sbi import blend, gallery, mask_from_landmarks, self_blend, soften_mask, source_and_target
+from train.data.sbi import blend, gallery, mask_from_landmarks, self_blend, soften_mask, source_and_target
 
 # A frontal face in a crop with a 0.3 margin: eyes, nose, mouth corners as fractions of width, height.
 FRONTAL = [[0.38, 0.42], [0.62, 0.42], [0.5, 0.52], [0.41, 0.63], [0.59, 0.63]]

@@ -75,7 +75,7 @@ def test_shard_members_other_than_jpg_and_json_are_not_decoded(tmp_path):
     from PIL import Image
 
     from dfdc.config import DataConfig
-    from train.data import val_loader
+    from train.data.loader import val_loader
 
     marker = tmp_path / MARKER_NAME
     jpg = io.BytesIO()

@@ -22,7 +22,7 @@ from dfdc import storage
 from dfdc.config import load_config
 from tests.imds_standin import StandIn
 from tests.test_train import train_sets
-from train import ledger
+from train.data import ledger
 from train.run import run
 
 RUN = "s3://test/runs/spot"

@@ -51,7 +51,7 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
     on from the global position into the same MLflow run, the ledger shows every train sample of the
     epoch once, and it leaves a checked fp32 model with its card. A resume whose config changes what
     the checkpoint means is refused, naming the key, before any worker starts."""
-    from train import ledger
+    from train.data import ledger
 
     sets = train_sets(shards, tmp_path, "deepspeed.zero_stage=3", "data.batch_size=4", "optim.epochs=1", "data.ledger=true",
                       "ray.checkpoint_every_steps=3", "ray.run_name=killed")

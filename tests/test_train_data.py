@@ -14,8 +14,8 @@ from PIL import Image
 from dfdc import storage
 from dfdc.config import DataConfig
 from data_pipeline import shard_index
-from train.data import DataUnavailable, epoch_loader, resampled_loader, unreadable_total, val_loader
-from train.sample_reader import load_train_set
+from train.data.loader import DataUnavailable, epoch_loader, resampled_loader, unreadable_total, val_loader
+from train.data.reader import load_train_set
 
 
 def write_shard(uri: str, n: int, label: int, start: int = 0) -> None:
@@ -127,7 +127,7 @@ def test_transient_s3_errors_are_retried(shards, s3_server, monkeypatch):
 
 def _epoch(train, cfg, world, position=0, batches=None, epoch=0):
     """Every rank's batches of one attempt: {rank: [Batch, ...]}."""
-    from train.order import batches_left
+    from train.data.order import batches_left
 
     n = batches_left(train.samples, position, cfg.batch_size, world) if batches is None else batches
     return {r: list(epoch_loader(train, cfg, 3, epoch, position, n, r, world)) for r in range(world)}
@@ -185,7 +185,7 @@ def test_a_sample_whose_bytes_are_bad_is_skipped_and_named_a_missing_shard_fails
 
 @pytest.mark.parametrize("client", ["curl", "presigned"])
 def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(client, shards, s3_server, monkeypatch, caplog):
-    """The epoch loader's ranged GETs (presigned URLs over libcurl or urllib3, train/range_reads.py)
+    """The epoch loader's ranged GETs (presigned URLs over libcurl or urllib3, train/data/range_reads.py)
     through a proxy that answers 503 SlowDown to one read in three and drops the connection of
     another: every sample arrives. With keys the server refuses, and with nothing listening, the step
     fails naming the shard and the cause, and no message holds the presigned URL's signature or credential."""
@@ -234,7 +234,7 @@ def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(client, shar
 
 
 def test_the_loaders_jpeg_decoder_gives_pils_pixels():
-    """train.samples.decode_jpeg (simplejpeg, faster) against PIL on crops as ingest encodes them, a
+    """train.data.samples.decode_jpeg (simplejpeg, faster) against PIL on crops as ingest encodes them, a
     grayscale JPEG (simplejpeg refuses its header: PIL decodes it) and bytes that are not a JPEG."""
     import io
 
@@ -242,7 +242,7 @@ def test_the_loaders_jpeg_decoder_gives_pils_pixels():
     from PIL import Image
 
     from data_pipeline.crops import encode_jpeg
-    from train.samples import decode_jpeg
+    from train.data.samples import decode_jpeg
 
     rng = np.random.default_rng(3)
     for size, quality in [(64, 95), (380, 90), (97, 50)]:
@@ -265,7 +265,7 @@ def test_the_curl_client_answers_several_threads_at_once(shards):
     their own bytes (a curl handle is not for two threads; the client serialises calls)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from train.range_reads import CurlRangeReads
+    from train.data.range_reads import CurlRangeReads
 
     url = f"{shards}/a.tar"
     data = storage.read_bytes(url)

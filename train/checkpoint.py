@@ -35,7 +35,7 @@ class TrainState:
     into the same MLflow run, and to refuse a resume whose config would change what that means."""
 
     epoch: int = 0  # epochs finished
-    position: int = 0  # samples of the current epoch's order handed out (train/order.py): any world size goes on from here
+    position: int = 0  # samples of the current epoch's order handed out (train/data/order.py): any world size goes on from here
     step: int = 0  # micro-batches done on each rank (DeepSpeed steps the optimizer every optim.grad_accum of them)
     world_size: int = 0  # ranks that wrote the checkpoint
     mlflow_run_id: str | None = None
@@ -116,7 +116,7 @@ def check_resume(saved: TrainState, cfg: Config, world_size: int | None, where: 
         if saved.config and old_value != new_value:
             raise ResumeError(f"cannot resume from {where}: {key} was {old_value!r} and is now {new_value!r} ({why}); "
                               f"set it back, or start a new run (another ray.run_name, or none for a fresh name)")
-    # Another world size: the position is global (train/order.py) and the ZeRO state is converted
+    # Another world size: the position is global (train/data/order.py) and the ZeRO state is converted
     # to DeepSpeed's universal format on load (stages 1-3; stage 0's state is whole in every file).
     # A resampled stream has no global order to go on from, so it keeps its world size.
     if world_size and saved.world_size and saved.world_size != world_size and cfg.data.order != "permutation":

@@ -18,10 +18,10 @@ from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
 from train import checkpoint, cost, tracking, trainable
 from train.checkpoint import TrainState
-from train.data import epoch_loader, resampled_loader, sbi_gallery_rows, start_loader_server, unreadable_total, val_loader
-from train.ledger import Ledger, start_attempt
-from train.order import batches_left
-from train.sample_reader import train_set_of
+from train.data.loader import epoch_loader, resampled_loader, sbi_gallery_rows, start_loader_server, unreadable_total, val_loader
+from train.data.ledger import Ledger, start_attempt
+from train.data.order import batches_left
+from train.data.reader import train_set_of
 from train.engine import build_engine, input_dtype, to_device
 from train.evaluation import aggregate, metrics
 from train.model import build_model
@@ -378,7 +378,7 @@ def _log_sbi_gallery(train_set, cfg: Config) -> None:
     see what the detector learns from."""
     import mlflow  # noqa: PLC0415
 
-    from train.sbi import gallery  # noqa: PLC0415
+    from train.data.sbi import gallery  # noqa: PLC0415
 
     rows = sbi_gallery_rows(train_set, cfg.data, cfg.optim.seed)
     if rows:

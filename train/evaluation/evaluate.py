@@ -15,7 +15,7 @@ import numpy as np
 
 from dfdc.config import Config
 from data_pipeline import manifest as mf
-from train.data import DECODED
+from train.data.loader import DECODED
 from train.evaluation import aggregate, metrics
 from train.evaluation import table as cross_dataset
 
@@ -29,8 +29,8 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") 
     import webdataset as wds  # noqa: PLC0415
 
     from train.model_file import load_cached  # noqa: PLC0415
-    from train.samples import register_s3  # noqa: PLC0415
-    from train.transforms import image_transform  # noqa: PLC0415
+    from train.data.samples import register_s3  # noqa: PLC0415
+    from train.data.transforms import image_transform  # noqa: PLC0415
 
     register_s3()
     model, card = load_cached(model_uri, device)

@@ -38,7 +38,7 @@ def _setup(model_uri: str, device: str, plugins: tuple[str, ...] = ()):
 
     from data_pipeline.faces import build_detector  # noqa: PLC0415
     from train import model_file  # noqa: PLC0415
-    from train.transforms import image_transform  # noqa: PLC0415
+    from train.data.transforms import image_transform  # noqa: PLC0415
 
     if (model_uri, device) not in _LOADED:
         model, card = model_file.load_cached(model_uri, device)

@@ -132,7 +132,7 @@ def train_keys(dataset: str, fakes: bool = True) -> list[str]:
         if not fakes and index and len(index[0]) < 5:
             raise ValueError(f"{shard_index.index_uri(url)} holds no labels: the run left the fakes out, so its samples "
                              f"cannot be told apart; delete the dataset's *{shard_index.SUFFIX} files to rebuild them")
-        keys += [s[0] for s in index if fakes or s[3] != 1]  # as train/order.py: an unknown label stays in
+        keys += [s[0] for s in index if fakes or s[3] != 1]  # as train/data/order.py: an unknown label stays in
     return keys
 
 

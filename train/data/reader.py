@@ -1,6 +1,6 @@
 """Read chosen samples out of tar shards with ranged reads: the train set's byte ranges (from the
 shards' indexes, data_pipeline/shard_index.py), one concurrent batch of GETs per call
-(train/range_reads.py).
+(train/data/range_reads.py).
 
 Storage failures (after the HTTP client's own retries) are retried here a bounded number of times and then
 raised as DataUnavailable: a sample is never set aside because the network or the keys failed.
@@ -23,9 +23,9 @@ from fsspec.utils import merge_offset_ranges
 
 from data_pipeline import shard_index
 from dfdc import storage
-from train.order import locate, sample_units
-from train.range_reads import range_reads
-from train.samples import decode_jpeg
+from train.data.order import locate, sample_units
+from train.data.range_reads import range_reads
+from train.data.samples import decode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class TrainSet:
     counts: list[int]
     starts: np.ndarray  # by sample id
     ends: np.ndarray
-    units: np.ndarray | None = None  # by sample id (train/order.py sample_units); None: every sample on its own
+    units: np.ndarray | None = None  # by sample id (train/data/order.py sample_units); None: every sample on its own
     margin: float = 0.3  # the ingest's crop margin (ingest.margin): where the face box lies in a crop
 
     @property

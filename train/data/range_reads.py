@@ -7,7 +7,7 @@ region and the credential chain are those of every other read) and the ranges go
 HTTP GETs with a Range header on kept-alive connections: by libcurl (`CurlRangeReads`, the default,
 about 0.04 ms of CPU a GET) or by urllib3, the HTTP library under botocore, from a thread pool
 (`RangeReads`, about 0.45 ms): bench/get_cpu.py. Other filesystems go through fsspec's cat_ranges
-(train/sample_reader.py).
+(train/data/reader.py).
 
 A presigned URL holds credentials (the session token, with temporary keys), so it is never logged
 and never put in an error: errors name the s3:// URI and the byte range only.
@@ -32,7 +32,7 @@ URL_EXPIRES_S, URL_REUSE_S = 900, 300
 CONCURRENCY = 32  # GETs in flight per loader worker: S3 answers in tens of ms, so many must wait at once
 QUICK_TRIES = 3  # a range that fails with 5xx or a broken connection is tried again at once (0.2, 0.4 s),
 # and once after 400/403 with a new signature; what still fails goes back to the caller, which
-# retries it later (train/sample_reader.py)
+# retries it later (train/data/reader.py)
 
 
 class RangeReadError(OSError):

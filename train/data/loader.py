@@ -1,8 +1,8 @@
 """Stream face-crop shards from S3 (or disk) into batches, without copying the dataset first.
 
 Training (`epoch_loader`, the default `data.order: permutation`): each epoch is one permutation of
-all train samples (train/order.py), handed out in global batches; each rank reads only its own
-samples, with ranged reads (train/sample_reader.py). Loader worker w of a rank makes the rank's
+all train samples (train/data/order.py), handed out in global batches; each rank reads only its own
+samples, with ranged reads (train/data/reader.py). Loader worker w of a rank makes the rank's
 batches w, w + workers, ...; the DataLoader takes them round-robin, so they arrive in order, each
 tagged with its position, which the loop checks.
 
@@ -32,11 +32,11 @@ import webdataset as wds
 
 from dfdc import storage
 from dfdc.config import DataConfig
-from train.order import epoch_order, rank_slice
-from train.sample_reader import DataUnavailable, SampleReader, TrainSet
-from train.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
-from train.sbi import self_blend
-from train.transforms import image_transform
+from train.data.order import epoch_order, rank_slice
+from train.data.reader import DataUnavailable, SampleReader, TrainSet
+from train.data.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
+from train.data.sbi import self_blend
+from train.data.transforms import image_transform
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ DECODED = ["jpg", "json"]
 
 # Modules the fork server imports once, so that each loader worker it forks starts in milliseconds
 # ("__main__" too: else every worker re-imports the main script, as spawn does).
-_PRELOAD = ["__main__", "torch", "torchvision", "webdataset", "s3fs", "train.samples", "train.transforms"]
+_PRELOAD = ["__main__", "torch", "torchvision", "webdataset", "s3fs", "train.data.samples", "train.data.transforms"]
 
 
 class ReadErrors:
@@ -270,7 +270,7 @@ def epoch_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, positi
 def batches(train: TrainSet, urls: list[str], cfg: DataConfig, n: int, rank: int = 0, world: int = 1, seed: int = 0):
     """`n` batches of one rank from epoch 0 on, epochs chained as training runs them, in `cfg.order`
     (for bench/, which times the loader and the step outside Ray Train)."""
-    from train.order import batches_left  # noqa: PLC0415
+    from train.data.order import batches_left  # noqa: PLC0415
 
     epoch = 0
     while n > 0:
