@@ -133,9 +133,17 @@ class DataConfig:
     shuffle_buffer: int = 1000
     balance: str = "loss"  # loss: weight fakes by real/fake ratio; none
     augment: bool = True
-    # permutation: an epoch is one pass over every train sample in a seeded order, the same for any
-    # number of ranks (train/data/order.py); resampled: shards drawn with replacement (no exact epochs).
-    order: str = "permutation"
+    # An epoch is one pass over every train sample in a seeded order, the same for any number of
+    # ranks (train/data/order.py): blocks (consecutive samples of a shard read together, one GET a
+    # block) or permutation (one GET a sample: small datasets); resampled: shards drawn with
+    # replacement (no exact epochs).
+    order: str = "blocks"
+    # The block order: samples per block (one GET), blocks per window (a batch draws from that many
+    # blocks at most) and canonical streams. The world size must divide `streams` (each rank then
+    # reads its own streams' blocks whole); a loader worker holds a window of each of its streams.
+    block_samples: int = 32
+    window_blocks: int = 32
+    streams: int = 64
     # The loader skips (and counts) a sample (or, resampled, a shard) whose bytes cannot be read, but
     # stops with an error after this many in a row: a dataset that cannot be read fails the step.
     max_failed_reads: int = 16
@@ -175,8 +183,8 @@ class DataConfig:
                               f"to make pseudo-fakes of some of them, got data.sbi={self.sbi}")
         if self.pairing != "none" and not self.fakes:
             raise ConfigError("data.pairing=video pairs real crops with fakes: it does nothing with data.fakes=false")
-        if (self.pairing != "none" or self.sbi or not self.fakes) and self.order != "permutation":
-            raise ConfigError("data.pairing, data.sbi and data.fakes=false need data.order=permutation "
+        if (self.pairing != "none" or self.sbi or not self.fakes) and self.order == "resampled":
+            raise ConfigError("data.pairing, data.sbi and data.fakes=false need data.order=blocks or permutation "
                               "(they work on the epoch's order of samples)")
         if (self.mean is None) != (self.std is None):
             raise ConfigError("data.mean and data.std go together: set both (3 numbers each) or neither")
@@ -184,10 +192,13 @@ class DataConfig:
             raise ConfigError(f"data.mean and data.std take 3 numbers each (std above 0), got {self.mean} and {self.std}")
         if self.range_reads not in ("curl", "presigned", "s3fs"):
             raise ConfigError(f"data.range_reads must be curl, presigned or s3fs, got {self.range_reads!r}")
-        if self.order not in ("permutation", "resampled"):
-            raise ConfigError(f"data.order must be permutation or resampled, got {self.order!r}")
-        if self.ledger and self.order != "permutation":
-            raise ConfigError("data.ledger needs data.order=permutation (a resampled stream has no positions to prove)")
+        if self.order not in ("blocks", "permutation", "resampled"):
+            raise ConfigError(f"data.order must be blocks, permutation or resampled, got {self.order!r}")
+        if min(self.block_samples, self.window_blocks, self.streams) < 1:
+            raise ConfigError(f"data.block_samples, data.window_blocks and data.streams must be at least 1, got "
+                              f"{self.block_samples}, {self.window_blocks} and {self.streams}")
+        if self.ledger and self.order == "resampled":
+            raise ConfigError("data.ledger needs data.order=blocks or permutation (a resampled stream has no positions to prove)")
 
 
 # model.trainable's values (train/trainable.py builds each).
@@ -436,8 +447,18 @@ def config_from_dict(data: dict) -> Config:
         raise ConfigError("budget.dollars needs ray.interrupt_check_steps above 0: the budget is checked at those steps")
     low, high = cfg.ray.workers()
     if low != high and cfg.data.order == "resampled":
-        raise ConfigError(f"ray.num_workers={cfg.ray.num_workers!r} (elastic) needs data.order=permutation: a restart on "
+        raise ConfigError(f"ray.num_workers={cfg.ray.num_workers!r} (elastic) needs data.order=blocks or permutation: a restart on "
                           f"another number of workers goes on from the epoch's global position, which a resampled stream lacks")
+    if low != high and not cfg.ray.checkpoint_every_steps:
+        raise ConfigError(f"ray.num_workers={cfg.ray.num_workers!r} (elastic) needs ray.checkpoint_every_steps above 0: a "
+                          "resize restarts the group from the last checkpoint, so without mid-epoch ones it would redo "
+                          "the epoch so far")
+    if low == high and cfg.data.order == "blocks" and cfg.data.streams % low:
+        allowed = [d for d in range(1, cfg.data.streams + 1) if cfg.data.streams % d == 0]
+        raise ConfigError(f"ray.num_workers={low} does not divide data.streams={cfg.data.streams}: with data.order=blocks "
+                          f"each rank reads whole blocks of its own streams only when the world size divides the stream "
+                          f"count (world sizes {', '.join(map(str, allowed))}); change one of them (data.streams is fixed "
+                          f"for a run: a resume must use one of those sizes)")
     return cfg
 
 

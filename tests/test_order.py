@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from train.data import ledger
-from train.data.order import batches_left, epoch_order, locate, rank_slice, sample_units
+from train.data.order import BlockOrder, batches_left, block_reads, epoch_order, locate, rank_slice, sample_units
 
 
 def test_an_epoch_is_a_permutation_fixed_by_seed_and_epoch_only():
@@ -160,3 +160,82 @@ def test_keys_end_at_the_first_dot_of_the_file_name():
 
     assert split_name("ff.c23/abc%2Emp4/f00001-00.jpg") == ("ff.c23/abc%2Emp4/f00001-00", "jpg")
     assert split_name("s00001.json") == ("s00001", "json")
+
+
+def _worker_ids(order, position, world, workers, batch_size, samples):
+    """{(rank, loader worker): the sample ids it takes} from `position` to the end of the epoch."""
+    n = batches_left(samples, position, batch_size, world)
+    out = {}
+    for r in range(world):
+        for w in range(workers):
+            spans = [rank_slice(position, k, r, batch_size, world) for k in range(w, n, workers)]
+            out[r, w] = np.concatenate([order[a:b] for a, b in spans]) if spans else np.zeros(0, dtype=np.int64)
+    return out
+
+
+def test_the_block_order_is_one_pass_fixed_by_seed_and_epoch_and_read_a_block_per_get():
+    """Uneven shards, 64 x 32-sample blocks' worth of streams: every sample once, the same order for
+    any world size; a world size that divides the stream count reads every block whole with one GET
+    (GETs per sample = 1/block), one that does not reads more GETs but never more bytes."""
+    counts = [5000, 3100, 7000, 777, 4500]
+    o = BlockOrder(counts, seed=5, epoch=1, batch_size=32, block=32, window=32, streams=16)
+    flat = o.all()
+    assert o.samples == sum(counts) and np.array_equal(np.sort(flat), np.arange(sum(counts)))
+    assert np.array_equal(flat, BlockOrder(counts, 5, 1, 32, 32, 32, 16).all())
+    assert not np.array_equal(flat[:1000], BlockOrder(counts, 5, 2, 32, 32, 32, 16).all()[:1000])
+    assert np.array_equal(o[1000:1100], flat[1000:1100]) and np.array_equal(o[20300:o.samples + 5], flat[20300:])
+    blocks = o.first.size
+    for world, workers in [(1, 1), (2, 2), (4, 4), (16, 1), (8, 2)]:
+        assert o.reads_in_blocks(world) and o.loader_workers(world, workers) == workers
+        taken = _worker_ids(o, 0, world, workers, 32, o.samples)
+        ids = np.concatenate(list(taken.values()))
+        assert ids.size == len(set(ids.tolist())) and sum(counts) - ids.size < 32 * world
+        gets = sum(block_reads(o, v) for v in taken.values())
+        assert gets <= blocks + 2 * o.streams, (world, workers, gets, blocks)  # the epoch's last chunks may split a block
+    # A world that does not divide the stream count: still every sample once; each read is a sample's bytes only.
+    assert not o.reads_in_blocks(3) and o.loader_workers(3, 2) == 2
+    taken = _worker_ids(o, 0, 3, 1, 32, o.samples)
+    assert sum(v.size for v in taken.values()) == len(set(np.concatenate(list(taken.values())).tolist()))
+    assert sum(block_reads(o, v) for v in taken.values()) > 2 * blocks
+    # Loader workers are cut down so that each stream stays with one of them.
+    assert o.loader_workers(4, 3) == 2 and o.loader_workers(16, 8) == 1
+
+
+def test_a_batch_of_the_block_order_draws_from_as_many_blocks_as_it_has_samples():
+    """Each window spreads its blocks' samples evenly: a 32-sample batch holds samples of about 32
+    different blocks, as a permutation's would (of 32 different places in the dataset)."""
+    counts = [20000] * 8
+    o = BlockOrder(counts, seed=0, epoch=0, batch_size=32, block=32, window=32, streams=8)
+    distinct = [len(np.unique(o.block_of(o[p:p + 32]))) for p in range(0, o.samples - 32, 32)]
+    assert np.mean(distinct) > 0.95 * 32 and min(distinct) >= 16, (np.mean(distinct), min(distinct))
+    # A dataset smaller than one window per stream: fewer streams, still mixed.
+    small = BlockOrder([100, 90, 70], seed=0, epoch=0, batch_size=8, block=32, window=32, streams=64)
+    assert small.streams == 1 and np.array_equal(np.sort(small.all()), np.arange(260))
+    assert np.mean([len(np.unique(small.block_of(small[p:p + 8]))) for p in range(0, 256, 8)]) >= 6
+
+
+def test_block_order_keeps_pairs_together_and_real_only_epochs_read_runs_of_reals():
+    labels, keys = _paired_corpus()
+    units = sample_units(labels, keys, fakes=True)
+    o = BlockOrder([len(keys)], seed=3, epoch=1, batch_size=4, block=4, window=3, streams=2, units=units, paired=True)
+    order = o.all()
+    assert np.array_equal(np.sort(order), np.arange(len(keys)))
+    runs = [keys[i] for i in order]
+    # A pair key's samples follow one another within a batch-sized chunk: a unit is only ever cut
+    # where a chunk ends (its rest then comes in this rank's next chunk of the same stream), or
+    # where the 2 streams end.
+    seen, cuts = set(), 0
+    for j, k in enumerate(runs):
+        if k in seen and runs[j - 1] != k:
+            assert j % 4 == 0, (j, k)
+        cuts += k in seen and runs[j - 1] != k and j >= o.bulk - 4
+        seen.add(k)
+    assert cuts <= 2 * o.streams
+    # A block never cuts a unit: every unit lies in one block.
+    blocks = o.block_of(np.arange(len(keys)))
+    assert all(len({blocks[i] for i in range(len(keys)) if units[i] == u}) == 1 for u in set(units.tolist()))
+    # Real crops only: blocks hold runs of consecutive real samples (one range of the tar each).
+    reals = BlockOrder([len(keys)], seed=0, epoch=0, batch_size=4, block=4, window=3, streams=2,
+                       units=sample_units(labels, None, fakes=False))
+    assert sorted(reals.all().tolist()) == [i for i, y in enumerate(labels) if y == 0]
+    assert all(labels[i] == 0 for f, n in zip(reals.first, reals.size) for i in range(f, f + n))

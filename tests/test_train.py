@@ -224,7 +224,7 @@ def test_resume_allows_some_changes_and_refuses_others_naming_the_key():
     resampled = TrainState(epoch=1, step=40, world_size=2, config=load_config(None, ["data.batch_size=8", "data.order=resampled"]).to_dict())
     with pytest.raises(ResumeError, match="ray.num_workers was 2 and is now 4, and data.order=resampled"):
         check_resume(resampled, load_config(None, ["data.batch_size=8", "data.order=resampled"]), 4, "ckpt")
-    with pytest.raises(ResumeError, match=r"data[.]order was 'permutation' and is now 'resampled'"):
+    with pytest.raises(ResumeError, match=r"data[.]order was 'blocks' and is now 'resampled'"):
         check_resume(saved, load_config(None, ["data.batch_size=8", "data.order=resampled"]), 2, "ckpt")
     # A checkpoint written before a key existed had that key's default: resuming with it is fine
     old = saved.config | {"model": {k: v for k, v in saved.config["model"].items() if k != "trainable"}}
@@ -236,7 +236,19 @@ def test_resume_allows_some_changes_and_refuses_others_naming_the_key():
 
 @pytest.mark.parametrize("value, expected", [(2, (2, 2)), ("1..3", (1, 3)), ("4", (4, 4))])
 def test_num_workers_is_a_number_or_an_elastic_range(value, expected):
-    assert load_config(None, [f"ray.num_workers={value}"]).ray.workers() == expected
+    assert load_config(None, [f"ray.num_workers={value}", "ray.checkpoint_every_steps=5"]).ray.workers() == expected
+
+
+def test_elastic_runs_need_mid_epoch_checkpoints_and_fixed_worlds_must_divide_the_streams():
+    """A resize restarts from the last checkpoint: without mid-epoch ones an elastic run would redo
+    the epoch at every resize. A fixed world size that does not divide data.streams would read the
+    block order one sample at a time: refused, naming the sizes that work."""
+    with pytest.raises(ConfigError, match=r"elastic\) needs ray.checkpoint_every_steps above 0"):
+        load_config(None, ["ray.num_workers=1..2"])
+    with pytest.raises(ConfigError, match=r"ray.num_workers=3 does not divide data.streams=64.*1, 2, 4, 8, 16, 32, 64"):
+        load_config(None, ["ray.num_workers=3"])
+    assert load_config(None, ["ray.num_workers=3", "data.streams=48"]).data.streams == 48
+    assert load_config(None, ["ray.num_workers=3", "data.order=permutation"]).ray.workers() == (3, 3)
 
 
 @pytest.mark.parametrize("value", ["0", "3..1", "two", "1..x"])
@@ -273,10 +285,10 @@ def test_checkpoints_from_before_the_epoch_order_read_as_resampled():
                       "config": {"data": {"batch_size": 4, "dataset": "s3://x"}}})
     state = TrainState.from_json(old)
     assert state.position == 24 and state.config["data"]["order"] == "resampled"
-    with pytest.raises(ResumeError, match="data[.]order was 'resampled' and is now 'permutation'"):
+    with pytest.raises(ResumeError, match="data[.]order was 'resampled' and is now 'blocks'"):
         check_resume(state, load_config(None, ["data.batch_size=4", "data.dataset=s3://x"]), 2, "ckpt")
 
 
 def test_elastic_workers_need_the_permutation_order():
-    with pytest.raises(ConfigError, match="elastic.*needs data.order=permutation"):
-        load_config(None, ["ray.num_workers=1..2", "data.order=resampled"])
+    with pytest.raises(ConfigError, match="elastic.*needs data.order=blocks or permutation"):
+        load_config(None, ["ray.num_workers=1..2", "data.order=resampled", "ray.checkpoint_every_steps=5"])

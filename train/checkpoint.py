@@ -71,6 +71,10 @@ FIXED_ON_RESUME = {
     "data.dataset": "the saved position counts batches of that dataset",
     "data.batch_size": "the saved steps and learning-rate schedule count batches of that size",
     "data.order": "the saved position is a place in that order",
+    "data.block_samples": "the saved position is a place in the block order those blocks make",
+    "data.window_blocks": "the saved position is a place in the block order those windows make",
+    "data.streams": "the saved position is a place in the block order those streams make",
+    "data.ledger": "the ledger proves an epoch only when every attempt of the run wrote it",
     "optim.grad_accum": "the saved steps count micro-batches of that accumulation",
     "optim.seed": "the saved position is a place in the order that seed draws",
     "model.name": "the checkpoint holds that model's weights",
@@ -119,7 +123,7 @@ def check_resume(saved: TrainState, cfg: Config, world_size: int | None, where: 
     # Another world size: the position is global (train/data/order.py) and the ZeRO state is converted
     # to DeepSpeed's universal format on load (stages 1-3; stage 0's state is whole in every file).
     # A resampled stream has no global order to go on from, so it keeps its world size.
-    if world_size and saved.world_size and saved.world_size != world_size and cfg.data.order != "permutation":
+    if world_size and saved.world_size and saved.world_size != world_size and cfg.data.order == "resampled":
         raise ResumeError(f"cannot resume from {where}: ray.num_workers was {saved.world_size} and is now {world_size}, "
                           f"and data.order=resampled has no global position to go on from; set it back, or start a new run")
 

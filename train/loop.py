@@ -188,7 +188,7 @@ def train_func(config: dict) -> None:
     manifest = mf.load(cfg.data.dataset)
     train_urls = mf.shard_urls(cfg.data.dataset, manifest, "train")
     counts = [s["samples"] for s in manifest["shards"] if s["split"] == "train"]
-    train_set = (train_set_of(cfg.data.dataset, manifest, cfg.data.pairing, cfg.data.fakes) if cfg.data.order == "permutation"
+    train_set = (train_set_of(cfg.data.dataset, manifest, cfg.data.pairing, cfg.data.fakes) if cfg.data.order != "resampled"
                  else None)
     samples = train_set.samples if train_set else sum(counts)  # in an epoch
     val_shards = {storage.child(cfg.data.dataset, s["url"]): s["samples"] for s in manifest["shards"] if s["split"] == "val"}

@@ -72,7 +72,7 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, recla
                 raise checkpoint.ResumeError(f"run {cfg.ray.run_name} has spent ${spent:.4f} by its estimate, more than "
                                              f"budget.dollars={cfg.budget.dollars:g}: raise the budget to go on")
         log(f"run {cfg.ray.run_name} ({'resuming from ' + found[1] if found else 'new'})")
-    if cfg.data.order == "permutation":  # the loader reads samples by their byte ranges
+    if cfg.data.order != "resampled":  # the loader reads samples by their byte ranges
         from data_pipeline import manifest as mf  # noqa: PLC0415
         from data_pipeline import shard_index  # noqa: PLC0415
 

@@ -32,7 +32,7 @@ import webdataset as wds
 
 from dfdc import storage
 from dfdc.config import DataConfig
-from train.data.order import epoch_order, rank_slice
+from train.data.order import make_order, rank_slice
 from train.data.reader import DataUnavailable, SampleReader, TrainSet
 from train.data.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
 from train.data.sbi import self_blend
@@ -153,17 +153,25 @@ def unreadable_total(seen: dict[int, int], batch: Batch) -> int:
     return sum(seen.values())
 
 
+def epoch_order_of(train: TrainSet, cfg: DataConfig, seed: int, epoch: int):
+    """The epoch's order as `cfg.order` (blocks or permutation) draws it (train/data/order.py)."""
+    return make_order(cfg.order, train.counts, seed, epoch, cfg.batch_size, cfg.block_samples, cfg.window_blocks,
+                      cfg.streams, train.units, train.paired)
+
+
 class EpochStream(torch.utils.data.IterableDataset):
     """This rank's batches of one epoch's order from `position` on: `batches` of them. A loader
-    worker makes every `workers`-th batch. It fetches its batches' samples `prefetch` batches at a
-    time with concurrent GETs, the next group in a thread while it decodes and augments this one, so
-    that S3's per-request latency (tens of ms) waits beside the CPU work. (On the local server here,
-    where a GET waits little, the overlap changed nothing measurable: docs/performance.md.)"""
+    worker makes every `workers`-th batch. It reads in blocks: when one of its batches first needs
+    a sample of a block, it fetches every sample of that block it will take this epoch (with the
+    block order and a world size that divides the stream count, the whole block, in one GET), and
+    keeps their bytes until their batches come. Fetches run `prefetch` batches ahead, in a thread,
+    so that S3's per-request latency waits beside the CPU work."""
 
     def __init__(self, train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, batches: int,
-                 rank: int, world: int, prefetch: int = 4):
+                 rank: int, world: int, order=None, prefetch: int = 4):
         self.train, self.cfg, self.seed, self.epoch = train, cfg, seed, epoch
         self.position, self.batches, self.rank, self.world, self.prefetch = position, batches, rank, world, prefetch
+        self.order = order
         self.transform = image_transform(cfg.image_size, cfg.augment, cfg.mean, cfg.std)
 
     def __iter__(self):
@@ -171,30 +179,44 @@ class EpochStream(torch.utils.data.IterableDataset):
 
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        order = epoch_order(self.train.counts, self.seed, self.epoch, self.train.units)
+        order = self.order if self.order is not None else epoch_order_of(self.train, self.cfg, self.seed, self.epoch)
         reader = SampleReader(self.train, self.cfg.read_retries, self.cfg.merge_gap_bytes, self.cfg.range_reads)
         mine = list(range(worker, self.batches, workers))
-        groups = [mine[c:c + self.prefetch] for c in range(0, len(mine), self.prefetch)]
+        spans = [rank_slice(self.position, k, self.rank, self.cfg.batch_size, self.world) for k in mine]
+        plan = [order[a:b] for a, b in spans]
+        # This worker's samples of each block it touches, fetched together when the block is first needed.
+        if plan:
+            ids = np.concatenate(plan)
+            blocks = order.block_of(ids)
+            first_use = np.repeat(np.arange(len(plan)), [len(p) for p in plan])
+            by_block = np.argsort(blocks, kind="stable")
+            edges = np.flatnonzero(np.diff(blocks[by_block])) + 1
+            groups = np.split(ids[by_block], edges)
+            firsts = first_use[by_block][np.concatenate([[0], edges])]
+            due: dict[int, list] = {}
+            for g, batch in zip(groups, firsts):
+                due.setdefault(int(batch) // self.prefetch, []).append(g)
+        n_groups = -(-len(plan) // self.prefetch)
 
-        def fetch(group):
-            spans = [rank_slice(self.position, k, self.rank, self.cfg.batch_size, self.world) for k in group]
+        def fetch(g):
             before = reader.bytes, reader.requests
-            samples = reader.fetch(np.concatenate([order[a:b] for a, b in spans]))
-            return spans, samples, (reader.bytes - before[0], reader.requests - before[1])
+            raw = reader.fetch_raw(np.concatenate(due[g])) if g in due else {}
+            return raw, (reader.bytes - before[0], reader.requests - before[1])
 
+        cache: dict[int, bytes] = {}
         skipped_total = in_a_row = 0
         pool = ThreadPoolExecutor(1)
         try:
-            pending = pool.submit(fetch, groups[0]) if groups else None
-            for g in range(len(groups)):
-                spans, samples, read = pending.result()
-                if g + 1 < len(groups):
-                    pending = pool.submit(fetch, groups[g + 1])
-                fetched = iter(samples)
-                for n, (a, b) in enumerate(spans):
-                    items, skipped = [], []
-                    for sample_id in order[a:b]:
-                        sample = next(fetched)
+            pending = pool.submit(fetch, 0) if n_groups else None
+            for g in range(n_groups):
+                raw, read = pending.result()
+                cache.update(raw)
+                if g + 1 < n_groups:
+                    pending = pool.submit(fetch, g + 1)
+                for n in range(g * self.prefetch, min(len(plan), (g + 1) * self.prefetch)):
+                    (a, _), items, skipped = spans[n], [], []
+                    for sample_id in plan[n]:
+                        sample = reader.parse(int(sample_id), cache.pop(int(sample_id)))
                         if not isinstance(sample, Exception):
                             try:
                                 image, meta, _ = self_blended(sample, self.cfg.sbi, self.seed, self.epoch, int(sample_id), self.train.margin)
@@ -214,8 +236,9 @@ class EpochStream(torch.utils.data.IterableDataset):
                     if not items:
                         raise DataUnavailable(f"no sample of the batch at position {a} of epoch {self.epoch} could be read: "
                                               f"{', '.join(skipped)}")
+                    first = n == g * self.prefetch
                     yield collate(items)._replace(unreadable=(worker, skipped_total), position=a, skipped=skipped,
-                                                  read=read if n == 0 else (0, 0))
+                                                  read=read if first else (0, 0))
         finally:  # closed early or failed: do not wait for a fetch nobody will use (it may be sleeping between retries)
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -238,7 +261,7 @@ def sbi_gallery_rows(train: TrainSet, cfg: DataConfig, seed: int, n: int = 8, sc
     """(original, mask, blended) of the first `n` pseudo-fakes epoch 0 makes among its first `scan`
     samples, in its order: what training sees before the other augmentations. Samples that cannot
     be read or blended are passed over here (training counts and names them)."""
-    order = epoch_order(train.counts, seed, 0, train.units)[:scan]
+    order = epoch_order_of(train, cfg, seed, 0)[0:scan]
     reader = SampleReader(train, cfg.read_retries, cfg.merge_gap_bytes, cfg.range_reads)
     rows = []
     for start in range(0, len(order), 64):
@@ -260,11 +283,14 @@ def sbi_gallery_rows(train: TrainSet, cfg: DataConfig, seed: int, n: int = 8, sc
 
 def epoch_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, batches: int, rank: int,
                  world: int, pin_memory: bool = False) -> wds.WebLoader:
-    """This rank's next `batches` batches of the epoch's permutation, from the global `position`."""
-    stream = EpochStream(train, cfg, seed, epoch, position, batches, rank, world)
+    """This rank's next `batches` batches of the epoch's order, from the global `position`. Loader
+    workers: `data.num_workers`, or fewer so that each of the order's streams is read by one worker."""
+    order = epoch_order_of(train, cfg, seed, epoch)
+    stream = EpochStream(train, cfg, seed, epoch, position, batches, rank, world, order)
     # The generator seeds the workers' torch RNG (random augmentations) per run seed, epoch, position and rank.
     base = ((seed * 1_000_003 + epoch) * 10_007 + rank) * 1_000_003 + position
-    return _loader(stream, min(cfg.num_workers, max(1, batches)), pin_memory, generator=torch.Generator().manual_seed(base))
+    workers = min(order.loader_workers(world, cfg.num_workers), max(1, batches))
+    return _loader(stream, workers, pin_memory, generator=torch.Generator().manual_seed(base))
 
 
 def batches(train: TrainSet, urls: list[str], cfg: DataConfig, n: int, rank: int = 0, world: int = 1, seed: int = 0):
@@ -275,6 +301,6 @@ def batches(train: TrainSet, urls: list[str], cfg: DataConfig, n: int, rank: int
     epoch = 0
     while n > 0:
         take = min(n, batches_left(train.samples, 0, cfg.batch_size, world))
-        yield from (epoch_loader(train, cfg, seed, epoch, 0, take, rank, world) if cfg.order == "permutation"
+        yield from (epoch_loader(train, cfg, seed, epoch, 0, take, rank, world) if cfg.order != "resampled"
                     else resampled_loader(urls, cfg, take, seed, epoch, rank))
         n, epoch = n - take, epoch + 1

@@ -1,18 +1,29 @@
 """The order of an epoch and where a run stands in it.
 
-An epoch is one permutation of all train samples, a pure function of (seed, epoch, the manifest's
-train shards): the number of ranks and loader workers does not enter it. Sample ids number the
-samples shard by shard in manifest order (shard 0's samples, then shard 1's, ...).
+An epoch's order is a pure function of (seed, epoch, the manifest's train shards and the order's
+settings): the number of ranks and loader workers does not enter it. Sample ids number the samples
+shard by shard in manifest order (shard 0's samples, then shard 1's, ...).
+
+Two orders (data.order):
+- `blocks` (the default, `BlockOrder`): consecutive samples of a shard travel together, so that one
+  ranged GET serves a block of them. Blocks are permuted, dealt to `streams` canonical streams, and
+  read in windows of `window` blocks whose samples are spread evenly over the window (each batch of
+  a window draws from as many of its blocks as it has samples). The streams are interleaved batch by
+  batch, so a rank whose number divides the stream count reads the same streams all epoch: every
+  block is read whole, by one rank, once.
+- `permutation` (`Permutation`): one permutation of all samples; one GET per sample. For small
+  datasets, where a block would hold most of a shard.
 
 Ranks take the order in global batches of `batch_size x world` samples: in global batch k, rank r
 gets positions [P + k*G + r*B, P + k*G + (r+1)*B), P being where this attempt started the epoch.
 So the state of the stream is one number, the position: samples of the epoch's order handed out
-before the current global batch. Any world size can go on from it.
+before the current global batch. Any world size can go on from it; with the block order, world
+sizes that divide the stream count also read in whole blocks (`reads_in_blocks`).
 
 The end of an epoch: every rank runs the same number of batches, in whole optimizer steps, so the
 last `(samples - P) mod (batch_size x world x grad_accum)` samples of the order (fewer than one
-optimizer step's worth) are not trained on in that epoch. The next epoch is a new permutation, so
-each epoch leaves out different ones.
+optimizer step's worth) are not trained on in that epoch. The next epoch is a new order, so each
+epoch leaves out different ones.
 """
 
 from __future__ import annotations
@@ -73,3 +84,211 @@ def rank_slice(position: int, batch: int, rank: int, batch_size: int, world: int
     """The positions of a rank's `batch`-th batch after `position`: [start, end)."""
     start = position + batch * batch_size * world + rank * batch_size
     return start, start + batch_size
+
+
+def cut_blocks(counts: list[int], units: np.ndarray | None, block: int, paired: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's blocks: (first sample id, size) of each, in sample id order. A block is at most
+    `block` consecutive samples of one shard that are all in the epoch (units >= 0), so its bytes
+    are one range of the tar. `paired`: units of several samples (data.pairing) are not cut, so a
+    block may run past `block` to the end of its last unit; a unit that a shard's end cuts is in two."""
+    n = int(sum(counts))
+    inside = np.ones(n, dtype=bool) if units is None else units >= 0
+    ids = np.flatnonzero(inside)
+    if not ids.size:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    shard_starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    shard = np.searchsorted(shard_starts, ids, side="right") - 1
+    must = np.ones(ids.size, dtype=bool)  # a block starts here: the epoch's first sample, a gap, a new shard
+    must[1:] = (np.diff(ids) != 1) | (np.diff(shard) != 0)
+    segments = np.flatnonzero(must)
+    if not paired:
+        lengths = np.diff(np.append(segments, ids.size))
+        per = -(-lengths // block)
+        offsets = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+        starts = np.repeat(segments, per) + offsets * block
+    else:
+        u = units[ids]
+        last = np.zeros(int(u.max()) + 1, dtype=np.int64)
+        np.maximum.at(last, u, np.arange(ids.size))
+        reach = np.maximum.accumulate(last[u])  # the furthest a unit begun so far runs
+        allowed = np.append(np.flatnonzero(must | np.append(True, reach[:-1] < np.arange(1, ids.size))), ids.size)
+        starts_list, at = [], 0
+        for seg_end in np.append(segments[1:], ids.size):
+            while at < seg_end:
+                starts_list.append(at)
+                at = min(int(allowed[np.searchsorted(allowed, at + block)]), int(seg_end))
+        starts = np.array(starts_list, dtype=np.int64)
+    sizes = np.diff(np.append(starts, ids.size))
+    return ids[starts].astype(np.int64), sizes.astype(np.int64)
+
+
+class BlockOrder:
+    """The block order of one epoch (see the module's docstring). Positions are resolved lazily: a
+    loader worker computes the windows of the samples it takes, not the whole epoch.
+
+    The permuted blocks, end to end, are cut into `streams` streams of the same length, a whole
+    number of batches each, so that position p of the epoch is the stream (p // B) mod streams, at
+    offset (p // B // streams) * B + p mod B: a rank whose number divides the stream count takes
+    the same streams all epoch. What is left over (fewer than streams x B samples) ends the epoch as
+    one more window; the end-of-epoch rule leaves most of it for the next epoch anyway. A block that
+    a stream's end cuts is read in two pieces (and a unit of data.pairing that it cuts is in two places)."""
+
+    def __init__(self, counts: list[int], seed: int, epoch: int, batch_size: int, block: int = 32, window: int = 32,
+                 streams: int = 64, units: np.ndarray | None = None, paired: bool = False):
+        self.seed, self.epoch, self.batch = seed, epoch, batch_size
+        self.units, self.paired, self.window = units, paired, window
+        self.first, self.size = cut_blocks(counts, units, block, paired)
+        n_blocks = self.first.size
+        perm = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xB10C])).permutation(n_blocks)
+        seq_first, seq_size = self.first[perm], self.size[perm]
+        ends = np.cumsum(seq_size)
+        self.samples = int(ends[-1]) if n_blocks else 0
+        # Fewer streams than asked when the epoch has too few blocks to fill a window in each.
+        self.streams = max(1, min(streams, n_blocks // window))
+        self.length = self.samples // (self.streams * batch_size) * batch_size  # of each stream
+
+        def pieces(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+            """(first id, size) of the pieces of blocks that samples [a, b) of the sequence are."""
+            i, j = np.searchsorted(ends, a, side="right"), np.searchsorted(ends, b, side="left")
+            firsts, sizes = seq_first[i:j + 1].copy(), seq_size[i:j + 1].copy()
+            if firsts.size:
+                cut = a - (ends[i] - seq_size[i])  # samples of the first block before `a`
+                firsts[0] += cut
+                sizes[0] -= cut
+                sizes[-1] -= ends[min(j, n_blocks - 1)] - b
+            keep = sizes > 0
+            return firsts[keep], sizes[keep]
+
+        self.stream_pieces = [pieces(s * self.length, (s + 1) * self.length) for s in range(self.streams)]
+        self.window_starts = []  # per stream: where each window begins in the stream, and its end
+        for _, sizes in self.stream_pieces:
+            per_window = np.add.reduceat(sizes, np.arange(0, sizes.size, window)) if sizes.size else np.zeros(0, np.int64)
+            self.window_starts.append(np.concatenate([[0], np.cumsum(per_window)]).astype(np.int64))
+        self.bulk = self.streams * self.length
+        self._windows: dict = {}
+        # The tail, block after block (its units together), so that the ranks that take it read blocks.
+        self.tail = self._spread(*pieces(self.bulk, self.samples), [seed, epoch, self.streams, 0], across=False)
+
+    def window_order(self, stream: int, w: int) -> np.ndarray:
+        """The sample ids of a stream's window, in order. Each block's items (samples, or the units
+        of data.pairing, whose samples stay together) are shuffled, and item j of n in a block is
+        placed at (j + u) / n of the window, u uniform in [0, 1): every stretch of the window draws
+        from the blocks evenly, so a batch holds samples of as many blocks as it has samples (up to
+        the window's block count)."""
+        key = (stream, w)
+        if key in self._windows:
+            return self._windows[key]
+        firsts, sizes = (a[w * self.window:(w + 1) * self.window] for a in self.stream_pieces[stream])
+        out = self._spread(firsts, sizes, [self.seed, self.epoch, stream, w])
+        if len(self._windows) >= 4 * self.streams:  # a worker moves through windows: keep the recent ones
+            self._windows.pop(next(iter(self._windows)))
+        self._windows[key] = out
+        return out
+
+    def _spread(self, firsts: np.ndarray, sizes: np.ndarray, seed: list[int], across: bool = True) -> np.ndarray:
+        """The samples of these pieces of blocks, each block's items shuffled and spread evenly over
+        the result (`across` False: block after block)."""
+        total = int(sizes.sum())
+        ids = np.repeat(firsts, sizes) + np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        paired = self.units is not None and self.paired
+        if not across and not paired:  # the pieces in turn, each in id order: one range of the tar each
+            return ids
+        block_of = np.repeat(np.arange(sizes.size), sizes)
+        rng = np.random.default_rng(np.random.SeedSequence(seed))
+        if paired:
+            _, item = np.unique(block_of * (int(self.units.max()) + 1) + self.units[ids], return_inverse=True)
+        else:
+            item = np.arange(total)
+        n_items = int(item.max()) + 1 if total else 0
+        item_block = np.zeros(n_items, dtype=np.int64)
+        item_block[item] = block_of
+        per_block = np.bincount(item_block, minlength=sizes.size)
+        shuffled = np.lexsort((rng.random(n_items), item_block))  # items by block, in random order within each
+        rank = np.empty(n_items, dtype=np.int64)
+        rank[shuffled] = np.arange(n_items) - np.repeat(np.cumsum(per_block) - per_block, per_block)
+        place = (rank + rng.random(n_items)) / per_block[item_block] if across else item_block + rank / per_block[item_block]
+        return ids[np.lexsort((ids, place[item]))]
+
+    def _stream_samples(self, stream: int, start: int, end: int) -> np.ndarray:
+        starts = self.window_starts[stream]
+        parts, at = [], start
+        while at < end:
+            w = int(np.searchsorted(starts, at, side="right")) - 1
+            stop = min(end, int(starts[w + 1]))
+            parts.append(self.window_order(stream, w)[at - starts[w]:stop - starts[w]])
+            at = stop
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def __getitem__(self, span: slice) -> np.ndarray:
+        """The sample ids at positions [span.start, span.stop)."""
+        B, S = self.batch, self.streams
+        p, end, parts = span.start, min(span.stop, self.samples), []
+        while p < min(end, self.bulk):
+            j, o = divmod(p, B)
+            take = min(B - o, end - p)
+            parts.append(self._stream_samples(j % S, (j // S) * B + o, (j // S) * B + o + take))
+            p += take
+        if p < end:
+            parts.append(self.tail[p - self.bulk:end - self.bulk])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def all(self) -> np.ndarray:
+        return self[0:self.samples]
+
+    def block_of(self, ids: np.ndarray) -> np.ndarray:
+        """The block of each sample id (a sample outside the epoch gets its preceding block's)."""
+        return np.searchsorted(self.first, ids, side="right") - 1
+
+    def reads_in_blocks(self, world: int) -> bool:
+        """Whether `world` ranks each read whole blocks: the world size divides the stream count."""
+        return self.streams % world == 0
+
+    def loader_workers(self, world: int, wanted: int) -> int:
+        """Loader workers per rank that keep each stream with one worker: the most, up to `wanted`,
+        whose number times `world` divides the stream count (`wanted` when the world does not)."""
+        if not self.reads_in_blocks(world) or wanted <= 1:
+            return wanted
+        per_rank = self.streams // world
+        return max(d for d in range(1, wanted + 1) if per_rank % d == 0)
+
+
+class Permutation:
+    """`epoch_order` behind the interface of BlockOrder (data.order: permutation): every block is
+    one sample."""
+
+    def __init__(self, counts: list[int], seed: int, epoch: int, units: np.ndarray | None = None):
+        self.order = epoch_order(counts, seed, epoch, units)
+        self.samples = int(self.order.size)
+
+    def __getitem__(self, span: slice) -> np.ndarray:
+        return self.order[span]
+
+    def all(self) -> np.ndarray:
+        return self.order
+
+    def block_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids)
+
+    def reads_in_blocks(self, world: int) -> bool:
+        return False
+
+    def loader_workers(self, world: int, wanted: int) -> int:
+        return wanted
+
+
+def make_order(kind: str, counts: list[int], seed: int, epoch: int, batch_size: int, block: int, window: int, streams: int,
+               units: np.ndarray | None = None, paired: bool = False):
+    """The epoch's order of `kind` (data.order: blocks or permutation)."""
+    if kind == "blocks":
+        return BlockOrder(counts, seed, epoch, batch_size, block, window, streams, units, paired)
+    return Permutation(counts, seed, epoch, units)
+
+
+def block_reads(order, ids: np.ndarray) -> int:
+    """The GETs a loader worker that takes the samples `ids` in an epoch makes: one per run of
+    consecutive sample ids inside a block (the loader fetches a block's samples together)."""
+    ids = np.sort(np.asarray(ids, dtype=np.int64))
+    if not ids.size:
+        return 0
+    blocks = order.block_of(ids)
+    return 1 + int(((np.diff(ids) != 1) | (np.diff(blocks) != 0)).sum())

@@ -43,6 +43,7 @@ class TrainSet:
     ends: np.ndarray
     units: np.ndarray | None = None  # by sample id (train/data/order.py sample_units); None: every sample on its own
     margin: float = 0.3  # the ingest's crop margin (ingest.margin): where the face box lies in a crop
+    paired: bool = False  # units of several samples (data.pairing), kept together by the order
 
     @property
     def samples(self) -> int:
@@ -73,7 +74,7 @@ def load_train_set(urls: list[str], counts: list[int], pairing: str = "none", fa
         labels = [s[3] for index in indexes for s in index]
         pairs = [f"{s[4]}/{s[0].rsplit('/', 1)[-1]}" if s[4] else None for index in indexes for s in index] if pairing != "none" else None
         units = sample_units(labels, pairs, fakes)
-    return TrainSet(list(urls), list(counts), starts, ends, units)
+    return TrainSet(list(urls), list(counts), starts, ends, units, paired=pairing != "none")
 
 
 def train_set_of(dataset: str, manifest: dict | None = None, pairing: str = "none", fakes: bool = True) -> TrainSet:
@@ -112,22 +113,35 @@ class SampleReader:
 
     def fetch(self, ids: np.ndarray) -> list[Sample | Exception]:
         """The samples `ids`, in that order; a sample whose bytes cannot be parsed is its exception."""
+        raw = self.fetch_raw(ids)
+        return [self.parse(int(i), raw[int(i)]) for i in ids]
+
+    def fetch_raw(self, ids: np.ndarray) -> dict[int, bytes]:
+        """Each sample's bytes (a piece of tar), by sample id. Samples that lie next to one another
+        in a shard (a block of the block order) are read with one GET."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if not ids.size:
+            return {}
         shard, _ = locate(ids, self.train.counts)
         starts, ends = self.train.starts[ids], self.train.ends[ids]
-        by_sample = sorted(range(len(ids)), key=lambda j: (shard[j], starts[j]))
+        by_sample = np.lexsort((starts, shard))
         paths = [self.train.urls[shard[j]] for j in by_sample]
         merged = merge_offset_ranges(paths, [int(starts[j]) for j in by_sample], [int(ends[j]) for j in by_sample],
                                      max_gap=self.merge_gap, sort=False)
         blobs = self._get(*merged)
-        out: list[Sample | Exception] = [None] * len(ids)  # type: ignore[list-item]
+        out: dict[int, bytes] = {}
         r = 0
         for j in by_sample:
             url, start, end = self.train.urls[shard[j]], int(starts[j]), int(ends[j])
             while not (merged[0][r] == url and merged[1][r] <= start and end <= merged[2][r]):
                 r += 1
             offset = start - merged[1][r]
-            out[j] = _parse(blobs[r][offset:offset + end - start], url)
+            out[int(ids[j])] = blobs[r][offset:offset + end - start]
         return out
+
+    def parse(self, sample_id: int, data: bytes) -> Sample | Exception:
+        shard, _ = locate(np.array([sample_id]), self.train.counts)
+        return _parse(data, self.train.urls[int(shard[0])])
 
     def _get(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
         """The ranges' bytes. Failed ranges (storage failures) are fetched again, only they, up to
