@@ -1,7 +1,8 @@
-"""The epoch order's price: the training loader's samples/s and read amplification with an epoch as
-one permutation of the samples read by ranged GETs (`data.order: permutation`, the default) beside
-shards drawn with replacement and streamed whole (`data.order: resampled`, what training did
-before), on the same shards on a local S3 server (rclone), in one run.
+"""The epoch order's price: the training loader's samples/s and read amplification with an epoch in
+blocks of consecutive samples, one GET a block (`data.order: blocks`, the default), as one
+permutation of the samples read by one ranged GET each (`data.order: permutation`), and as shards
+drawn with replacement and streamed whole (`data.order: resampled`), on the same shards on a local
+S3 server (rclone), in one run.
 
   speed       samples/s delivered as training tensors (decode + augment), 1 rank, 1 and 2 loader
               workers (--workers), after 2 warm-up batches; the two orders run in turn, `--rounds` times each
@@ -12,7 +13,7 @@ before), on the same shards on a local S3 server (rclone), in one run.
   accounting  through a counting HTTP proxy in front of the server (no loader workers, so nothing
               is read ahead and left unused): bytes fetched per byte of the samples in the train
               split, GET requests, and how many train samples one epoch's batches saw once, never
-              and more than once; the permutation also with 2 ranks (their bytes summed)
+              and more than once; blocks and the permutation also with 2 ranks (their bytes summed)
 
 Usage: python bench/loader_order.py [--size 128] [--batch 8] [--batches 80] [--workers 1,2] [--rounds 3] [--videos 48] [--merge-gap 0]
            [--dataset s3://...]
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=48, help="synthetic videos to ingest")
     ap.add_argument("--dataset", help="an ingested dataset on S3 (with manifest.json) instead of a synthetic one")
     ap.add_argument("--merge-gap", type=int, default=0, help="data.merge_gap_bytes for the permutation order")
+    ap.add_argument("--block-samples", type=int, default=32, help="data.block_samples of the block order")
     args = ap.parse_args()
 
     from train_step import dataset  # noqa: PLC0415  (bench/: the same synthetic corpus)
@@ -105,7 +107,7 @@ def main() -> None:
 
     cfg = load_config(None, [
         f"data.image_size={args.size}", f"data.batch_size={args.batch}", "data.shuffle_buffer=100",
-        f"data.merge_gap_bytes={args.merge_gap}",
+        f"data.merge_gap_bytes={args.merge_gap}", f"data.block_samples={args.block_samples}",
         f"synth.videos={args.videos}", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", f"ingest.crop_size={args.size}",
         "ingest.videos_per_task=4", "ingest.val_fraction=0", "ingest.shard_bytes=1000000",
     ])
@@ -115,7 +117,7 @@ def main() -> None:
         train = train_set_of(root)
         keys = train_keys(root)
         endpoint = os.environ["AWS_ENDPOINT_URL"]
-        runs = [(order, int(workers)) for workers in args.workers.split(",") for order in ("permutation", "resampled")]
+        runs = [(order, int(workers)) for workers in args.workers.split(",") for order in ("blocks", "permutation", "resampled")]
         every: dict = {run: [] for run in runs}
         server_ms: dict = {run: [] for run in runs}
         server = server_process(endpoint)
@@ -125,10 +127,12 @@ def main() -> None:
             server_ms[order, workers].append(ms)
         rates = {run: statistics.median(r) for run, r in every.items()}
         books = {}
-        for order, world in track([("permutation", 1), ("permutation", 2), ("resampled", 1)], description="accounting"):
+        for order, world in track([("blocks", 1), ("blocks", 2), ("permutation", 1), ("permutation", 2), ("resampled", 1)],
+                                  description="accounting"):
             books[order, world] = accounting(train, urls, keys, dataclasses.replace(cfg.data, order=order), world, endpoint)
     print(f"{len(urls)} train shards, {train.samples} samples, {train.bytes / 1e6:.1f} MB of samples; crops {args.size}px, "
-          f"batch {args.batch}; data.merge_gap_bytes {args.merge_gap}; local S3 server; {os.cpu_count()} cores")
+          f"batch {args.batch}; data.merge_gap_bytes {args.merge_gap}; blocks of {cfg.data.block_samples} samples, windows of "
+          f"{cfg.data.window_blocks} blocks, {cfg.data.streams} streams asked; local S3 server; {os.cpu_count()} cores")
     print(f"{'order':12} {'workers':>7} {'samples/s (median)':>19} {'vs resampled':>13} {'round by round':>15} "
           f"{'server CPU ms/sample':>21}")
     for order, workers in runs:

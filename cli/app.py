@@ -549,34 +549,47 @@ def manifest(dataset: Annotated[str, typer.Argument(help="Dataset root (folder o
 
 
 @ledger_app.command("check")
-def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (local or s3://): <ray.storage_path>/<ray.run_name>.")]):
-    """Per epoch: train samples seen once, never, more than once, across every attempt of the run.
+def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (local or s3://): <ray.storage_path>/<ray.run_name>.")],
+                 allow_skipped: Annotated[bool, typer.Option("--allow-skipped", help="Pass epochs whose unreadable samples were skipped (named in the ledger).")] = False):
+    """Per epoch: train samples seen once, never, more than once, across every attempt of the run,
+    each batch compared with the epoch's order recomputed from the run's seed and settings.
 
-    Passes (exit 0) when every epoch saw each train sample exactly once, apart from the documented
-    remainder of less than one optimizer step at its end. Example: dfdc ledger check s3://dfdc/runs/demo-20261122-...
+    Passes (exit 0) when every epoch up to the run's last checkpoint is in the ledger and saw each
+    train sample exactly once, in its order, apart from the documented remainder of less than one
+    optimizer step at its end; samples skipped as unreadable fail it unless --allow-skipped.
+    Example: dfdc ledger check s3://dfdc/runs/demo-20261122-...
     """
     from rich.table import Table  # noqa: PLC0415
 
+    from train.checkpoint import latest_state  # noqa: PLC0415
     from train.data import ledger  # noqa: PLC0415
 
     attempts = ledger.read_attempts(run_dir)
     if not attempts:
         raise fail(f"{run_dir} has no ledger (ledger/attempt-*.json): was it trained with data.ledger=true?")
-    dataset, fakes = attempts[max(attempts)]["dataset"], attempts[max(attempts)].get("fakes", True)
+    info = attempts[max(attempts)]
+    dataset, fakes = info["dataset"], info.get("fakes", True)
     try:
         keys = ledger.train_keys(dataset, fakes)
+        order_of = ledger.order_keys(info) if "seed" in info else None
     except ValueError as e:
         raise fail(str(e)) from e
+    state = latest_state(run_dir)
+    through = (state[0].epoch, state[0].position) if state else None
     table = Table(title=f"ledger of {run_dir} ({len(attempts)} attempt(s); {len(keys)} train samples in {dataset})")
-    for col in ("epoch", "attempts", "once", "never", "more than once", "unreadable", "left at the end", "verdict"):
+    for col in ("epoch", "attempts", "once", "never", "more than once", "unreadable", "out of order", "left at the end", "verdict"):
         table.add_column(col, justify="left" if col in ("attempts", "verdict") else "right")
-    results = ledger.check(run_dir, keys)
+    results = ledger.check(run_dir, keys, order_of, allow_skipped, through)
     for r in results:
-        verdict = "exactly once" if r.ok else ("FAILED" + (f": gaps {r.gaps[:3]}" if r.gaps else "")
-                                              + (f": {r.unknown} keys not in the train split" if r.unknown else ""))
+        why = ([f"gaps {r.gaps[:3]}"] if r.gaps else []) + ([f"{r.unknown} keys not in the train split"] if r.unknown else []) \
+            + (["not in the ledger"] if r.missing else []) + ([f"{r.misplaced} batches not in the epoch's order"] if r.misplaced else []) \
+            + ([f"{r.skipped} samples skipped (--allow-skipped)"] if r.skipped and not allow_skipped else [])
+        verdict = "exactly once" if r.ok else "FAILED" + (": " + "; ".join(why) if why else "")
         table.add_row(str(r.epoch), ",".join(map(str, r.attempts)), str(r.once), str(r.never), str(r.more_than_once),
-                      str(r.skipped), f"{r.samples - r.end} (< {r.step})", verdict)
+                      str(r.skipped), str(r.misplaced), f"{r.samples - r.end} (< {r.step})", verdict)
     console.print(table)
+    if order_of is None:
+        console.print("the ledger's attempts do not record the run's seed: batches not compared with the epoch's order")
     if not results or not all(r.ok for r in results):
         raise typer.Exit(1)
 

@@ -90,6 +90,14 @@ def build(plan: dict, units: list[dict], scan_quarantine: list[dict]) -> dict:
     }
 
 
+def digest(manifest: dict) -> str:
+    """A hash of a manifest's content: a run saves it, and refuses to resume on a dataset whose
+    manifest changed under the same URI (re-ingested, or shards added)."""
+    import hashlib  # noqa: PLC0415
+
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def load(dataset_uri: str) -> dict:
     """The manifest of a dataset, checked to be one of ours."""
     uri = storage.join(dataset_uri, MANIFEST)

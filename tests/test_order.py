@@ -107,9 +107,18 @@ def test_ledger_keeps_each_attempts_batches_below_the_next_resume(tmp_path):
     for p in range(4, 12, 2):
         book.add(p, order[p:p + 1], order[p + 1:p + 2])  # one unreadable sample per batch: still consumed
     book.flush()
-    [result] = ledger.check(run, keys)
+    [result] = ledger.check(run, keys, allow_skipped=True)
     assert result.ok and result.once == 12 and result.never == 0 and result.skipped == 4, result
     assert result.attempts == [0, 1] and result.end == 12 and result.step == 2
+    # Samples skipped as unreadable fail the check unless allowed.
+    assert not ledger.check(run, keys)[0].ok
+    # Each batch is compared with the epoch's order, recomputed: here the identity; another order fails.
+    assert ledger.check(run, keys, order_of=lambda epoch: keys, allow_skipped=True)[0].ok
+    [shuffled] = ledger.check(run, keys, order_of=lambda epoch: keys[1:] + keys[:1], allow_skipped=True)
+    assert not shuffled.ok and shuffled.misplaced == 6, shuffled
+    # Epochs up to the run's last checkpoint (epoch 2, position 5: epochs 0, 1 and 2) that the ledger lacks.
+    checked = ledger.check(run, keys, allow_skipped=True, through=(2, 5))
+    assert [(r.epoch, r.missing, r.ok) for r in checked] == [(0, False, True), (1, True, False), (2, True, False)]
     # Without its resume line, attempt 1 reads as a start of the epoch over: attempt 0's batches are
     # dropped and positions 0..3 are a gap.
     path = tmp_path / "run/ledger/epoch-0/attempt-1-rank-0.jsonl"

@@ -49,13 +49,20 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
     registered (what losing the node that runs it does), started again with the same run name on two
     workers: the checkpoint is converted to DeepSpeed's universal format and resharded, the run goes
     on from the global position into the same MLflow run, the ledger shows every train sample of the
-    epoch once, and it leaves a checked fp32 model with its card. A resume whose config changes what
+    epoch once, each batch where the block order (4 streams: both world sizes read whole blocks)
+    puts it, and it leaves a checked fp32 model with its card. A resume whose config changes what
     the checkpoint means is refused, naming the key, before any worker starts."""
     from train.data import ledger
 
     sets = train_sets(shards, tmp_path, "deepspeed.zero_stage=3", "data.batch_size=4", "optim.epochs=1", "data.ledger=true",
-                      "ray.checkpoint_every_steps=3", "ray.run_name=killed")
+                      "ray.checkpoint_every_steps=3", "ray.run_name=killed", "data.block_samples=4", "data.window_blocks=2",
+                      "data.streams=4")
     cfg = load_config(None, sets)
+    from train.data.loader import epoch_order_of
+    from train.data.reader import train_set_of
+
+    order = epoch_order_of(train_set_of(shards), cfg.data, cfg.optim.seed, 0)
+    assert order.streams == 4 and order.reads_in_blocks(1) and order.reads_in_blocks(2)
     batches, _ = plan_epochs(mf.load(shards), cfg, 1)
     assert batches > 6, "the test needs two mid-epoch checkpoints before the epoch ends"
     snapshot = "s3://test/runs/killed/checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
@@ -79,9 +86,12 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
     assert out["metrics"]["epoch"] == 1
     assert "val_video_auc" in out["metrics"] and "val_video_log_loss" in out["metrics"]
     # Every train sample once: 1 rank up to the checkpoint's position, then 2 ranks from there.
-    [epoch] = ledger.check("s3://test/runs/killed", ledger.train_keys(shards))
+    attempts = ledger.read_attempts("s3://test/runs/killed")
+    assert sorted(attempts) == [0, 1] and attempts[1]["order"] == "blocks" and attempts[1]["streams"] == 4
+    [epoch] = ledger.check("s3://test/runs/killed", ledger.train_keys(shards), ledger.order_keys(attempts[1]),
+                           through=(1, 0))
     assert epoch.ok and epoch.never < 8 and epoch.more_than_once == 0 and epoch.attempts == [0, 1], epoch
-    assert sorted(ledger.read_attempts("s3://test/runs/killed")) == [0, 1]
+    assert epoch.misplaced == 0 and not epoch.skipped
     checked = CliRunner().invoke(app, ["ledger", "check", "s3://test/runs/killed"])
     assert checked.exit_code == 0 and "FAILED" not in checked.output, checked.output  # exit 1 when an epoch fails
     client = mlflow.MlflowClient(cfg.tracking.uri)
@@ -226,6 +236,13 @@ def test_resume_allows_some_changes_and_refuses_others_naming_the_key():
         check_resume(resampled, load_config(None, ["data.batch_size=8", "data.order=resampled"]), 4, "ckpt")
     with pytest.raises(ResumeError, match=r"data[.]order was 'blocks' and is now 'resampled'"):
         check_resume(saved, load_config(None, ["data.batch_size=8", "data.order=resampled"]), 2, "ckpt")
+    # A dataset whose manifest changed under the same URI is refused; a checkpoint from before
+    # digests were saved is not checked.
+    dated = TrainState(epoch=1, step=40, world_size=2, config=saved.config, dataset_digest="abc", dataset_samples=99)
+    check_resume(dated, load_config(None, ["data.batch_size=8"]), 2, "ckpt", "abc")
+    with pytest.raises(ResumeError, match=r"manifest of .* changed since the run began \(digest abc, now def; 99 train"):
+        check_resume(dated, load_config(None, ["data.batch_size=8"]), 2, "ckpt", "def")
+    check_resume(saved, load_config(None, ["data.batch_size=8"]), 2, "ckpt", "def")
     # A checkpoint written before a key existed had that key's default: resuming with it is fine
     old = saved.config | {"model": {k: v for k, v in saved.config["model"].items() if k != "trainable"}}
     check_resume(TrainState(epoch=1, step=40, world_size=2, config=old), load_config(None, ["data.batch_size=8"]), 2, "ckpt")

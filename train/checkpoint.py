@@ -41,6 +41,8 @@ class TrainState:
     mlflow_run_id: str | None = None
     config: dict = field(default_factory=dict)
     cost: dict = field(default_factory=dict)  # the run's cost so far (train/cost.py Meter.totals)
+    dataset_digest: str = ""  # the manifest's (data_pipeline/manifest.py digest) the run trains on
+    dataset_samples: int = 0  # train samples in an epoch
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -106,10 +108,15 @@ def _get(config: dict, key: str, missing=None):
     return node
 
 
-def check_resume(saved: TrainState, cfg: Config, world_size: int | None, where: str) -> None:
+def check_resume(saved: TrainState, cfg: Config, world_size: int | None, where: str, dataset_digest: str | None = None) -> None:
     """Refuse to resume from the checkpoint at `where` when the new config changes a key that fixes
-    the meaning of its position or its state; the message names the key. `world_size` None: not
-    known yet (an elastic run, checked again by the workers)."""
+    the meaning of its position or its state, or when the dataset's manifest changed since (its
+    `dataset_digest` now); the message names what changed. `world_size` None: not known yet (an
+    elastic run, checked again by the workers)."""
+    if dataset_digest and saved.dataset_digest and dataset_digest != saved.dataset_digest:
+        raise ResumeError(f"cannot resume from {where}: the manifest of {cfg.data.dataset} changed since the run began (digest "
+                          f"{saved.dataset_digest}, now {dataset_digest}; {saved.dataset_samples} train samples an epoch then): "
+                          f"the saved position is a place in the old dataset's order; start a new run")
     new, defaults = cfg.to_dict(), Config().to_dict()
     for key, why in FIXED_ON_RESUME.items():
         # A key added after the checkpoint was written had its default then (model.trainable: all).
@@ -226,7 +233,7 @@ class Found:
     universal: bool  # written by another number of ranks, with ZeRO state to reshard
 
 
-def find(cfg: Config, world_size: int) -> Found | None:
+def find(cfg: Config, world_size: int, dataset_digest: str | None = None) -> Found | None:
     """The latest complete checkpoint of this run (Ray Train hands it to restarted workers), its
     state, and whether it must be converted to load on `world_size` ranks."""
     import ray.train  # noqa: PLC0415
@@ -238,7 +245,7 @@ def find(cfg: Config, world_size: int) -> Found | None:
         return None
     with ckpt.as_directory() as d, open(os.path.join(d, STATE)) as f:
         state = TrainState.from_json(f.read())
-    check_resume(state, cfg, world_size, ckpt.path)
+    check_resume(state, cfg, world_size, ckpt.path, dataset_digest)
     universal = state.world_size not in (0, world_size) and cfg.deepspeed.zero_stage > 0
     return Found(ckpt, state, universal)
 

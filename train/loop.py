@@ -195,7 +195,8 @@ def train_func(config: dict) -> None:
     batches, pos_weight = plan_epochs(manifest, cfg, world, samples)
     global_batch = cfg.data.batch_size * world
 
-    found = checkpoint.find(cfg, world)  # before the engine: a checkpoint of another world size changes its config
+    digest = mf.digest(manifest)
+    found = checkpoint.find(cfg, world, digest)  # before the engine: a checkpoint of another world size changes its config
     total_steps = planned_steps(samples, cfg, world, found.state if found else None)
     model = build_model(cfg.model)
     sizes = trainable.counts(model)  # before the engine: ZeRO-3 partitions the parameters
@@ -208,6 +209,7 @@ def train_func(config: dict) -> None:
     state, reload = resumed if resumed else (TrainState(), None)
     saved_world = state.world_size
     state.config, state.world_size = tracking.loggable(cfg), world  # only changes check_resume allows
+    state.dataset_digest, state.dataset_samples = digest, samples
     ledger = _open_ledger(cfg, rank, world, state, reload) if cfg.data.ledger else None
     meter = _meter(cfg, config.get("driver_node"), state, rank, world)
     noticed = None  # the preemption this attempt already checkpointed for
@@ -337,7 +339,9 @@ def _open_ledger(cfg: Config, rank: int, world: int, state: TrainState, reload: 
     if rank == 0:
         info[0] = start_attempt(checkpoint.run_uri(cfg), {
             "world_size": world, "batch_size": cfg.data.batch_size, "grad_accum": cfg.optim.grad_accum,
-            "seed": cfg.optim.seed, "dataset": cfg.data.dataset, "fakes": cfg.data.fakes, "epoch": state.epoch, "position": state.position,
+            "seed": cfg.optim.seed, "dataset": cfg.data.dataset, "fakes": cfg.data.fakes, "pairing": cfg.data.pairing,
+            "order": cfg.data.order, "block_samples": cfg.data.block_samples, "window_blocks": cfg.data.window_blocks,
+            "streams": cfg.data.streams, "epoch": state.epoch, "position": state.position,
             "resumed_from": reload["resumed_from"] if reload else None})
     dist.broadcast_object_list(info, src=0)
     return Ledger(checkpoint.run_uri(cfg), info[0], rank)

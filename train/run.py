@@ -66,7 +66,9 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, recla
         found = checkpoint.latest_state(run_uri(cfg))
         if found:  # fail here, in one line, before any worker starts
             low, high = cfg.ray.workers()
-            checkpoint.check_resume(found[0], cfg, low if low == high else None, found[1])
+            from data_pipeline import manifest as mf  # noqa: PLC0415
+
+            checkpoint.check_resume(found[0], cfg, low if low == high else None, found[1], mf.digest(mf.load(cfg.data.dataset)))
             spent = found[0].cost.get("dollars", 0.0)
             if cfg.budget.dollars is not None and spent > cfg.budget.dollars:
                 raise checkpoint.ResumeError(f"run {cfg.ray.run_name} has spent ${spent:.4f} by its estimate, more than "

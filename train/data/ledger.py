@@ -75,11 +75,16 @@ class EpochCheck:
     step: int = 0  # samples per optimizer step of the attempt that ended the epoch
     gaps: list[tuple[int, int]] = field(default_factory=list)  # position ranges no kept batch covers
     attempts: list[int] = field(default_factory=list)
+    misplaced: int = 0  # batches whose keys are not the epoch's order at their position (recomputed)
+    missing: bool = False  # the run's last checkpoint is past this epoch, and the ledger has none of it
+    allow_skipped: bool = False  # unreadable samples pass (`dfdc ledger check --allow-skipped`)
 
     @property
     def ok(self) -> bool:
-        """Every sample once, apart from the remainder of less than one optimizer step at the end."""
-        return (not self.more_than_once and not self.unknown and not self.gaps
+        """Every sample once, in the epoch's order, apart from the remainder of less than one
+        optimizer step at the end; no sample skipped as unreadable unless that is allowed."""
+        return (not self.missing and not self.more_than_once and not self.unknown and not self.gaps and not self.misplaced
+                and (self.allow_skipped or not self.skipped)
                 and self.samples - self.end < self.step and self.never == self.samples - self.end)
 
 
@@ -136,16 +141,50 @@ def train_keys(dataset: str, fakes: bool = True) -> list[str]:
     return keys
 
 
-def check(run_uri: str, train_keys: list[str]) -> list[EpochCheck]:
-    """Per epoch in the ledger: how many train samples were seen once, never, more than once."""
+def order_keys(info: dict):
+    """epoch -> the keys of that epoch's order, recomputed from the run's settings as an attempt
+    recorded them (`info`) and the dataset's shard indexes: what the ledger is compared with."""
+    from data_pipeline import manifest as mf  # noqa: PLC0415
+    from data_pipeline import shard_index  # noqa: PLC0415
+    from train.data.order import make_order  # noqa: PLC0415
+    from train.data.reader import train_set_of  # noqa: PLC0415
+
+    data = mf.load(info["dataset"])
+    train = train_set_of(info["dataset"], data, info.get("pairing", "none"), info.get("fakes", True))
+    keys = [s[0] for url, n in zip(train.urls, train.counts) for s in shard_index.read(url, n)]
+
+    def of(epoch: int) -> list[str]:
+        order = make_order(info.get("order", "permutation"), train.counts, info["seed"], epoch, info["batch_size"],
+                           info.get("block_samples", 32), info.get("window_blocks", 32), info.get("streams", 64),
+                           train.units, train.paired)
+        return [keys[i] for i in order.all()]
+
+    return of
+
+
+def check(run_uri: str, train_keys: list[str], order_of=None, allow_skipped: bool = False,
+          through: tuple[int, int] | None = None) -> list[EpochCheck]:
+    """Per epoch in the ledger: how many train samples were seen once, never, more than once, and
+    (with `order_of`, epoch -> keys in order: `order_keys`) how many batches hold other samples than
+    the epoch's order has at their position. `through`: (epoch, position) of the run's last
+    checkpoint; epochs up to it that the ledger lacks are reported as missing."""
     attempts = read_attempts(run_uri)
-    epochs = sorted(int(m.group(1)) for name in storage.list_files(storage.join(run_uri, DIR))
-                    if (m := re.fullmatch(r"epoch-(\d+)/.*", name)))
+    epochs = {int(m.group(1)) for name in storage.list_files(storage.join(run_uri, DIR))
+              if (m := re.fullmatch(r"epoch-(\d+)/.*", name))}
     known = set(train_keys)
     out = []
-    for epoch in sorted(set(epochs)):
+    if through is not None:
+        for epoch in sorted(set(range(through[0] + (1 if through[1] else 0))) - epochs):
+            out.append(EpochCheck(epoch, len(known), never=len(known), missing=True))
+    for epoch in sorted(epochs):
         batches, wrote = kept_batches(run_uri, epoch)
-        result = EpochCheck(epoch, len(known), attempts=wrote)
+        result = EpochCheck(epoch, len(known), attempts=wrote, allow_skipped=allow_skipped)
+        if order_of is not None:
+            expected = order_of(epoch)
+            for b in batches:
+                skipped = set(b.get("skipped", []))
+                want = expected[b["position"]:b["position"] + len(b["keys"]) + len(skipped)]
+                result.misplaced += [k for k in want if k not in skipped] != b["keys"] or not skipped <= set(want)
         seen = Counter(k for b in batches for k in b["keys"] + b.get("skipped", []))
         result.skipped = sum(len(b.get("skipped", [])) for b in batches)
         result.unknown = sum(n for k, n in seen.items() if k not in known)
@@ -162,4 +201,4 @@ def check(run_uri: str, train_keys: list[str]) -> list[EpochCheck]:
         last = attempts.get(max(wrote), {}) if wrote else {}  # the attempt that ended the epoch sets the remainder
         result.step = last.get("batch_size", 0) * last.get("world_size", 0) * last.get("grad_accum", 1)
         out.append(result)
-    return out
+    return sorted(out, key=lambda r: r.epoch)
