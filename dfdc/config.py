@@ -150,6 +150,9 @@ class DataConfig:
     # Ranged reads that fail for storage reasons (after s3fs's own retries) are tried this many times
     # more, 1, 2, 4, ... s apart, before the step fails: never skipped, the run restarts or stops.
     read_retries: int = 4
+    # Reads the storage throttles (503 SlowDown, 429) wait with jittered back-off, not counted as
+    # failures, until this many seconds pass without any read getting through.
+    slowdown_timeout_s: float = 1800.0
     # A rank reads each of its samples with a ranged GET; two of its ranges in one shard closer than
     # this many bytes are read as one (fewer requests, more bytes: each rank also reads the gap).
     merge_gap_bytes: int = 0

@@ -1,5 +1,6 @@
 """An HTTP proxy in front of the S3 server that fails some requests the way S3 does under load:
-503 SlowDown, and connections dropped before any answer. For testing retries, not a mock: every
+503 SlowDown (also past a request rate, `capped`, as S3 answers past a prefix's ~5,500 GET/s), and
+connections dropped before any answer. For testing retries, not a mock: every
 request it lets through is served by the real server. It also counts the bytes it passes on
 (bench/loader_order.py measures read amplification with it, failing nothing)."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -93,5 +95,26 @@ def every_third_read_fails(suffix: str):
         if method == "GET" and path.split("?")[0].endswith(suffix):
             return (("503", "reset", None))[next(counter) % 3]
         return None
+
+    return fail_when
+
+
+def capped(rate: float, suffix: str = ".tar"):
+    """GETs of `suffix` objects beyond `rate` a second (a token bucket holding one second's worth)
+    are answered 503 SlowDown, as S3 answers requests past a prefix's rate."""
+    lock = threading.Lock()
+    state = {"tokens": rate, "at": time.monotonic()}
+
+    def fail_when(method: str, path: str):
+        if method != "GET" or not path.split("?")[0].endswith(suffix):
+            return None
+        with lock:
+            now = time.monotonic()
+            state["tokens"] = min(rate, state["tokens"] + (now - state["at"]) * rate)
+            state["at"] = now
+            if state["tokens"] >= 1:
+                state["tokens"] -= 1
+                return None
+        return "503"
 
     return fail_when

@@ -2,6 +2,7 @@
 dataset that cannot be read fails the step, loader workers that leave this process's S3 client
 usable."""
 
+import dataclasses
 import io
 import json
 import logging
@@ -228,6 +229,37 @@ def test_ranged_reads_retry_s3_errors_and_never_show_the_signed_url(client, shar
         assert "connection refused" in str(nobody.value)
         for text in (str(refused.value), str(nobody.value), *(r.getMessage() for r in caplog.records)):
             assert "X-Amz-" not in text and s3_server.key not in text, text  # the query of a presigned URL
+    finally:
+        monkeypatch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.timeout(300)
+def test_reads_past_the_request_rate_back_off_and_every_sample_arrives_once(shards, s3_server, monkeypatch):
+    """Through a proxy that answers 503 SlowDown past 5 GETs a second (S3's per-prefix cap, scaled
+    down), an epoch read one GET a sample (the permutation order, 2 ranks) gets every sample exactly
+    once: throttled reads wait with jittered back-off, neither lost, repeated nor counted as failures
+    (data.read_retries=0 would end the step at the first failure). A server that throttles
+    everything fails the step once data.slowdown_timeout_s passes without a read getting through."""
+    import s3fs
+
+    from tests.flaky_proxy import FlakyProxy, capped
+
+    urls = [f"{shards}/a.tar", f"{shards}/b.tar", f"{shards}/c.tar"]
+    shard_index.ensure(urls, log=lambda *_: None)
+    train = load_train_set(urls, [5, 17, 40])
+    cfg = DataConfig(image_size=24, batch_size=4, num_workers=0, augment=False, order="permutation", read_retries=0)
+    try:
+        with FlakyProxy(s3_server.endpoint, capped(5)) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+            s3fs.S3FileSystem.clear_instance_cache()
+            keys = [k for batches in _epoch(train, cfg, 2).values() for b in batches for k in b.keys]
+        assert proxy.injected["503"] > 0 and len(keys) == len(set(keys)) == 56, (proxy.injected, len(keys))
+        with FlakyProxy(s3_server.endpoint, capped(0)) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+            s3fs.S3FileSystem.clear_instance_cache()
+            with pytest.raises(DataUnavailable, match=r"throttling \(503 SlowDown or 429\) for [0-9]+ s \(data.slowdown_timeout_s\)"):
+                _epoch(train, dataclasses.replace(cfg, slowdown_timeout_s=2.0), 1)
     finally:
         monkeypatch.undo()
         s3fs.S3FileSystem.clear_instance_cache()

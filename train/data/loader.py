@@ -180,7 +180,8 @@ class EpochStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         order = self.order if self.order is not None else epoch_order_of(self.train, self.cfg, self.seed, self.epoch)
-        reader = SampleReader(self.train, self.cfg.read_retries, self.cfg.merge_gap_bytes, self.cfg.range_reads)
+        reader = SampleReader(self.train, self.cfg.read_retries, self.cfg.merge_gap_bytes, self.cfg.range_reads,
+                              self.cfg.slowdown_timeout_s)
         mine = list(range(worker, self.batches, workers))
         spans = [rank_slice(self.position, k, self.rank, self.cfg.batch_size, self.world) for k in mine]
         plan = [order[a:b] for a, b in spans]

@@ -42,7 +42,10 @@ class RangeReadError(OSError):
     def __init__(self, uri: str, start: int, end: int, detail: str, code: str = "", status: int = 0):
         super().__init__(f"GET {uri} bytes {start}-{end - 1}: {detail}")
         self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
-        self.transient = status >= 500 or status == 429
+        # 503 (SlowDown) and 429: the server asks for fewer requests. Not tried again at once, which
+        # would add to the load: the reader backs off (train/data/reader.py).
+        self.throttled = status in (429, 503)
+        self.transient = status >= 500 and not self.throttled
         self.resign = status in (400, 403)  # an expired URL or token: S3 answers 400 ExpiredToken or 403
 
 

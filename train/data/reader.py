@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -99,9 +100,10 @@ class Sample:
 class SampleReader:
     """Fetch samples by id. Counts what it read (bytes, requests) for the read-amplification figures."""
 
-    def __init__(self, train: TrainSet, retries: int, merge_gap: int = 0, client: str = "curl"):
+    def __init__(self, train: TrainSet, retries: int, merge_gap: int = 0, client: str = "curl", slowdown_timeout: float = 1800.0):
         self.train, self.retries, self.merge_gap, self.client = train, retries, merge_gap, client
-        self.bytes = self.requests = 0
+        self.slowdown_timeout = slowdown_timeout
+        self.bytes = self.requests = self.throttled = 0
         self._keys: dict[int, list[str]] = {}
 
     def key_of(self, sample_id: int) -> str:
@@ -144,12 +146,18 @@ class SampleReader:
         return _parse(data, self.train.urls[int(shard[0])])
 
     def _get(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
-        """The ranges' bytes. Failed ranges (storage failures) are fetched again, only they, up to
-        `retries` more times, 1, 2, 4, ... s apart; then DataUnavailable names the first."""
+        """The ranges' bytes. Failed ranges are fetched again, only they. Storage failures up to
+        `retries` more times, 1, 2, 4, ... s apart; then DataUnavailable names the first. Throttling
+        (503 SlowDown, 429: the server asks for fewer requests, as S3 does past a prefix's ~5,500
+        GET/s) is no failure: those ranges wait with jittered exponential back-off (a random wait up
+        to 0.25, 0.5, 1, ... 16 s) for as long as the server serves anything, and fail only after
+        `slowdown_timeout` seconds in which no read got through."""
         reads = range_reads(self.client) if self.client != "s3fs" and paths[0].startswith("s3://") else None
         out: list = [None] * len(paths)
         todo = list(range(len(paths)))
-        for attempt in range(self.retries + 1):
+        failures = waits = 0
+        served = time.monotonic()
+        while True:
             some = [paths[i] for i in todo], [starts[i] for i in todo], [ends[i] for i in todo]
             blobs = reads.cat_ranges(*some) if reads else s3fs_cat_ranges(*some)
             self.requests += len(todo)
@@ -160,17 +168,38 @@ class SampleReader:
                 else:
                     out[i] = blob
                     self.bytes += len(blob)
+                    served = time.monotonic()
             if not failed:
                 return out
-            i, exc = failed[0]
-            why = storage.explain(exc, paths[i]) or f"{paths[i]}: {type(exc).__name__}: {exc}"
-            if attempt == self.retries:
-                raise DataUnavailable(f"{len(failed)} of {len(paths)} ranged reads of training shards failed "
-                                      f"{self.retries + 1} times (data.read_retries); the first: {why}")
-            log.warning("retrying %d failed ranged reads in %d s: %s", len(failed), 2 ** attempt, why)
-            time.sleep(2 ** attempt)
             todo = [i for i, _ in failed]
-        raise AssertionError("unreachable")
+            other = [(i, e) for i, e in failed if not _throttled(e)]
+            i, exc = other[0] if other else failed[0]
+            why = storage.explain(exc, paths[i]) or f"{paths[i]}: {type(exc).__name__}: {exc}"
+            if other:
+                failures += 1
+                if failures > self.retries:
+                    raise DataUnavailable(f"{len(other)} of {len(paths)} ranged reads of training shards failed "
+                                          f"{self.retries + 1} times (data.read_retries); the first: {why}")
+                log.warning("retrying %d failed ranged reads in %d s: %s", len(failed), 2 ** (failures - 1), why)
+                time.sleep(2 ** (failures - 1))
+                continue
+            if time.monotonic() - served > self.slowdown_timeout:
+                raise DataUnavailable(f"the storage answered every read with throttling (503 SlowDown or 429) for "
+                                      f"{time.monotonic() - served:.0f} s (data.slowdown_timeout_s); the last: {why}")
+            self.throttled += len(failed)
+            wait = random.uniform(0, min(16.0, 0.25 * 2 ** waits))
+            waits = min(waits + 1, 16)
+            log.info("storage throttled %d ranged reads; waiting %.2f s", len(failed), wait)
+            time.sleep(wait)
+
+
+def _throttled(exc: BaseException) -> bool:
+    """Whether a failed read was the server asking for fewer requests (HTTP 503 or 429, SlowDown)."""
+    if getattr(exc, "throttled", False):
+        return True
+    response = getattr(exc, "response", None) or {}
+    code = response.get("Error", {}).get("Code", "")
+    return code in ("SlowDown", "Throttling", "TooManyRequests") or response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (429, 503)
 
 
 def s3fs_cat_ranges(uris: list[str], starts: list[int], ends: list[int]) -> list:
