@@ -446,11 +446,13 @@ def plan(
     corpus = dataclasses.replace(cap.DFDC, frames_per_video=cfg.ingest.frames_per_video)
     ingest = cap.Rate(ingest_rate, "given") if ingest_rate else cap.INGEST_PER_VCPU
     train = cap.Rate(gpu_rate, "given") if gpu_rate else cap.IMAGES_PER_GPU
+    gets = cap.gets_per_sample(cfg.data.order, cfg.data.block_samples)
+    spread = cfg.ingest.key_prefixes
     try:
         plans = [(f"ingest on {cpu_node} spot nodes", cap.ingest_plan(corpus, ingest, table_prices, cpu_node, sizes)),
-                 (f"one epoch on {gpu_node} spot nodes", cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes)),
+                 (f"one epoch on {gpu_node} spot nodes", cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes, 1, gets, spread)),
                  (f"the recipe ({cfg.optim.epochs} epochs) on {gpu_node} spot nodes",
-                  cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes, cfg.optim.epochs))]
+                  cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes, cfg.optim.epochs, gets, spread))]
     except ValueError as e:
         raise fail(str(e), 2) from e
     console.print(f"{corpus.name}: {corpus.videos:,} videos x {corpus.frames_per_video} frames, "
@@ -458,13 +460,18 @@ def plan(
     console.print(f"ingest rate: {ingest.value:g} sampled frames/s per vCPU ({ingest.measured})", highlight=False)
     console.print(f"training rate: {train.value:g} images/s per GPU ({train.measured})", highlight=False)
     console.print(f"spot prices of {table_prices.date} ({table_prices.source}); throughput assumed linear in nodes, "
-                  f"S3 at {cap.S3_GETS_PER_PREFIX:,} GET/s per prefix", highlight=False)
-    for title, rows in plans:
+                  f"S3 at {cap.S3_GETS_PER_PREFIX:,} GET/s per prefix, ${cap.GET_DOLLARS_PER_1000} per 1,000 GETs", highlight=False)
+    console.print(f"training reads: {gets.value:.4g} GETs per sample ({gets.measured}); shards over {spread} key "
+                  f"prefix(es) (ingest.key_prefixes)", highlight=False)
+    for i, (title, rows) in enumerate(plans):
         table = Table(title=title)
-        for col in ("nodes", "hours", "spot $", "S3 GET/s", "prefixes needed"):
+        columns = ("nodes", "hours", "spot $", "S3 GET/s", "prefixes needed") + (("GET/s per prefix", "GET $") if i else ())
+        for col in columns:
             table.add_column(col, justify="right")
         for r in rows:
-            table.add_row(str(r.nodes), f"{r.hours:,.2f}", f"{r.dollars:,.2f}", f"{r.gets_per_s:,.0f}", str(r.prefixes))
+            extra = (f"{r.gets_per_prefix:,.0f}" + (" (over S3's)" if r.gets_per_prefix > cap.S3_GETS_PER_PREFIX else ""),
+                     f"{r.get_dollars:,.2f}") if i else ()
+            table.add_row(str(r.nodes), f"{r.hours:,.2f}", f"{r.dollars:,.2f}", f"{r.gets_per_s:,.0f}", str(r.prefixes), *extra)
         console.print(table)
 
 

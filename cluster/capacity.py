@@ -16,6 +16,7 @@ from train.cost import Prices
 # S3 serves at least this many GET/HEAD requests per second per partitioned prefix (AWS's
 # documented figure); more than that wants the shards spread over more prefixes.
 S3_GETS_PER_PREFIX = 5_500
+GET_DOLLARS_PER_1000 = 0.0004  # S3 Standard GET requests, us-east-1 (AWS's price page, read December 2026)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,18 @@ class Rate:
 # Recorded in docs/performance.md.
 INGEST_PER_VCPU = Rate(63.85, "`dfdc ingest` on 2 cores here: 127.7 sampled frames/s (`make bench`, 2026-11-30; 640x360 "
                               "synthetic videos, a third of them real, so detected); DFDC's 1920x1080 frames were not measured")
+# The training loader's GETs per sample, by data.order: the block order reads a block of
+# data.block_samples samples per GET when the world size divides data.streams (bench/block_order.py:
+# 1/32 at world sizes 1-64 on a DFDC-sized layout with the defaults); the permutation one per sample.
+def gets_per_sample(order: str, block_samples: int) -> Rate:
+    if order == "blocks":
+        return Rate(1 / block_samples, f"the block order, one GET per {block_samples}-sample block (bench/block_order.py "
+                                       "measured 1/32 at the defaults on a DFDC-sized layout, world sizes 1-64)")
+    if order == "permutation":
+        return Rate(1.0, "the permutation order, one GET per sample")
+    return Rate(1 / 2048, "resampled shards streamed whole in 8 MiB reads (~2,000 crops a GET; not exact epochs)")
+
+
 IMAGES_PER_GPU = Rate(183.7, "one H100, EfficientNet-B4 at 380 px, bf16, ZeRO-2, batch 32, streamed from S3 "
                              "(2026-11-23); the B7 recipe's model is larger and was not measured")
 
@@ -53,6 +66,8 @@ class Row:
     dollars: float
     gets_per_s: float  # S3 GETs/s the whole cluster issues at that speed
     prefixes: int  # partitioned prefixes that many GETs want
+    gets_per_prefix: float = 0.0  # GETs/s on each of the dataset's key prefixes (ingest.key_prefixes)
+    get_dollars: float = 0.0  # S3 request charges of the GETs
 
 
 def _size(prices: Prices, node_type: str, key: str) -> int:
@@ -78,15 +93,18 @@ def ingest_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, node
     return rows
 
 
-def epoch_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int], epochs: int = 1) -> list[Row]:
+def epoch_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int], epochs: int = 1,
+               gets: Rate = Rate(1.0, "one GET per sample"), key_prefixes: int = 1) -> list[Row]:
     """`epochs` epochs on N spot GPU nodes at `rate` images/s per GPU. The training loader issues
-    one ranged GET per sample (train/data/range_reads.py), so GETs/s is the images/s of the cluster."""
+    `gets` GETs per sample (`gets_per_sample`), spread over the dataset's `key_prefixes`."""
     gpus = _size(prices, node_type, "gpus")
     crops = corpus.videos * corpus.frames_per_video * corpus.crops_per_frame
     rows = []
     for n in nodes:
         per_s = rate.value * gpus * n
         seconds = crops * epochs / per_s
-        rows.append(Row(n, seconds / 3600, seconds / 3600 * n * prices.per_hour[node_type]["spot"], per_s,
-                        max(1, math.ceil(per_s / S3_GETS_PER_PREFIX))))
+        gets_per_s = per_s * gets.value
+        rows.append(Row(n, seconds / 3600, seconds / 3600 * n * prices.per_hour[node_type]["spot"], gets_per_s,
+                        max(1, math.ceil(gets_per_s / S3_GETS_PER_PREFIX)), gets_per_s / key_prefixes,
+                        crops * epochs * gets.value / 1000 * GET_DOLLARS_PER_1000))
     return rows

@@ -121,7 +121,7 @@ def run_unit(records: list[VideoRecord], name: str, split: str, dest: str, cfg_d
     detector = _DETECTORS[key]
 
     reader = VideoReader()
-    writer = ShardWriter(dest, name, split, cfg.ingest.shard_bytes)
+    writer = ShardWriter(dest, name, split, cfg.ingest.shard_bytes, cfg.ingest.key_prefixes)
     quarantine: list[Quarantined] = []
     faces_of: dict[str, dict] = {}
     frames = videos_ok = detected = samples = 0

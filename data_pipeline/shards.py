@@ -20,6 +20,13 @@ from data_pipeline import shard_index
 from data_pipeline.extract import Sample
 
 
+def key_prefix(unit: str, prefixes: int) -> int:
+    """The key prefix (0 .. prefixes - 1) of a unit's shards: a hash of its name, the same on every run."""
+    import zlib  # noqa: PLC0415
+
+    return zlib.crc32(unit.encode()) % prefixes
+
+
 @dataclass
 class ShardInfo:
     url: str  # relative to the dataset root (where manifest.json is)
@@ -30,8 +37,9 @@ class ShardInfo:
 
 
 class ShardWriter:
-    def __init__(self, dest: str, prefix: str, split: str, max_bytes: int):
+    def __init__(self, dest: str, prefix: str, split: str, max_bytes: int, key_prefixes: int = 1):
         self.dest, self.prefix, self.split, self.max_bytes = dest, prefix, split, max_bytes
+        self.folder = f"shards/{split}" if key_prefixes <= 1 else f"shards/{key_prefix(prefix, key_prefixes)}/{split}"
         self.shards: list[ShardInfo] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="dfdc-shard-")
         self._writer = None
@@ -52,7 +60,7 @@ class ShardWriter:
 
     def _finish(self) -> None:
         self._writer.close()
-        rel = f"shards/{self.split}/{self.prefix}-{len(self.shards):04d}.tar"
+        rel = f"{self.folder}/{self.prefix}-{len(self.shards):04d}.tar"
         size = os.path.getsize(self._path)
         uri = storage.join(self.dest, rel)
         storage.put_file(self._path, uri)

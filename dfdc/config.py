@@ -47,6 +47,14 @@ class IngestConfig:
     crop_size: int = 256
     jpeg_quality: int = 95
     shard_bytes: int = 512 * 1024 * 1024
+    # Shards spread over this many key prefixes (shards/<k>/<split>/..., k from the unit's name): S3
+    # serves ~5,500 GET/s per prefix, so a cluster that reads faster wants more (`dfdc plan` says
+    # how many). 1: shards/<split>/... Recorded in the manifest with the rest of this section.
+    key_prefixes: int = 1
+
+    def check(self) -> None:
+        if self.key_prefixes < 1:
+            raise ConfigError(f"ingest.key_prefixes must be at least 1, got {self.key_prefixes}")
     val_fraction: float = 0.1
     seed: int = 0
     # Work unit of a Ray task: whole groups (an original and its fakes) up to this many videos.

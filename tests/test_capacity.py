@@ -29,6 +29,17 @@ def test_epochs_time_cost_gets_and_prefixes():
     assert one.dollars == pytest.approx(one.hours * 10.0)
     assert one.gets_per_s == 800 and one.prefixes == 1  # one GET per sample
     assert many.gets_per_s == 8_000 and many.prefixes == 2  # more than 5,500 GET/s: a second prefix
+    assert one.get_dollars == pytest.approx(15_000 * 4 / 1000 * 0.0004)
+
+
+def test_the_block_orders_gets_per_sample_and_key_prefixes_divide_the_request_rate():
+    from cluster.capacity import gets_per_sample
+
+    blocks = gets_per_sample("blocks", 32)
+    assert blocks.value == 1 / 32 and gets_per_sample("permutation", 32).value == 1.0
+    [row] = epoch_plan(CORPUS, Rate(100.0, "x"), PRICES, "gpu.node", [10], epochs=4, gets=blocks, key_prefixes=4)
+    assert row.gets_per_s == 8_000 / 32 and row.gets_per_prefix == 8_000 / 32 / 4 and row.prefixes == 1
+    assert row.get_dollars == pytest.approx(15_000 * 4 / 32 / 1000 * 0.0004)
 
 
 def test_a_node_type_the_table_lacks_is_named():
@@ -43,7 +54,8 @@ def test_dfdc_plan_prints_the_three_tables_with_their_sources():
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
     for part in ("119,154 videos x 32 frames", "ingest on c7i.8xlarge", "one epoch on p5.48xlarge",
-                 "the recipe (40 epochs)", "183.7 images/s per GPU (one H100", "prefixes needed", "spot prices of 2026-11-29"):
+                 "the recipe (40 epochs)", "183.7 images/s per GPU (one H100", "prefixes needed", "spot prices of 2026-11-29",
+                 "0.03125 GETs per sample (the block order", "GET/s per prefix", "GET $"):
         assert part in text, part
     bad = CliRunner().invoke(app, ["plan", "--nodes", "0,x"])
     assert bad.exit_code == 2 and "--nodes" in bad.output
