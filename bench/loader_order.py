@@ -16,7 +16,7 @@ S3 server (rclone), in one run.
               and more than once; blocks and the permutation also with 2 ranks (their bytes summed)
 
 Usage: python bench/loader_order.py [--size 128] [--batch 8] [--batches 80] [--workers 1,2] [--rounds 3] [--videos 48] [--merge-gap 0]
-           [--dataset s3://...]
+           [--block-samples 32] [--window-blocks 32] [--streams 64] [--dataset s3://...]
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--dataset", help="an ingested dataset on S3 (with manifest.json) instead of a synthetic one")
     ap.add_argument("--merge-gap", type=int, default=0, help="data.merge_gap_bytes for the permutation order")
     ap.add_argument("--block-samples", type=int, default=32, help="data.block_samples of the block order")
+    ap.add_argument("--window-blocks", type=int, default=32, help="data.window_blocks of the block order")
+    ap.add_argument("--streams", type=int, default=64, help="data.streams of the block order")
     args = ap.parse_args()
 
     from train_step import dataset  # noqa: PLC0415  (bench/: the same synthetic corpus)
@@ -108,6 +110,7 @@ def main() -> None:
     cfg = load_config(None, [
         f"data.image_size={args.size}", f"data.batch_size={args.batch}", "data.shuffle_buffer=100",
         f"data.merge_gap_bytes={args.merge_gap}", f"data.block_samples={args.block_samples}",
+        f"data.window_blocks={args.window_blocks}", f"data.streams={args.streams}",
         f"synth.videos={args.videos}", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", f"ingest.crop_size={args.size}",
         "ingest.videos_per_task=4", "ingest.val_fraction=0", "ingest.shard_bytes=1000000",
     ])

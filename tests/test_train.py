@@ -102,7 +102,10 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
     assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_at_position")] == [latest["position"]]
     assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_from_world_size")] == [1]
     assert [h.value for h in client.get_metric_history(r.info.run_id, "resumed_on_world_size")] == [2]
-    assert any("universal" in v for k, v in r.data.tags.items() if k.startswith("resumed_at_step_"))
+    assert any("universal" in v and "converted it once" in v for k, v in r.data.tags.items() if k.startswith("resumed_at_step_"))
+    # The conversion is stored once beside the checkpoints, for every rank and later restarts.
+    stored = storage.list_files("s3://test/runs/killed/universal")
+    assert sum(p.endswith("/COMPLETE") for p in stored) == 1 and any("/ds/" in p for p in stored), sorted(stored)[:5]
     # The resharded engine gave the checkpoint's outputs: the same weights and BatchNorm statistics.
     assert client.get_metric_history(r.info.run_id, "reload_max_abs_diff")[0].value < 1e-5
 

@@ -15,7 +15,7 @@ from PIL import Image
 from dfdc import storage
 from dfdc.config import DataConfig
 from data_pipeline import shard_index
-from train.data.loader import DataUnavailable, epoch_loader, resampled_loader, unreadable_total, val_loader
+from train.data.loader import DataUnavailable, epoch_loader, resampled_loader, train_loader, unreadable_total, val_loader
 from train.data.reader import load_train_set
 
 
@@ -157,6 +157,12 @@ def test_an_epoch_is_every_sample_once_in_the_same_order_for_any_world_size(shar
     fetched = sum(b.read[0] for batches in (*first.values(), *rest.values()) for b in batches)
     assert train.bytes * 60 / 62 * 0.9 < fetched < train.bytes * 1.5
     assert _epoch(train, cfg, 1, epoch=1)[0][0].keys != alone[:4], "each epoch has its own order"
+    # Training reads every epoch left from one stream, whose loader workers live across epochs: the
+    # same batches, epoch after epoch, from a position in the first.
+    for rank in (0, 1):
+        stream = [(b.position, b.keys) for b in train_loader(train, cfg, 3, 0, 8, 2, rank, 2)]
+        by_epoch = [(b.position, b.keys) for e, p in ((0, 8), (1, 0)) for b in _epoch(train, cfg, 2, position=p, epoch=e)[rank]]
+        assert stream == by_epoch and len(stream) == 6 + 7  # (62 - 8) // 8, then 62 // 8
 
 
 def test_a_sample_whose_bytes_are_bad_is_skipped_and_named_a_missing_shard_fails_the_step(shards):

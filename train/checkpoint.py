@@ -300,6 +300,39 @@ def to_universal(src: str, dst: str) -> None:
         ds_to_universal.main(args)
 
 
+UNIVERSAL = "universal"  # <run>/universal/<checkpoint name>/: a checkpoint converted for another world size
+COMPLETE = "COMPLETE"  # written last into such a folder: without it the folder is incomplete
+
+
+def universal_copy(found: Found, cfg: Config, local: str, into: str) -> bool:
+    """The checkpoint `found` (downloaded to `local`) in DeepSpeed's universal format, in the
+    local folder `into`. Converted once, by rank 0, and stored beside the run's checkpoints; the
+    other ranks, and later restarts from the same checkpoint, download it instead of converting
+    again (each rank used to convert its own copy, at every restart). Collective. Returns whether
+    this call converted it."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    name = posixpath.basename(str(found.checkpoint.path).rstrip("/"))
+    uri = storage.join(run_uri(cfg), UNIVERSAL, name)
+    converted = False
+    if (not dist.is_initialized() or dist.get_rank() == 0) and not storage.exists(storage.join(uri, COMPLETE)):
+        to_universal(local, into)
+        fs, path = storage.filesystem(uri)
+        with storage.named(uri):
+            fs.put(os.path.join(into, TAG), f"{path}/{TAG}", recursive=True)
+        storage.write_bytes(storage.join(uri, COMPLETE), found.state.to_json().encode())
+        for other in {p.split("/")[0] for p in storage.list_files(storage.join(run_uri(cfg), UNIVERSAL))} - {name}:
+            storage.remove(storage.join(run_uri(cfg), UNIVERSAL, other))  # conversions of older checkpoints
+        converted = True
+    if dist.is_initialized():
+        dist.barrier()
+    if not converted:
+        fs, path = storage.filesystem(uri)
+        with storage.named(uri):
+            fs.get(f"{path}/{TAG}", os.path.join(into, TAG), recursive=True)
+    return converted
+
+
 def restore_buffers(module: torch.nn.Module, checkpoint_dir: str) -> None:
     """Buffers (BatchNorm running statistics) from the checkpoint's first model-states file. A
     universal load restores parameters and optimizer state only: without this, running means came
@@ -337,15 +370,15 @@ def load(engine, found: Found, cfg: Config) -> tuple[TrainState, dict]:
     is converted first (`found.universal`: the engine was built to load the universal format)."""
     with (found.checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="dfdc-universal-") as converted,
           weights_only_loads()):
-        if found.universal:
-            to_universal(d, converted)
+        converted_here = universal_copy(found, cfg, d, converted) if found.universal else False
         engine.load_checkpoint(converted if found.universal else d, tag=TAG)
         if found.universal:
             restore_buffers(engine.module, d)
             restore_frozen(engine, d)
         saved = torch.load(os.path.join(d, PROBE), map_location="cpu", weights_only=True)
     diff = float((probe_logits(engine, cfg.data.image_size)["logits"] - saved["logits"]).abs().max())
-    return found.state, {"resumed_from": found.checkpoint.path, "reload_max_abs_diff": diff, "converted": found.universal}
+    return found.state, {"resumed_from": found.checkpoint.path, "reload_max_abs_diff": diff, "converted": found.universal,
+                         "converted_here": converted_here}
 
 
 def consolidate(checkpoint_dir: str) -> dict:

@@ -6,6 +6,7 @@ validation, checkpoints; MLflow and the cost meter on rank 0)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections import Counter
 
@@ -18,7 +19,7 @@ from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
 from train import checkpoint, cost, tracking, trainable
 from train.checkpoint import TrainState
-from train.data.loader import epoch_loader, resampled_loader, sbi_gallery_rows, start_loader_server, unreadable_total, val_loader
+from train.data.loader import resampled_loader, sbi_gallery_rows, start_loader_server, train_loader, unreadable_total, val_loader
 from train.data.ledger import Ledger, start_attempt
 from train.data.order import batches_left
 from train.data.reader import train_set_of
@@ -220,6 +221,10 @@ def train_func(config: dict) -> None:
             if cfg.data.sbi and not reload:
                 _log_sbi_gallery(train_set, cfg)
         first = True
+        pin = device.type == "cuda"
+        # One stream of batches for every epoch left: its loader workers read the next epoch while this one validates.
+        stream = iter(train_loader(train_set, cfg.data, cfg.optim.seed, state.epoch, state.position, cfg.optim.epochs, rank,
+                                   world, cfg.optim.grad_accum, pin_memory=pin)) if train_set else None
         for epoch in range(state.epoch, cfg.optim.epochs):
             start = state.position if epoch == state.epoch else 0
             state.epoch, state.position = epoch, start
@@ -227,9 +232,7 @@ def train_func(config: dict) -> None:
             if ledger:  # an attempt that loaded a checkpoint says where it took the epoch up
                 ledger.begin_epoch(epoch, resumed_from=start if first and reload else None)
             first = False
-            pin = device.type == "cuda"
-            loader = (epoch_loader(train_set, cfg.data, cfg.optim.seed, epoch, start, batches, rank, world, pin_memory=pin)
-                      if train_set else
+            loader = (itertools.islice(stream, batches) if stream else
                       resampled_loader(train_urls, cfg.data, batches, cfg.optim.seed, epoch * 100_003 + start, rank, pin_memory=pin))
             engine.train()
             window, epoch_loss = _Window(), torch.zeros((), device=device)
@@ -406,8 +409,10 @@ def _log_start(active, state: TrainState, reload: dict | None, saved_world: int,
                               "resumed_from_world_size": saved_world, "resumed_on_world_size": world,
                               "reload_max_abs_diff": reload["reload_max_abs_diff"]}, step=state.step)
         if reload.get("converted"):
-            mlflow.set_tag(f"resumed_at_step_{state.step}", f"converted a {saved_world}-rank checkpoint to DeepSpeed's "
-                                                            f"universal format and loaded it on {world} ranks")
+            how = ("converted it once (rank 0), stored beside the checkpoints" if reload.get("converted_here")
+                   else "reused its conversion stored beside the checkpoints")
+            mlflow.set_tag(f"resumed_at_step_{state.step}", f"a {saved_world}-rank checkpoint in DeepSpeed's universal format, "
+                                                            f"loaded on {world} ranks: {how}")
         print(f"resumed from {reload['resumed_from']} at epoch {state.epoch}, position {state.position}, step {state.step}"
               f"{f' (written by {saved_world} ranks, now {world})' if saved_world != world else ''}", flush=True)
 

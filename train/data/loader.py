@@ -21,6 +21,7 @@ Loader workers start from a fork server, not by forking the rank: a process that
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import random
 
@@ -175,15 +176,18 @@ class EpochStream(torch.utils.data.IterableDataset):
         self.transform = image_transform(cfg.image_size, cfg.augment, cfg.mean, cfg.std)
 
     def __iter__(self):
-        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         order = self.order if self.order is not None else epoch_order_of(self.train, self.cfg, self.seed, self.epoch)
+        yield from self.read(order, self.epoch, self.position, list(range(worker, self.batches, workers)), worker)
+
+    def read(self, order, epoch: int, position: int, mine: list[int], worker: int):
+        """This worker's batches `mine` (numbers of this rank's batches from `position`) of `epoch`."""
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
         reader = SampleReader(self.train, self.cfg.read_retries, self.cfg.merge_gap_bytes, self.cfg.range_reads,
                               self.cfg.slowdown_timeout_s)
-        mine = list(range(worker, self.batches, workers))
-        spans = [rank_slice(self.position, k, self.rank, self.cfg.batch_size, self.world) for k in mine]
+        spans = [rank_slice(position, k, self.rank, self.cfg.batch_size, self.world) for k in mine]
         plan = [order[a:b] for a, b in spans]
         # This worker's samples of each block it touches, fetched together when the block is first needed.
         if plan:
@@ -220,7 +224,7 @@ class EpochStream(torch.utils.data.IterableDataset):
                         sample = reader.parse(int(sample_id), cache.pop(int(sample_id)))
                         if not isinstance(sample, Exception):
                             try:
-                                image, meta, _ = self_blended(sample, self.cfg.sbi, self.seed, self.epoch, int(sample_id), self.train.margin)
+                                image, meta, _ = self_blended(sample, self.cfg.sbi, self.seed, epoch, int(sample_id), self.train.margin)
                                 items.append((*decode_sample(image, meta, self.transform), sample.url, sample.key))
                                 in_a_row = 0
                                 continue
@@ -235,13 +239,59 @@ class EpochStream(torch.utils.data.IterableDataset):
                             raise DataUnavailable(f"{in_a_row} samples in a row could not be read (data.max_failed_reads); "
                                                   f"the last: {key}: {type(sample).__name__}: {sample}")
                     if not items:
-                        raise DataUnavailable(f"no sample of the batch at position {a} of epoch {self.epoch} could be read: "
+                        raise DataUnavailable(f"no sample of the batch at position {a} of epoch {epoch} could be read: "
                                               f"{', '.join(skipped)}")
                     first = n == g * self.prefetch
                     yield collate(items)._replace(unreadable=(worker, skipped_total), position=a, skipped=skipped,
                                                   read=read if first else (0, 0))
         finally:  # closed early or failed: do not wait for a fetch nobody will use (it may be sleeping between retries)
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+class TrainStream(EpochStream):
+    """This rank's batches of every epoch left, from `epoch` at `position` to `epochs`: one stream,
+    so that its loader workers live across epochs (each starts the next epoch's reads while the
+    rank validates). Batch t of the stream (counted across epochs) is made by loader worker
+    t mod workers, as the DataLoader takes them round-robin. `batches_of(epoch, position)`: this
+    rank's batches of an epoch from a position (train/data/order.py batches_left)."""
+
+    def __init__(self, train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, epochs: int, rank: int,
+                 world: int, batches_of, prefetch: int = 4):
+        super().__init__(train, cfg, seed, epoch, position, 0, rank, world, None, prefetch)
+        self.epochs, self.batches_of = epochs, batches_of
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        done = 0  # batches of the stream before this epoch's
+        for epoch in range(self.epoch, self.epochs):
+            position = self.position if epoch == self.epoch else 0
+            n = self.batches_of(epoch, position)
+            mine = [k for k in range(n) if (done + k) % workers == worker]
+            done += n
+            if mine:
+                yield from self.read(epoch_order_of(self.train, self.cfg, self.seed, epoch), epoch, position, mine, worker)
+
+
+def train_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, epochs: int, rank: int, world: int,
+                 grad_accum: int = 1, pin_memory: bool = False) -> wds.WebLoader:
+    """This rank's batches of the rest of the run, epoch after epoch, from one set of loader
+    workers that lives as long as the loader's iterator: `data.num_workers`, or fewer so that each
+    of the order's streams is read by one."""
+    batches_of = functools.partial(_batches_of, train.samples, cfg.batch_size, world, grad_accum)
+    stream = TrainStream(train, cfg, seed, epoch, position, epochs, rank, world, batches_of)
+    # The generator seeds the workers' torch RNG (random augmentations) per run seed, epoch, position and rank.
+    base = ((seed * 1_000_003 + epoch) * 10_007 + rank) * 1_000_003 + position
+    total = sum(batches_of(e, position if e == epoch else 0) for e in range(epoch, epochs))
+    workers = min(epoch_order_of(train, cfg, seed, epoch).loader_workers(world, cfg.num_workers), max(1, total))
+    return _loader(stream, workers, pin_memory, generator=torch.Generator().manual_seed(base))
+
+
+def _batches_of(samples: int, batch_size: int, world: int, grad_accum: int, epoch: int, position: int) -> int:
+    """A rank's batches of an epoch from `position` (the same for every epoch: a picklable function)."""
+    from train.data.order import batches_left  # noqa: PLC0415
+
+    return batches_left(samples, position, batch_size, world, grad_accum)
 
 
 def self_blended(sample, p: float, seed: int, epoch: int, sample_id: int, margin: float):
@@ -299,9 +349,12 @@ def batches(train: TrainSet, urls: list[str], cfg: DataConfig, n: int, rank: int
     (for bench/, which times the loader and the step outside Ray Train)."""
     from train.data.order import batches_left  # noqa: PLC0415
 
+    per_epoch = batches_left(train.samples, 0, cfg.batch_size, world)
+    if cfg.order != "resampled":  # one stream across epochs, as training reads it
+        yield from itertools.islice(train_loader(train, cfg, seed, 0, 0, -(-n // per_epoch), rank, world), n)
+        return
     epoch = 0
     while n > 0:
-        take = min(n, batches_left(train.samples, 0, cfg.batch_size, world))
-        yield from (epoch_loader(train, cfg, seed, epoch, 0, take, rank, world) if cfg.order != "resampled"
-                    else resampled_loader(urls, cfg, take, seed, epoch, rank))
+        take = min(n, per_epoch)
+        yield from resampled_loader(urls, cfg, take, seed, epoch, rank)
         n, epoch = n - take, epoch + 1

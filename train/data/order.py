@@ -91,8 +91,15 @@ def cut_blocks(counts: list[int], units: np.ndarray | None, block: int, paired: 
     `block` consecutive samples of one shard that are all in the epoch (units >= 0), so its bytes
     are one range of the tar. `paired`: units of several samples (data.pairing) are not cut, so a
     block may run past `block` to the end of its last unit; a unit that a shard's end cuts is in two."""
+    if units is None:  # every sample in the epoch: blocks from the shard sizes alone, no per-sample arrays
+        sizes_of_shards = np.asarray(counts, dtype=np.int64)
+        per = -(-sizes_of_shards // block)
+        offsets = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+        shard_first = np.cumsum(sizes_of_shards) - sizes_of_shards
+        firsts = np.repeat(shard_first, per) + offsets * block
+        return firsts, np.minimum(block, np.repeat(sizes_of_shards, per) - offsets * block)
     n = int(sum(counts))
-    inside = np.ones(n, dtype=bool) if units is None else units >= 0
+    inside = units >= 0
     ids = np.flatnonzero(inside)
     if not ids.size:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -116,7 +123,7 @@ def cut_blocks(counts: list[int], units: np.ndarray | None, block: int, paired: 
         for seg_end in np.append(segments[1:], ids.size):
             while at < seg_end:
                 starts_list.append(at)
-                at = min(int(allowed[np.searchsorted(allowed, at + block)]), int(seg_end))
+                at = min(int(allowed[np.searchsorted(allowed, min(at + block, ids.size))]), int(seg_end))
         starts = np.array(starts_list, dtype=np.int64)
     sizes = np.diff(np.append(starts, ids.size))
     return ids[starts].astype(np.int64), sizes.astype(np.int64)
@@ -195,13 +202,13 @@ class BlockOrder:
             return ids
         block_of = np.repeat(np.arange(sizes.size), sizes)
         rng = np.random.default_rng(np.random.SeedSequence(seed))
-        if paired:
-            _, item = np.unique(block_of * (int(self.units.max()) + 1) + self.units[ids], return_inverse=True)
+        if paired:  # a unit is one item, even when a shard's end put its samples in two of these blocks
+            _, item = np.unique(self.units[ids], return_inverse=True)
         else:
             item = np.arange(total)
         n_items = int(item.max()) + 1 if total else 0
-        item_block = np.zeros(n_items, dtype=np.int64)
-        item_block[item] = block_of
+        item_block = np.full(n_items, sizes.size, dtype=np.int64)
+        np.minimum.at(item_block, item, block_of)  # an item belongs to the block of its first sample
         per_block = np.bincount(item_block, minlength=sizes.size)
         shuffled = np.lexsort((rng.random(n_items), item_block))  # items by block, in random order within each
         rank = np.empty(n_items, dtype=np.int64)
