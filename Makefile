@@ -35,6 +35,7 @@ bench: install
 	$(VENV)/bin/python bench/zero_vs_ddp.py
 	$(VENV)/bin/python bench/train_step.py
 	$(VENV)/bin/python bench/loader_order.py --rounds 2
+	$(VENV)/bin/python bench/block_order.py
 	$(VENV)/bin/python bench/get_cpu.py
 	$(VENV)/bin/dfdc plan
 
