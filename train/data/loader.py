@@ -1,8 +1,9 @@
 """Stream face-crop shards from S3 (or disk) into batches, without copying the dataset first.
 
-Training (`epoch_loader`, the default `data.order: permutation`): each epoch is one permutation of
-all train samples (train/data/order.py), handed out in global batches; each rank reads only its own
-samples, with ranged reads (train/data/reader.py). Loader worker w of a rank makes the rank's
+Training (`train_loader`, one stream of every epoch left; `epoch_loader`, one epoch): each epoch is
+one order of all train samples (train/data/order.py: in blocks, the default, or one permutation),
+handed out in global batches; each rank reads only its own samples, with ranged reads
+(train/data/reader.py), a block's samples together. Loader worker w of a rank makes the rank's
 batches w, w + workers, ...; the DataLoader takes them round-robin, so they arrive in order, each
 tagged with its position, which the loop checks.
 
