@@ -316,6 +316,7 @@ def universal_copy(found: Found, cfg: Config, local: str, into: str) -> bool:
     uri = storage.join(run_uri(cfg), UNIVERSAL, name)
     converted = False
     if (not dist.is_initialized() or dist.get_rank() == 0) and not storage.exists(storage.join(uri, COMPLETE)):
+        storage.remove(uri)  # what a conversion cut off before its end left: a copy into it would nest
         to_universal(local, into)
         fs, path = storage.filesystem(uri)
         with storage.named(uri):

@@ -284,7 +284,12 @@ def train_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, positi
     # The generator seeds the workers' torch RNG (random augmentations) per run seed, epoch, position and rank.
     base = ((seed * 1_000_003 + epoch) * 10_007 + rank) * 1_000_003 + position
     total = sum(batches_of(e, position if e == epoch else 0) for e in range(epoch, epochs))
-    workers = min(epoch_order_of(train, cfg, seed, epoch).loader_workers(world, cfg.num_workers), max(1, total))
+    order = epoch_order_of(train, cfg, seed, epoch)
+    if cfg.order == "blocks" and not order.reads_in_blocks(world):
+        log.warning("the block order has %d streams (data.streams=%d, fewer when the epoch has too few blocks) and %d ranks do "
+                    "not divide them: each rank reads its samples a run at a time (about one GET per sample), not whole blocks",
+                    order.streams, cfg.streams, world)
+    workers = min(order.loader_workers(world, cfg.num_workers), max(1, total))
     return _loader(stream, workers, pin_memory, generator=torch.Generator().manual_seed(base))
 
 

@@ -136,9 +136,10 @@ class BlockOrder:
     The permuted blocks, end to end, are cut into `streams` streams of the same length, a whole
     number of batches each, so that position p of the epoch is the stream (p // B) mod streams, at
     offset (p // B // streams) * B + p mod B: a rank whose number divides the stream count takes
-    the same streams all epoch. What is left over (fewer than streams x B samples) ends the epoch as
-    one more window; the end-of-epoch rule leaves most of it for the next epoch anyway. A block that
-    a stream's end cuts is read in two pieces (and a unit of data.pairing that it cuts is in two places)."""
+    the same streams all epoch. What is left over (fewer than streams x B samples) ends the epoch
+    block after block (a unit's samples together), so that whoever takes it reads whole blocks; the
+    end-of-epoch rule leaves most of it for the next epoch anyway. A block that a stream's end cuts
+    is read in two pieces (and a unit of data.pairing that it cuts is in two places)."""
 
     def __init__(self, counts: list[int], seed: int, epoch: int, batch_size: int, block: int = 32, window: int = 32,
                  streams: int = 64, units: np.ndarray | None = None, paired: bool = False):
@@ -150,8 +151,11 @@ class BlockOrder:
         seq_first, seq_size = self.first[perm], self.size[perm]
         ends = np.cumsum(seq_size)
         self.samples = int(ends[-1]) if n_blocks else 0
-        # Fewer streams than asked when the epoch has too few blocks to fill a window in each.
-        self.streams = max(1, min(streams, n_blocks // window))
+        # Fewer streams than asked when the epoch has too few blocks to fill a window in each: the
+        # largest divisor of `streams` that fits, so that world sizes that divide `streams` mostly
+        # still divide it.
+        fits = max(1, min(streams, n_blocks // window))
+        self.streams = max(d for d in range(1, fits + 1) if streams % d == 0)
         self.length = self.samples // (self.streams * batch_size) * batch_size  # of each stream
 
         def pieces(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
