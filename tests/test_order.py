@@ -217,10 +217,13 @@ def test_a_batch_of_the_block_order_draws_from_as_many_blocks_as_it_has_samples(
     o = BlockOrder(counts, seed=0, epoch=0, batch_size=32, block=32, window=32, streams=8)
     distinct = [len(np.unique(o.block_of(o[p:p + 32]))) for p in range(0, o.samples - 32, 32)]
     assert np.mean(distinct) > 0.95 * 32 and min(distinct) >= 16, (np.mean(distinct), min(distinct))
-    # A dataset smaller than one window per stream: fewer streams, still mixed.
+    # A dataset smaller than a window per stream: blocks of one sample, fewer streams (a divisor
+    # of the 64 asked), batches as mixed as a permutation's.
     small = BlockOrder([100, 90, 70], seed=0, epoch=0, batch_size=8, block=32, window=32, streams=64)
-    assert small.streams == 1 and np.array_equal(np.sort(small.all()), np.arange(260))
-    assert np.mean([len(np.unique(small.block_of(small[p:p + 8]))) for p in range(0, 256, 8)]) >= 6
+    assert small.block == 1 and small.streams == 8 and np.array_equal(np.sort(small.all()), np.arange(260))
+    assert np.mean([len(np.unique(small.block_of(small[p:p + 8]))) for p in range(0, 256, 8)]) == 8
+    assert BlockOrder([500, 500], seed=0, epoch=0, batch_size=8, block=32, window=4, streams=8).block == 1000 // 32
+    assert BlockOrder([5000, 5000], seed=0, epoch=0, batch_size=8, block=32, window=4, streams=8).block == 32
 
 
 def test_block_order_keeps_pairs_together_and_real_only_epochs_read_runs_of_reals():

@@ -145,7 +145,12 @@ class BlockOrder:
                  streams: int = 64, units: np.ndarray | None = None, paired: bool = False):
         self.seed, self.epoch, self.batch = seed, epoch, batch_size
         self.units, self.paired, self.window = units, paired, window
-        self.first, self.size = cut_blocks(counts, units, block, paired)
+        # Blocks no larger than lets every stream fill a window: a small dataset gets smaller blocks
+        # (one sample each below streams x window samples), so its batches stay as mixed as a
+        # permutation's instead of drawing from a few blocks of consecutive crops.
+        in_epoch = int(sum(counts)) if units is None else int((units >= 0).sum())
+        self.block = max(1, min(block, in_epoch // (window * streams)))
+        self.first, self.size = cut_blocks(counts, units, self.block, paired)
         n_blocks = self.first.size
         perm = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xB10C])).permutation(n_blocks)
         seq_first, seq_size = self.first[perm], self.size[perm]
