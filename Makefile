@@ -10,10 +10,13 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml uv.lock infra/lint/pyproject.toml infra/lint/uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv || $(PY) -m pip install --quiet --user uv \
 		|| $(PY) -m pip install --quiet --break-system-packages uv
-	$(UV) sync --frozen --extra dev
+	@# Bytecode is compiled at install: with PYTHONDONTWRITEBYTECODE set (as on this machine) no .pyc is
+	@# ever cached, and every process (Ray workers, loader workers, jobs, CLI runs) compiled torch,
+	@# DeepSpeed and MLflow from source again: ~23 s to import torch+DeepSpeed+Ray, ~10 s with .pyc.
+	$(UV) sync --frozen --extra dev --compile-bytecode
 	@# The infrastructure linters (cfn-lint, checkov, hadolint) in their own locked environment:
 	@# checkov pins networkx<2.7, which scikit-image cannot use.
-	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.venv-lint $(UV) sync --frozen --project infra/lint
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.venv-lint $(UV) sync --frozen --compile-bytecode --project infra/lint
 	@# DeepSpeed JIT-builds its CPU communication op and its CPU Adam (deepspeed.offload) on first
 	@# use (~1-2 min each); once per machine, cached in ~/.cache/torch_extensions outside the clone.
 	$(VENV)/bin/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
@@ -28,7 +31,7 @@ demo: install
 
 bench: install
 	@# The loader bench's peers (MosaicML Streaming, LitData) in their own locked environment.
-	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.venv-peers $(UV) sync --frozen --project bench/peers
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.venv-peers $(UV) sync --frozen --compile-bytecode --project bench/peers
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/jpeg_decode.py
 	$(VENV)/bin/python bench/loader.py
