@@ -114,7 +114,7 @@ def main() -> None:
     from data_pipeline import shard_index  # noqa: PLC0415
     from dfdc import storage  # noqa: PLC0415
     from dfdc.config import load_config  # noqa: PLC0415
-    from train.data.reader import train_set_of  # noqa: PLC0415
+    from train.data.index import train_set_of  # noqa: PLC0415
 
     cfg = load_config(None, [
         f"data.image_size={args.size}", f"data.batch_size={args.batch}",

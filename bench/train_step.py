@@ -63,7 +63,7 @@ def streamed(engine, cfg, root: str, steps: int, warmup: int) -> tuple[float, fl
     from train.data.loader import batches  # noqa: PLC0415
     from train.engine import to_device  # noqa: PLC0415
     from train.loop import train_step  # noqa: PLC0415
-    from train.data.reader import train_set_of  # noqa: PLC0415
+    from train.data.index import train_set_of  # noqa: PLC0415
 
     urls = mf.shard_urls(root, mf.load(root), "train")
     shard_index.ensure(urls, log=lambda *_: None)  # a dataset ingested before shards had indexes

@@ -20,7 +20,7 @@ from train.data.loader import epoch_loader, sbi_gallery_rows
 from train.model import build_model
 from train.data.order import batches_left
 from train.run import run
-from train.data.reader import train_set_of
+from train.data.index import train_set_of
 
 
 def index_rows(dataset: str) -> dict[str, list]:

@@ -59,7 +59,7 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
                       "data.streams=4")
     cfg = load_config(None, sets)
     from train.data.loader import epoch_order_of
-    from train.data.reader import train_set_of
+    from train.data.index import train_set_of
 
     order = epoch_order_of(train_set_of(shards), cfg.data, cfg.optim.seed, 0)
     assert order.streams == 4 and order.reads_in_blocks(1) and order.reads_in_blocks(2)

@@ -16,7 +16,7 @@ from dfdc import storage
 from dfdc.config import DataConfig
 from data_pipeline import shard_index
 from train.data.loader import DataUnavailable, epoch_loader, resampled_loader, train_loader, unreadable_total, val_loader
-from train.data.reader import load_train_set
+from train.data.index import load_train_set
 
 
 def write_shard(uri: str, n: int, label: int, start: int = 0) -> None:

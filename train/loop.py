@@ -22,7 +22,7 @@ from train.checkpoint import TrainState
 from train.data.loader import resampled_loader, sbi_gallery_rows, start_loader_server, train_loader, unreadable_total, val_loader
 from train.data.ledger import Ledger, start_attempt
 from train.data.order import batches_left
-from train.data.reader import train_set_of
+from train.data.index import train_set_of
 from train.engine import build_engine, input_dtype, to_device
 from train.evaluation import aggregate, metrics
 from train.model import build_model
@@ -189,7 +189,7 @@ def train_func(config: dict) -> None:
     manifest = mf.load(cfg.data.dataset)
     train_urls = mf.shard_urls(cfg.data.dataset, manifest, "train")
     counts = [s["samples"] for s in manifest["shards"] if s["split"] == "train"]
-    train_set = (train_set_of(cfg.data.dataset, manifest, cfg.data.pairing, cfg.data.fakes) if cfg.data.order != "resampled"
+    train_set = (train_set_of(cfg.data.dataset, manifest, cfg.data.pairing, cfg.data.fakes, cfg.data.index_cache) if cfg.data.order != "resampled"
                  else None)
     samples = train_set.samples if train_set else sum(counts)  # in an epoch
     val_shards = {storage.child(cfg.data.dataset, s["url"]): s["samples"] for s in manifest["shards"] if s["split"] == "val"}

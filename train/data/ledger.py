@@ -147,7 +147,7 @@ def order_keys(info: dict):
     from data_pipeline import manifest as mf  # noqa: PLC0415
     from data_pipeline import shard_index  # noqa: PLC0415
     from train.data.order import make_order  # noqa: PLC0415
-    from train.data.reader import train_set_of  # noqa: PLC0415
+    from train.data.index import train_set_of  # noqa: PLC0415
 
     data = mf.load(info["dataset"])
     train = train_set_of(info["dataset"], data, info.get("pairing", "none"), info.get("fakes", True))

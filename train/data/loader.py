@@ -35,7 +35,8 @@ import webdataset as wds
 from dfdc import storage
 from dfdc.config import DataConfig
 from train.data.order import make_order, rank_slice
-from train.data.reader import DataUnavailable, SampleReader, TrainSet
+from train.data.index import TrainSet
+from train.data.reader import DataUnavailable, SampleReader
 from train.data.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
 from train.data.sbi import self_blend
 from train.data.transforms import image_transform

@@ -1,5 +1,5 @@
 """Read chosen samples out of tar shards with ranged reads: the train set's byte ranges (from the
-shards' indexes, data_pipeline/shard_index.py), one concurrent batch of GETs per call
+shards' indexes, train/data/index.py), one concurrent batch of GETs per call
 (train/data/range_reads.py).
 
 Storage failures (after the HTTP client's own retries) are retried here a bounded number of times and then
@@ -15,7 +15,6 @@ import logging
 import random
 import tarfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,8 @@ from fsspec.utils import merge_offset_ranges
 
 from data_pipeline import shard_index
 from dfdc import storage
-from train.data.order import locate, sample_units
+from train.data.index import TrainSet
+from train.data.order import locate
 from train.data.range_reads import range_reads
 from train.data.samples import decode_jpeg
 
@@ -32,61 +32,6 @@ log = logging.getLogger(__name__)
 
 class DataUnavailable(RuntimeError):
     """The training data cannot be read: storage kept failing, or many samples in a row were unreadable."""
-
-
-@dataclass
-class TrainSet:
-    """The train shards and where each sample lies in them (sample ids number samples shard by shard)."""
-
-    urls: list[str]
-    counts: list[int]
-    starts: np.ndarray  # by sample id
-    ends: np.ndarray
-    units: np.ndarray | None = None  # by sample id (train/data/order.py sample_units); None: every sample on its own
-    margin: float = 0.3  # the ingest's crop margin (ingest.margin): where the face box lies in a crop
-    paired: bool = False  # units of several samples (data.pairing), kept together by the order
-
-    @property
-    def samples(self) -> int:
-        """Samples in an epoch."""
-        return int(sum(self.counts)) if self.units is None else int((self.units >= 0).sum())
-
-    @property
-    def bytes(self) -> int:
-        """Bytes of the samples in an epoch."""
-        sizes = self.ends - self.starts
-        return int(sizes.sum() if self.units is None else sizes[self.units >= 0].sum())
-
-
-def load_train_set(urls: list[str], counts: list[int], pairing: str = "none", fakes: bool = True) -> TrainSet:
-    """Read every train shard's index (concurrently), checked against the manifest's counts.
-    `pairing` and `fakes` (data.pairing, data.fakes) shape the epoch from the indexes' labels and source videos."""
-    with ThreadPoolExecutor(8) as pool:
-        indexes = list(pool.map(lambda uc: shard_index.read(*uc), zip(urls, counts)))
-    starts = np.array([s[1] for index in indexes for s in index], dtype=np.int64)
-    ends = np.array([s[2] for index in indexes for s in index], dtype=np.int64)
-    units = None
-    if pairing != "none" or not fakes:
-        for url, index in zip(urls, indexes):
-            if index and len(index[0]) < 5:
-                raise ValueError(f"{shard_index.index_uri(url)} holds no labels or source videos, which data.pairing={pairing} "
-                                 f"and data.fakes={str(fakes).lower()} need: it was written before indexes held them; delete the "
-                                 f"dataset's *{shard_index.SUFFIX} files and train again to rebuild them")
-        labels = [s[3] for index in indexes for s in index]
-        pairs = [f"{s[4]}/{s[0].rsplit('/', 1)[-1]}" if s[4] else None for index in indexes for s in index] if pairing != "none" else None
-        units = sample_units(labels, pairs, fakes)
-    return TrainSet(list(urls), list(counts), starts, ends, units, paired=pairing != "none")
-
-
-def train_set_of(dataset: str, manifest: dict | None = None, pairing: str = "none", fakes: bool = True) -> TrainSet:
-    """The train set of an ingested dataset (its manifest's train shards, in manifest order)."""
-    from data_pipeline import manifest as mf  # noqa: PLC0415
-
-    manifest = manifest or mf.load(dataset)
-    train = load_train_set(mf.shard_urls(dataset, manifest, "train"),
-                           [s["samples"] for s in manifest["shards"] if s["split"] == "train"], pairing, fakes)
-    train.margin = float(manifest.get("config", {}).get("ingest", {}).get("margin", train.margin))
-    return train
 
 
 @dataclass

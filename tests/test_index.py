@@ -1,0 +1,80 @@
+"""The train set's compact index (train/data/index.py) on local shards: built once per node however
+many processes ask at once, memory-mapped, pickled to loader workers as a path, compact dtypes."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import numpy as np
+
+from data_pipeline import shard_index
+from train.data import index
+from train.data.index import TrainSet, load_train_set, train_set_of
+from tests.test_train_data import write_shard
+
+
+def _dataset(root) -> tuple[str, dict]:
+    sizes = {"a.tar": 5, "b.tar": 17, "c.tar": 9}
+    for i, (name, n) in enumerate(sizes.items()):
+        write_shard(f"{root}/{name}", n, i % 2, start=100 * i)
+    shard_index.ensure([f"{root}/{name}" for name in sizes], log=lambda *_: None)
+    manifest = {"shards": [{"url": name, "split": "train", "samples": n} for name, n in sizes.items()]}
+    return str(root), manifest
+
+
+def test_a_node_builds_the_index_once_and_every_process_maps_it(tmp_path, monkeypatch):
+    dataset, manifest = _dataset(tmp_path / "data")
+    held = load_train_set([f"{dataset}/{s['url']}" for s in manifest["shards"]], [5, 17, 9])
+    builds = []
+    real = index.index_arrays
+
+    def counted(*args, **kwargs):
+        builds.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index, "index_arrays", counted)
+    cache = str(tmp_path / "cache")
+    got: list[TrainSet] = []
+    threads = [threading.Thread(target=lambda: got.append(train_set_of(dataset, manifest, cache=cache))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(got) == 4
+    for train in got:
+        assert isinstance(train.starts, np.memmap) and train.starts.dtype == np.uint32 and train.units is None
+        assert np.array_equal(train.starts, held.starts) and np.array_equal(train.ends, held.ends)
+        assert train.samples == 31 and train.folder == got[0].folder
+    # A loader worker gets the folder's path, not the arrays, and maps the same files.
+    data = pickle.dumps(got[0])
+    assert len(data) < 2_000 and held.starts.tobytes() not in data
+    again = pickle.loads(data)
+    assert isinstance(again.ends, np.memmap) and np.array_equal(again.ends, held.ends)
+    # Another shape of the epoch (real crops only) is another index, with its units.
+    reals = train_set_of(dataset, manifest, fakes=False, cache=cache)
+    assert len(builds) == 2 and reals.folder != got[0].folder and reals.units.dtype == np.int32
+    assert reals.samples == 5 + 9 and (reals.units[5:22] == -1).all()
+    # Many shards are read by several processes: the same arrays.
+    monkeypatch.setattr(index, "PARALLEL_SHARDS", 2)
+    paired = train_set_of(dataset, manifest, pairing="video", cache=None)
+    assert np.array_equal(paired.starts, held.starts) and np.array_equal(paired.ends, held.ends)
+    monkeypatch.setattr(index, "PARALLEL_SHARDS", 10 ** 9)
+    assert np.array_equal(paired.units, train_set_of(dataset, manifest, pairing="video", cache=None).units)
+
+
+def test_a_build_cut_off_leaves_nothing_that_is_read_as_done(tmp_path):
+    folder = tmp_path / "cache" / "key"
+
+    def dies():
+        raise OSError("the node ran out of disk")
+
+    try:
+        index.node_index(folder, dies)
+    except OSError:
+        pass
+    assert not folder.exists() and not [p for p in folder.parent.iterdir() if p.name.startswith("key.") and p.is_dir()]
+    folder.mkdir()  # a folder a killed build left without `done` is built again
+    (folder / "starts.npy").write_bytes(b"half")
+    out = index.node_index(folder, lambda: (np.arange(3, dtype=np.uint32), np.arange(1, 4, dtype=np.uint32), None))
+    assert np.array_equal(np.load(out / "starts.npy"), [0, 1, 2]) and (out / "done").exists()
