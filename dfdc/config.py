@@ -97,6 +97,9 @@ class RayConfig:
     storage_path: str = "s3://dfdc/runs"  # checkpoints and run state: s3:// or a folder
     # None: a new run with a name of its own (printed); a name that has checkpoints resumes that run.
     run_name: str | None = None
+    # The driver holds <run>/driver.lock (train/run_lock.py) while it runs, renewed every third of
+    # this; a second driver of the same run is refused until it ends, or this long after it died.
+    lock_lease_s: float = 120.0
     num_to_keep: int = 2
     # Also checkpoint every this many optimizer steps inside an epoch (0: at epoch ends only), so a
     # run killed mid-epoch (a spot node lost) loses at most this many steps.
@@ -152,6 +155,9 @@ class DataConfig:
     block_samples: int = 32
     window_blocks: int = 32
     streams: int = 64
+    # A node-local folder for the train set's compact index (train/data/index.py), built once per
+    # node and memory-mapped by its ranks and loader workers; "": <tmp>/dfdc-index.
+    index_cache: str = ""
     # The loader skips (and counts) a sample (or, resampled, a shard) whose bytes cannot be read, but
     # stops with an error after this many in a row: a dataset that cannot be read fails the step.
     max_failed_reads: int = 16

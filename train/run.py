@@ -43,12 +43,7 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, recla
     to `<storage_path>/<run_name>/result.json`. `callbacks`: Ray Train callbacks (a sweep's trial
     passes Tune's, which hands every report to Tune). `reclaim`: first remove placement groups killed
     drivers left on the cluster (a sweep's trials leave that to the sweep)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
-    from ray.train.torch import TorchTrainer  # noqa: PLC0415
-
-    from dfdc.ray_tasks import connect, runtime_env  # noqa: PLC0415
     from train import checkpoint, tracking  # noqa: PLC0415
-    from train.loop import train_func  # noqa: PLC0415
 
     tracking.resolve(cfg, home)
     try:  # a price table that does not load fails here, not in a worker after start-up
@@ -74,6 +69,20 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, recla
                 raise checkpoint.ResumeError(f"run {cfg.ray.run_name} has spent ${spent:.4f} by its estimate, more than "
                                              f"budget.dollars={cfg.budget.dollars:g}: raise the budget to go on")
         log(f"run {cfg.ray.run_name} ({'resuming from ' + found[1] if found else 'new'})")
+    from train.run_lock import RunLock  # noqa: PLC0415
+
+    with RunLock(run_uri(cfg), cfg.ray.lock_lease_s):  # one driver a run: RunLocked names the other
+        return _train(cfg, log, callbacks, reclaim)
+
+
+def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
+    from ray.train.torch import TorchTrainer  # noqa: PLC0415
+
+    from dfdc.ray_tasks import connect, runtime_env  # noqa: PLC0415
+    from train import tracking  # noqa: PLC0415
+    from train.loop import train_func  # noqa: PLC0415
+
     if cfg.data.order != "resampled":  # the loader reads samples by their byte ranges
         from data_pipeline import manifest as mf  # noqa: PLC0415
         from data_pipeline import shard_index  # noqa: PLC0415
