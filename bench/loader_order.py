@@ -14,6 +14,11 @@ S3 server (rclone), in one run.
               is read ahead and left unused): bytes fetched per byte of the samples in the train
               split, GET requests, and how many train samples one epoch's batches saw once, never
               and more than once; blocks and the permutation also with 2 ranks (their bytes summed)
+  capped      samples/s of blocks and of the permutation (no loader workers) through a proxy that
+              answers GETs past `--cap-ratio` times fewer a second than the uncapped blocks'
+              samples/s with 503 SlowDown (tests/flaky_proxy.py capped: S3's per-prefix cap,
+              scaled to this machine), beside the same proxy uncapped; the loader backs off and
+              every batch still comes
 
 Usage: python bench/loader_order.py [--size 128] [--batch 8] [--batches 80] [--workers 1,2] [--rounds 3] [--videos 48] [--merge-gap 0]
            [--block-samples 32] [--window-blocks 32] [--streams 64] [--dataset s3://...]
@@ -84,6 +89,23 @@ def accounting(train, urls, keys: list[str], cfg, world: int, endpoint: str) -> 
             "more_than_once": sum(seen[k] > 1 for k in keys)}
 
 
+def through_proxy(train, urls, cfg, n: int, endpoint: str, fail_when) -> tuple[float, int]:
+    """samples/s of `n` batches (no loader workers) read through a proxy that answers as
+    `fail_when` says, and the 503s it answered."""
+    from tests.flaky_proxy import FlakyProxy  # noqa: PLC0415
+
+    cfg = dataclasses.replace(cfg, num_workers=0)
+    with FlakyProxy(endpoint, fail_when) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            rate, _ = speed(train, urls, cfg, n, None)
+        finally:
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
+            s3fs.S3FileSystem.clear_instance_cache()
+    return rate, proxy.injected["503"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=128, help="crop size (px)")
@@ -97,6 +119,7 @@ def main() -> None:
     ap.add_argument("--block-samples", type=int, default=32, help="data.block_samples of the block order")
     ap.add_argument("--window-blocks", type=int, default=32, help="data.window_blocks of the block order")
     ap.add_argument("--streams", type=int, default=64, help="data.streams of the block order")
+    ap.add_argument("--cap-ratio", type=float, default=8.0, help="the capped proxy's GET/s: this many times below samples/s")
     args = ap.parse_args()
 
     from train_step import dataset  # noqa: PLC0415  (bench/: the same synthetic corpus)
@@ -105,7 +128,7 @@ def main() -> None:
     from data_pipeline import shard_index  # noqa: PLC0415
     from dfdc.config import load_config  # noqa: PLC0415
     from train.data.ledger import train_keys  # noqa: PLC0415
-    from train.data.reader import train_set_of  # noqa: PLC0415
+    from train.data.index import train_set_of  # noqa: PLC0415
 
     cfg = load_config(None, [
         f"data.image_size={args.size}", f"data.batch_size={args.batch}", "data.shuffle_buffer=100",
@@ -133,6 +156,16 @@ def main() -> None:
         for order, world in track([("blocks", 1), ("blocks", 2), ("permutation", 1), ("permutation", 2), ("resampled", 1)],
                                   description="accounting"):
             books[order, world] = accounting(train, urls, keys, dataclasses.replace(cfg.data, order=order), world, endpoint)
+        from tests.flaky_proxy import capped  # noqa: PLC0415
+
+        capped_runs = {}
+        for order in track(("blocks", "permutation"), description="capped"):
+            ocfg = dataclasses.replace(cfg.data, order=order)
+            free, _ = through_proxy(train, urls, ocfg, args.batches, endpoint, lambda *_: None)
+            if order == "blocks":
+                cap = free / args.cap_ratio
+            rate, refused = through_proxy(train, urls, ocfg, args.batches, endpoint, capped(cap))
+            capped_runs[order] = {"uncapped": free, "capped": rate, "ratio": rate / free, "refused_503": refused}
     print(f"{len(urls)} train shards, {train.samples} samples, {train.bytes / 1e6:.1f} MB of samples; crops {args.size}px, "
           f"batch {args.batch}; data.merge_gap_bytes {args.merge_gap}; blocks of {cfg.data.block_samples} samples, windows of "
           f"{cfg.data.window_blocks} blocks, {cfg.data.streams} streams asked; local S3 server; {os.cpu_count()} cores")
@@ -147,7 +180,12 @@ def main() -> None:
     for (order, world), b in books.items():
         print(f"{order:12} {world:7d} {b['bytes_per_sample_byte']:26.2f} {b['requests']:6d} "
               f"{b['once']:10d} {b['never']:6d} {b['more_than_once']:7d}")
-    print(json.dumps({"samples": train.samples, "sample_bytes": train.bytes, "shards": len(urls),
+    print(f"through a proxy capped at {cap:.1f} GET/s ({args.cap_ratio:g}x below the blocks' uncapped samples/s), no loader workers:")
+    print(f"{'order':12} {'uncapped samples/s':>19} {'capped samples/s':>17} {'capped/uncapped':>16} {'503s answered':>14}")
+    for order, c in capped_runs.items():
+        print(f"{order:12} {c['uncapped']:19.1f} {c['capped']:17.1f} {c['ratio']:15.2f}x {c['refused_503']:14d}")
+    print(json.dumps({"samples": train.samples, "sample_bytes": train.bytes, "shards": len(urls), "cap_get_per_s": cap,
+                      "capped": capped_runs,
                       "speed": {f"{o}/{w}": [round(x, 1) for x in r] for (o, w), r in every.items()},
                       "accounting": {f"{o}/{w}": b for (o, w), b in books.items()}}, default=float))
 

@@ -84,6 +84,7 @@ def test_a_server_that_ignores_conditional_writes_is_named_and_the_run_goes_on_u
         lock = RunLock("s3://test/runs/rclone-lock", lease_s=60).acquire()
     assert not lock.held and "ignores conditional writes" in caplog.text
     lock.release()
+    assert not s3fs.S3FileSystem().exists("test/runs/rclone-lock/driver.lock")  # nothing left in the run's folder
 
 
 def test_a_second_driver_of_a_running_run_is_refused_before_it_starts_anything(moto_server, moto_fs, monkeypatch, tmp_path):

@@ -99,7 +99,6 @@ class RunLock:
         else:
             log.warning("%s: the storage ignores conditional writes (If-None-Match), so it cannot hold the run lock; "
                         "running without it: make sure no other driver runs this run", self.uri)
-            self.etag = None
         if self.held:
             self._thread = threading.Thread(target=self._renew, name="run-lock", daemon=True)
             self._thread.start()
@@ -138,11 +137,11 @@ class RunLock:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        if self.held:
+        if self.etag or self.held:  # also the unheld lock written where conditions are ignored
             found = self._read()
             if found and found[0].get("id") == self.owner["id"]:
                 self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
-            self.held = False
+            self.held, self.etag = False, None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
