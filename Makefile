@@ -39,6 +39,7 @@ bench: install
 	$(VENV)/bin/python bench/train_step.py
 	$(VENV)/bin/python bench/loader_order.py --rounds 2
 	$(VENV)/bin/python bench/block_order.py
+	$(VENV)/bin/python bench/index_memory.py
 	$(VENV)/bin/python bench/get_cpu.py
 	$(VENV)/bin/dfdc plan
 
