@@ -68,8 +68,9 @@ def _two_ranks(rank: int, port: int, folder: str, sets: list[str]) -> None:
         train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine))
     probe = probe_logits(engine, 32)
     engine.save_checkpoint(folder, tag=TAG)
-    if rank == 0:
-        torch.save({"input": probe_input(32), **probe}, os.path.join(folder, "probe.pt"))
+    if rank == 0:  # with the steps and the fp16 loss scale the checkpoint was saved with
+        torch.save({"input": probe_input(32), **probe, "scale": _loss_scale(engine), "steps": engine.global_steps,
+                    "lr_steps": engine.lr_scheduler.last_epoch}, os.path.join(folder, "probe.pt"))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -200,25 +201,6 @@ def _loss_scale(engine) -> float | None:
     return float(scaler.cur_scale) if scaler is not None and hasattr(scaler, "cur_scale") else None
 
 
-def _two_ranks_noting_the_scale(rank: int, port: int, folder: str, sets: list[str]) -> None:
-    """`_two_ranks`, and the loss scale the checkpoint was saved with (rank 0 writes it)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    cfg = load_config(None, sets)
-    torch.manual_seed(0)
-    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=2, total_steps=10)
-    for _ in range(3):
-        train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine))
-    probe = probe_logits(engine, 32)
-    engine.save_checkpoint(folder, tag=TAG)
-    if rank == 0:
-        torch.save({"input": probe_input(32), **probe, "scale": _loss_scale(engine), "steps": engine.global_steps,
-                    "lr_steps": engine.lr_scheduler.last_epoch}, os.path.join(folder, "probe.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 def _resumes_on_one(rank: int, port: int, folder: str, sets: list[str]) -> None:
     from train.checkpoint import weights_only_loads
 
@@ -249,6 +231,6 @@ def test_a_zero1_fp16_offload_checkpoint_of_two_ranks_resumes_on_one_with_its_op
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     sets = ["model.name=test_efficientnet", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
             "deepspeed.precision=fp16", "deepspeed.zero_stage=1", "deepspeed.offload=true"]
-    mp.start_processes(_two_ranks_noting_the_scale, args=(free_port(), str(tmp_path), sets), nprocs=2, join=True,
+    mp.start_processes(_two_ranks, args=(free_port(), str(tmp_path), sets), nprocs=2, join=True,
                        start_method="spawn")
     mp.start_processes(_resumes_on_one, args=(free_port(), str(tmp_path), sets), nprocs=1, join=True, start_method="spawn")
