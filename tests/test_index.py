@@ -4,7 +4,10 @@ many processes ask at once, memory-mapped, pickled to loader workers as a path, 
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -55,12 +58,6 @@ def test_a_node_builds_the_index_once_and_every_process_maps_it(tmp_path, monkey
     reals = train_set_of(dataset, manifest, fakes=False, cache=cache)
     assert len(builds) == 2 and reals.folder != got[0].folder and reals.units.dtype == np.int32
     assert reals.samples == 5 + 9 and (reals.units[5:22] == -1).all()
-    # Many shards are read by several processes: the same arrays.
-    monkeypatch.setattr(index, "PARALLEL_SHARDS", 2)
-    paired = train_set_of(dataset, manifest, pairing="video", cache=None)
-    assert np.array_equal(paired.starts, held.starts) and np.array_equal(paired.ends, held.ends)
-    monkeypatch.setattr(index, "PARALLEL_SHARDS", 10 ** 9)
-    assert np.array_equal(paired.units, train_set_of(dataset, manifest, pairing="video", cache=None).units)
 
 
 def test_a_build_cut_off_leaves_nothing_that_is_read_as_done(tmp_path):
@@ -78,3 +75,40 @@ def test_a_build_cut_off_leaves_nothing_that_is_read_as_done(tmp_path):
     (folder / "starts.npy").write_bytes(b"half")
     out = index.node_index(folder, lambda: (np.arange(3, dtype=np.uint32), np.arange(1, 4, dtype=np.uint32), None))
     assert np.array_equal(np.load(out / "starts.npy"), [0, 1, 2]) and (out / "done").exists()
+
+
+_AFTER_A_PARALLEL_BUILD = """
+import multiprocessing as mp, sys
+import numpy as np
+from tests.test_index import _dataset
+sys.path.insert(0, sys.argv[2])
+from probe import preloaded  # a module that imports nothing itself
+from train.data import index
+from train.data.workers import fork_server
+dataset, manifest = _dataset(sys.argv[1])
+alone = index.train_set_of(dataset, manifest, pairing="video", cache=None)
+index.PARALLEL_SHARDS = 2  # many shards are read by several processes: the same arrays
+split = index.train_set_of(dataset, manifest, pairing="video", cache=None)
+print(all(np.array_equal(getattr(alone, k), getattr(split, k)) for k in ("starts", "ends", "units")))
+fork_server()
+queue = mp.get_context("forkserver").SimpleQueue()
+worker = mp.get_context("forkserver").Process(target=preloaded, args=(queue,))
+worker.start(); worker.join()
+print(queue.get())
+"""
+
+
+def test_the_parallel_index_read_gives_the_same_arrays_and_leaves_the_fork_server_to_the_loader(tmp_path):
+    """Many shards are read by several processes, with the same result. The loader's workers come
+    from a fork server that preloads torch (seconds saved per worker). A process has one server,
+    its preload set at its start: an index read that started it first, without the preload, left
+    every loader worker importing torch itself (a loader test took 108 s instead of 15)."""
+    (tmp_path / "probe.py").write_text('import sys\ndef preloaded(queue):\n    queue.put("torch" in sys.modules)\n')
+    out = subprocess.run([sys.executable, "-c", _AFTER_A_PARALLEL_BUILD, str(tmp_path / "data"), str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    same, preloaded = out.stdout.split()[-2:]
+    assert same == "True", "the parallel read gave other arrays"
+    assert preloaded == "True", "a loader worker started without torch loaded"
+    # Run in a process of its own: the fork server keeps the environment of its start, and the
+    # session's S3 settings may not be set yet.

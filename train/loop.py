@@ -19,10 +19,11 @@ from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
 from train import checkpoint, cost, tracking, trainable
 from train.checkpoint import TrainState
-from train.data.loader import resampled_loader, sbi_gallery_rows, start_loader_server, train_loader, unreadable_total, val_loader
+from train.data.loader import resampled_loader, sbi_gallery_rows, train_loader, unreadable_total, val_loader
 from train.data.ledger import Ledger, start_attempt
 from train.data.order import batches_left
 from train.data.index import train_set_of
+from train.data.workers import fork_server
 from train.engine import build_engine, input_dtype, to_device
 from train.evaluation import aggregate, metrics
 from train.model import build_model
@@ -182,7 +183,7 @@ def train_func(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _use_device()
     if cfg.data.num_workers:
-        start_loader_server()
+        fork_server()  # its imports overlap DeepSpeed's start instead of delaying the first batch
     torch.manual_seed(cfg.optim.seed)
     torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
 

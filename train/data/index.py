@@ -82,16 +82,17 @@ def index_arrays(urls: list[str], counts: list[int], pairing: str = "none", fake
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(starts, ends, units) of the train set from its shards' indexes, checked against the
     manifest's counts. Parsing JSON holds the GIL: past `PARALLEL_SHARDS` shards the reading is
-    split over processes (a fork server's, as the loader's workers), each reading its part with
+    split over processes (from the fork server the loader's workers use), each reading its part with
     threads and returning arrays."""
     shaped = pairing != "none" or not fakes
     procs = min(os.cpu_count() or 1, 16)
     if len(urls) >= PARALLEL_SHARDS and procs > 1:
-        import multiprocessing  # noqa: PLC0415
         from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
 
+        from train.data.workers import fork_server  # noqa: PLC0415
+
         cut = np.linspace(0, len(urls), procs + 1).astype(int)
-        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        with ProcessPoolExecutor(procs, mp_context=fork_server()) as pool:
             parts = list(pool.map(_read_part, [urls[a:b] for a, b in zip(cut, cut[1:])], [counts[a:b] for a, b in zip(cut, cut[1:])],
                                   [pairing] * procs, [fakes] * procs))
     else:

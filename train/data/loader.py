@@ -15,8 +15,7 @@ shards cannot be indexed.
 Validation reads each val shard once, split across ranks; the loop in `loop.py` keeps ranks in
 step when their shares differ.
 
-Loader workers start from a fork server, not by forking the rank: a process that has used s3fs
-(its event loop thread, open connections) is not safe to fork.
+Loader workers start from the rank's fork server (train/data/workers.py), not by forking the rank.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import random
 import numpy as np
 
 import torch
-import torch.multiprocessing as mp
 import webdataset as wds
 
 from dfdc import storage
@@ -40,16 +38,13 @@ from train.data.reader import DataUnavailable, SampleReader
 from train.data.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
 from train.data.sbi import self_blend
 from train.data.transforms import image_transform
+from train.data.workers import fork_server
 
 log = logging.getLogger(__name__)
 
 # The members webdataset may decode. Its default handlers also unpickle `.pyd`/`.pkl` members and
 # torch.load `.pth` ones, so a shard from storage could run code: everything else stays raw bytes.
 DECODED = ["jpg", "json"]
-
-# Modules the fork server imports once, so that each loader worker it forks starts in milliseconds
-# ("__main__" too: else every worker re-imports the main script, as spawn does).
-_PRELOAD = ["__main__", "torch", "torchvision", "webdataset", "s3fs", "train.data.samples", "train.data.transforms"]
 
 
 class ReadErrors:
@@ -88,21 +83,9 @@ def _worker_seed(base: int) -> int:
     return base * 101 + (info.id if info else 0)
 
 
-def start_loader_server() -> None:
-    """Start the fork server now, so that its imports (seconds) overlap the caller's own start-up
-    (DeepSpeed) instead of delaying the first batch. Returns at once."""
-    from multiprocessing import forkserver  # noqa: PLC0415
-
-    forkserver.set_forkserver_preload(_PRELOAD)  # no effect once the server runs: then it has them
-    forkserver.ensure_running()
-
-
 def _loader(pipeline, num_workers: int, pin_memory: bool, generator: torch.Generator | None = None) -> wds.WebLoader:
     register_s3()
-    context = None
-    if num_workers:
-        start_loader_server()
-        context = mp.get_context("forkserver")
+    context = fork_server() if num_workers else None
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False,
                          multiprocessing_context=context, worker_init_fn=worker_init if num_workers else None,
                          pin_memory=pin_memory, generator=generator)

@@ -98,7 +98,6 @@ def cut_blocks(counts: list[int], units: np.ndarray | None, block: int, paired: 
         shard_first = np.cumsum(sizes_of_shards) - sizes_of_shards
         firsts = np.repeat(shard_first, per) + offsets * block
         return firsts, np.minimum(block, np.repeat(sizes_of_shards, per) - offsets * block)
-    n = int(sum(counts))
     inside = units >= 0
     ids = np.flatnonzero(inside)
     if not ids.size:
