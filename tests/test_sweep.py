@@ -21,8 +21,10 @@ import yaml
 
 from cluster.sweep import sweep
 from dfdc import ray_orphans, storage
-from dfdc.config import ConfigError
+from dfdc.config import ConfigError, load_config
 from tests.test_train import train_sets
+from train.checkpoint import ResumeError
+from train.run import run as run_training
 
 NAME = "sweeptest"
 
@@ -176,8 +178,10 @@ def test_search_space_forms_are_checked_at_load():
 
 
 def test_a_sweep_with_a_budget_starts_no_trial_that_would_pass_it(shards, tmp_path, ray_address, monkeypatch):
-    """One dollar a second and a $3 budget: the first trial's own run stops at the budget (its share
-    is what is left), and the second does not start: nothing is left."""
+    """One dollar a second and a $3 budget: the first trial's own run stops itself at the budget (its
+    share is what is left) after a checkpoint, says why in MLflow and its result, and leaves a model;
+    the second does not start: nothing is left. Resuming the stopped run without a bigger budget is
+    refused before any worker starts. (A single run's budget is the same meter: this test holds both.)"""
     prices = tmp_path / "prices.yaml"
     prices.write_text("date: '2026-11-29'\nsource: the test\ninstances:\n  local.test: {gpus: 0, spot: 3600, on_demand: 3600}\n")
     path = _write(tmp_path, shards, {"model.drop_rate": {"choice": [0.1]}})
@@ -195,3 +199,14 @@ def test_a_sweep_with_a_budget_starts_no_trial_that_would_pass_it(shards, tmp_pa
                                   filter_string=f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
     assert sorted(c.data.tags["dfdc.stopped"] for c in children) == ["budget", "budget"]
     assert not storage.exists(f"s3://test/runs/{second['run_name']}/result.json")  # never trained
+
+    stopped = json.loads(storage.read_bytes(f"s3://test/runs/{first['run_name']}/result.json"))
+    assert stopped["stopped"] == "budget" and stopped["model"] and storage.exists(stopped["model"]), stopped
+    assert stopped["metrics"]["epoch"] < 30 and stopped["metrics"]["budget_stopped"] == 1.0
+    assert stopped["cost"]["cost_dollars"] > 0 and stopped["cost"]["cost_node_hours"] > 0
+    [run] = [c for c in children if c.info.run_name == first["run_name"]]
+    assert run.data.tags["dfdc.cost"].startswith("$") and "local.test " in run.data.tags["dfdc.cost"]
+    assert client.get_metric_history(run.info.run_id, "cost_dollars")
+    with pytest.raises(ResumeError, match=rf"run {first['run_name']} has spent \$\d+\.\d+ by its estimate, more than budget.dollars=3:"):
+        run_training(load_config(None, train_sets(shards, tmp_path, "ray.num_workers=1", "deepspeed.zero_stage=1", *sets[5:],
+                                                  "model.drop_rate=0.1", f"ray.run_name={first['run_name']}")), tmp_path)
