@@ -2,13 +2,14 @@
 
 A synthetic index of `--samples` samples (`--shard-samples` a shard, each sample 20-60 KB of tar)
 is written in the node-index format (train/data/index.py). Then one node's processes run as
-training runs them: `--ranks` rank processes (spawned), each mapping the index, computing the
-epoch's block order (64 streams, as the default) and its first batches' byte ranges, and each
+training runs them: `--ranks` rank processes (spawned), each mapping the index and the epoch's
+block order (64 streams, as the default; the first process of the node computes it and writes it
+beside the index), looking up its first batches' byte ranges, and each
 starting `--workers` loader workers from a fork server that receive the TrainSet pickled (the
-folder's path) and do the same for their own batches. Each process reports RSS and PSS (its share
-of pages mapped by several processes, /proc/self/smaps_rollup); the node's figure is the sum of
-PSS. "Index + order" subtracts each process's PSS before it mapped the index (the interpreter and
-its imports).
+folder's path) and do the same for their own batches. Once all have, every process reports RSS,
+PSS (its share of pages mapped by several processes, /proc/self/smaps_rollup) and its private
+anonymous memory, at the same moment: the node's figure is the sum of PSS. "Index + order"
+subtracts each process's PSS before it mapped the index (the interpreter and its imports).
 
 Separately, the node's one-time build: the shards' `.idx.json` indexes of `--json-samples` samples
 (local files) read into the compact arrays, timed and scaled to `--samples`.
@@ -36,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def memory() -> dict:
-    """This process's RSS and PSS in MB."""
+    """This process's RSS, PSS and private anonymous memory (Anonymous) in MB."""
     out = {}
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
         name, _, value = line.partition(":")
-        if name in ("Rss", "Pss"):
-            out[name.lower()] = int(value.split()[0]) / 1024
+        if name in ("Rss", "Pss", "Anonymous"):
+            out[name.lower()[:4]] = int(value.split()[0]) / 1024
     return out
 
 
@@ -74,34 +75,45 @@ def _touch(train, order, rank: int, world: int, batch: int, batches: list[int]) 
     return total
 
 
-def loader_worker(train, rank: int, world: int, worker: int, workers: int, batch: int, batches: int, out) -> None:
+def epoch_order(train, batch: int, shared: bool):
+    """The epoch's block order as training gets it (`shared`: computed once per node and mapped), or
+    computed by this process itself (as before the node's order existed)."""
+    from train.data.index import node_order  # noqa: PLC0415
     from train.data.order import BlockOrder  # noqa: PLC0415
 
+    return node_order(train, 0, 0, batch, 32, 32, 64) if shared else BlockOrder(train.counts, 0, 0, batch, 32, 32, 64)
+
+
+def loader_worker(train, rank: int, world: int, worker: int, workers: int, batch: int, batches: int, shared: bool, out, go) -> None:
     before = memory()
-    order = BlockOrder(train.counts, 0, 0, batch)
+    order = epoch_order(train, batch, shared)
     _touch(train, order, rank, world, batch, list(range(worker, batches, workers)))
+    out.put("ready")
+    go.wait()  # every process of the node measures at once: a page mapped by several is split among them all
     out.put({"who": f"rank {rank} worker {worker}", "before": before, "after": memory()})
 
 
-def rank_process(folder: str, counts: list[int], rank: int, world: int, workers: int, batch: int, batches: int, out) -> None:
+def rank_process(folder: str, counts: list[int], rank: int, world: int, workers: int, batch: int, batches: int, shared: bool,
+                 out, go) -> None:
     from train.data.index import TrainSet, _map  # noqa: PLC0415
-    from train.data.order import BlockOrder  # noqa: PLC0415
 
     before = memory()
     start = time.perf_counter()
     urls = [f"s3://bucket/shards/{i % 64:02x}/train/shard-{i:06d}.tar" for i in range(len(counts))]
     train = TrainSet(urls, counts, *_map(Path(folder)), folder=folder)
-    order = BlockOrder(train.counts, 0, 0, batch)
+    order = epoch_order(train, batch, shared)
     _touch(train, order, rank, world, batch, [0])
     ready = time.perf_counter() - start
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["train.data.index", "train.data.order", "numpy"])
-    procs = [context.Process(target=loader_worker, args=(train, rank, world, w, workers, batch, batches, out)) for w in range(workers)]
+    procs = [context.Process(target=loader_worker, args=(train, rank, world, w, workers, batch, batches, shared, out, go)) for w in range(workers)]
     for p in procs:
         p.start()
+    out.put("ready")
+    go.wait()
+    out.put({"who": f"rank {rank}", "before": before, "after": memory(), "ready_s": ready})
     for p in procs:
         p.join()
-    out.put({"who": f"rank {rank}", "before": before, "after": memory(), "ready_s": ready})
 
 
 def json_build(samples: int, shard_samples: int) -> tuple[float, float]:
@@ -124,12 +136,59 @@ def json_build(samples: int, shard_samples: int) -> tuple[float, float]:
             urls.append(url)
             counts.append(n)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        from train.data.workers import fork_server  # noqa: PLC0415
+
+        warm = fork_server().Process(target=time.sleep, args=(0,))  # as in training, where the rank started it at its start
+        warm.start()
+        warm.join()
         start = time.perf_counter()
         index_arrays(urls, counts)
         took = time.perf_counter() - start
         return took, max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def node_run(cache: Path, counts: list[int], args, shared: bool) -> dict:
+    """One node's ranks and loader workers, each mapping the index and getting the epoch's order
+    (`shared`: the node's, mapped; else its own); the table of their memory and the figures."""
+    spawn = mp.get_context("spawn")
+    queue, go = spawn.Queue(), spawn.Event()
+    start = time.perf_counter()
+    procs = [spawn.Process(target=rank_process, args=(str(cache / "index"), counts, r, args.ranks, args.workers,
+                                                      args.batch, args.batches, shared, queue, go))
+             for r in range(args.ranks)]
+    for p in procs:
+        p.start()
+    processes = args.ranks * (1 + args.workers)
+    assert [queue.get() for _ in range(processes)] == ["ready"] * processes
+    go.set()
+    reports = [queue.get() for _ in range(processes)]
+    for p in procs:
+        p.join()
+    wall = time.perf_counter() - start
+    ranks = [r for r in reports if "ready_s" in r]
+    workers = [r for r in reports if "ready_s" not in r]
+    grown = [r["after"]["pss"] - r["before"]["pss"] for r in reports]
+    private = [r["after"]["anon"] - r["before"]["anon"] for r in reports]
+    node_pss = sum(r["after"]["pss"] for r in reports)
+    files = sum(p.stat().st_size for p in cache.rglob("*.npy") if shared or ".order-" not in str(p)) / 1e6
+    print(f"\n{args.ranks} ranks x {args.workers} loader workers (one node), block order of 64 streams, batch {args.batch}, "
+          f"{'the order computed once per node and mapped' if shared else 'each process computing the order itself'}:")
+    print("| | per rank | per loader worker | node (sum of PSS) |")
+    print("|---|---|---|---|")
+    print(f"| RSS, MB (max) | {max(r['after']['rss'] for r in ranks):.0f} | {max(r['after']['rss'] for r in workers):.0f} | |")
+    print(f"| PSS, MB (max) | {max(r['after']['pss'] for r in ranks):.0f} | {max(r['after']['pss'] for r in workers):.0f} | {node_pss:.0f} |")
+    print(f"| index + order, MB (PSS grown, max) | {max(grown[i] for i, r in enumerate(reports) if 'ready_s' in r):.0f} | "
+          f"{max(grown[i] for i, r in enumerate(reports) if 'ready_s' not in r):.0f} | {sum(grown):.0f} |")
+    print(f"| of which private (anonymous memory grown, max) | {max(private[i] for i, r in enumerate(reports) if 'ready_s' in r):.0f} | "
+          f"{max(private[i] for i, r in enumerate(reports) if 'ready_s' not in r):.0f} | {sum(private):.0f} |")
+    print(f"\nshared files (index and the epoch's order, mapped; their pages count once in the node's PSS): {files:.0f} MB")
+    ready = [r["ready_s"] for r in ranks]
+    print(f"\nstart-up of a rank once the node's index exists (map it, compute the epoch's order, look up its first batch): "
+          f"{min(ready):.2f}-{max(ready):.2f} s ({args.ranks} at once on {os.cpu_count()} CPUs); whole node run {wall:.1f} s")
+    return {"node_pss_mb": round(node_pss), "index_and_order_mb": round(sum(grown)), "private_mb": round(sum(private)),
+            "shared_files_mb": round(files), "rank_ready_s": [round(x, 2) for x in ready]}
 
 
 def main() -> None:
@@ -151,38 +210,15 @@ def main() -> None:
         size = sum(p.stat().st_size for p in (cache / "index").iterdir()) / 1e6
         print(f"{args.samples:,} samples in {len(counts):,} shards: index {size:.0f} MB on disk (synthesised and written in {written:.1f} s)")
 
-        queue = mp.get_context("spawn").Queue()
-        start = time.perf_counter()
-        procs = [mp.get_context("spawn").Process(target=rank_process, args=(str(cache / "index"), counts, r, args.ranks, args.workers,
-                                                                            args.batch, args.batches, queue))
-                 for r in range(args.ranks)]
-        for p in procs:
-            p.start()
-        reports = [queue.get() for _ in range(args.ranks * (1 + args.workers))]
-        for p in procs:
-            p.join()
-        wall = time.perf_counter() - start
-        ranks = [r for r in reports if "ready_s" in r]
-        workers = [r for r in reports if "ready_s" not in r]
-        grown = [r["after"]["pss"] - r["before"]["pss"] for r in reports]
-        node_pss = sum(r["after"]["pss"] for r in reports)
-        print(f"\n{args.ranks} ranks x {args.workers} loader workers (one node), block order of 64 streams, batch {args.batch}:")
-        print("| | per rank | per loader worker | node (sum of PSS) |")
-        print("|---|---|---|---|")
-        print(f"| RSS, MB (max) | {max(r['after']['rss'] for r in ranks):.0f} | {max(r['after']['rss'] for r in workers):.0f} | |")
-        print(f"| PSS, MB (max) | {max(r['after']['pss'] for r in ranks):.0f} | {max(r['after']['pss'] for r in workers):.0f} | {node_pss:.0f} |")
-        print(f"| index + order, MB (PSS grown, max) | {max(grown[i] for i, r in enumerate(reports) if 'ready_s' in r):.0f} | "
-              f"{max(grown[i] for i, r in enumerate(reports) if 'ready_s' not in r):.0f} | {sum(grown):.0f} |")
-        ready = [r["ready_s"] for r in ranks]
-        print(f"\nstart-up of a rank once the node's index exists (map it, compute the epoch's order, look up its first batch): "
-              f"{min(ready):.2f}-{max(ready):.2f} s ({args.ranks} at once on {os.cpu_count()} CPUs); whole node run {wall:.1f} s")
+        figures = {}
+        for shared in (False, True):
+            figures["node" if shared else "process"] = node_run(cache, counts, args, shared)
 
         took, peak = json_build(args.json_samples, args.shard_samples)
         scaled = took * args.samples / args.json_samples
         print(f"\nthe node's one-time build from .idx.json shard indexes (local files, this machine): {args.json_samples:,} samples "
               f"in {took:.1f} s on {os.cpu_count()} CPUs, largest process's peak RSS {peak:.0f} MB; at {args.samples:,} samples ~{scaled:.0f} s (scaled, not measured)")
-        print(json.dumps({"samples": args.samples, "index_mb": round(size), "node_pss_mb": round(node_pss),
-                          "index_and_order_mb": round(sum(grown)), "rank_ready_s": [round(x, 2) for x in ready],
+        print(json.dumps({"samples": args.samples, "index_mb": round(size), **figures,
                           "json_build_s_per_million": round(took * 1e6 / args.json_samples, 2)}))
     finally:
         shutil.rmtree(cache, ignore_errors=True)

@@ -14,6 +14,7 @@ import numpy as np
 from data_pipeline import shard_index
 from train.data import index
 from train.data.index import TrainSet, load_train_set, train_set_of
+from train.data.order import BlockOrder
 from tests.test_train_data import write_shard
 
 
@@ -112,3 +113,31 @@ def test_the_parallel_index_read_gives_the_same_arrays_and_leaves_the_fork_serve
     assert preloaded == "True", "a loader worker started without torch loaded"
     # Run in a process of its own: the fork server keeps the environment of its start, and the
     # session's S3 settings may not be set yet.
+
+
+def test_the_block_order_is_computed_once_per_node_and_mapped(tmp_path, monkeypatch):
+    """Every process of a node maps the epoch's block order from one folder beside the index, the
+    same order BlockOrder computes; pickled to a loader worker it is the folder's path; folders of
+    epochs long past are removed."""
+    dataset, manifest = _dataset(tmp_path / "data")
+    train = train_set_of(dataset, manifest, cache=str(tmp_path / "cache"))
+    computed = [BlockOrder(train.counts, 7, epoch, 4, 2, 2, 4) for epoch in range(5)]
+    builds = []
+    real = BlockOrder.__init__
+
+    def counted(self, *args, **kwargs):
+        builds.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlockOrder, "__init__", counted)
+    for epoch in range(5):
+        got = [index.node_order(train, 7, epoch, 4, 2, 2, 4) for _ in range(3)]
+        assert len(builds) == epoch + 1  # once per epoch, however many ask
+        for order in got:
+            assert isinstance(order.arrays["piece_first"], np.memmap) and np.array_equal(order.all(), computed[epoch].all())
+        data = pickle.dumps(got[0])
+        assert len(data) < 2_000 and np.array_equal(pickle.loads(data).all(), computed[epoch].all())
+    folders = sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "cache").iterdir() if ".order-" in p.name and p.is_dir())
+    assert folders == ["2", "3", "4"]
+    other = index.node_order(train, 8, 4, 4, 2, 2, 4)  # another seed: another folder, another order
+    assert not np.array_equal(other.all(), got[0].all())

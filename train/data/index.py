@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline import shard_index
-from train.data.order import sample_units
+from train.data.order import BlockOrder, sample_units
 
 ARRAYS = ("starts", "ends", "units")
 PARALLEL_SHARDS = 256  # shards from which the index is read by several processes
@@ -161,8 +161,9 @@ def train_set_of(dataset: str, manifest: dict | None = None, pairing: str = "non
 
 
 def node_index(folder: Path, build) -> Path:
-    """`folder`, holding the arrays `build()` returns, built by the first process of this node that
-    asks; the others wait on its lock and find it done."""
+    """`folder`, holding the arrays `build()` returns (a dict of them by name, or the index's
+    (starts, ends, units)), built by the first process of this node that asks; the others wait on
+    its lock and find it done."""
     if (folder / "done").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +173,8 @@ def node_index(folder: Path, build) -> Path:
             return folder
         part = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
         try:
-            for name, array in zip(ARRAYS, build()):
+            arrays = build()
+            for name, array in (arrays if isinstance(arrays, dict) else dict(zip(ARRAYS, arrays))).items():
                 if array is not None:
                     np.save(part / f"{name}.npy", array)
             (part / "done").write_text("")
@@ -183,6 +185,43 @@ def node_index(folder: Path, build) -> Path:
     return folder
 
 
+def map_folder(folder: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a node folder, memory-mapped, by name."""
+    return {p.stem: np.load(p, mmap_mode="r") for p in Path(folder).glob("*.npy")}
+
+
 def _map(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    out = [np.load(folder / f"{name}.npy", mmap_mode="r") if (folder / f"{name}.npy").exists() else None for name in ARRAYS]
-    return out[0], out[1], out[2]
+    arrays = map_folder(folder)
+    return arrays["starts"], arrays["ends"], arrays.get("units")
+
+
+def node_order(train: TrainSet, seed: int, epoch: int, batch_size: int, block: int, window: int, streams: int,
+               keep_epochs: int = 3) -> BlockOrder:
+    """The block order of `epoch`, computed once per node beside the node's index (a folder per
+    epoch, ~30 MB at 30 M samples) and memory-mapped by every rank and loader worker, which then
+    compute only the windows they read. Folders of epochs `keep_epochs` or more before this one
+    are removed when a new one is built (a loader worker is at most one epoch off its rank)."""
+    index = Path(train.folder)
+    settings = hashlib.sha256(json.dumps([seed, batch_size, block, window, streams]).encode()).hexdigest()[:12]
+    name = f"{index.name}.order-{settings}-"
+    folder = index.with_name(f"{name}{epoch}")
+
+    def build() -> dict:
+        order = BlockOrder(train.counts, seed, epoch, batch_size, block, window, streams, train.units, train.paired)
+        for old in index.parent.glob(f"{name}*"):
+            tail = old.name[len(name):].split(".")[0]
+            if tail.isdigit() and int(tail) <= epoch - keep_epochs:
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
+        return order.arrays
+
+    def mapped() -> BlockOrder:
+        return BlockOrder.mapped(map_folder(node_index(folder, build)), seed, epoch, batch_size, window, train.units,
+                                 train.paired, folder=str(folder))
+
+    try:
+        return mapped()
+    except (FileNotFoundError, KeyError):  # removed between the check and the mapping (another run, epochs ahead): again
+        return mapped()

@@ -33,7 +33,7 @@ import webdataset as wds
 from dfdc import storage
 from dfdc.config import DataConfig
 from train.data.order import make_order, rank_slice
-from train.data.index import TrainSet
+from train.data.index import TrainSet, node_order
 from train.data.reader import DataUnavailable, SampleReader
 from train.data.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
 from train.data.sbi import self_blend
@@ -140,7 +140,10 @@ def unreadable_total(seen: dict[int, int], batch: Batch) -> int:
 
 
 def epoch_order_of(train: TrainSet, cfg: DataConfig, seed: int, epoch: int):
-    """The epoch's order as `cfg.order` (blocks or permutation) draws it (train/data/order.py)."""
+    """The epoch's order as `cfg.order` (blocks or permutation) draws it (train/data/order.py); the
+    block order of a train set mapped from a node's index is computed once per node and mapped."""
+    if cfg.order == "blocks" and train.folder:
+        return node_order(train, seed, epoch, cfg.batch_size, cfg.block_samples, cfg.window_blocks, cfg.streams)
     return make_order(cfg.order, train.counts, seed, epoch, cfg.batch_size, cfg.block_samples, cfg.window_blocks,
                       cfg.streams, train.units, train.paired)
 

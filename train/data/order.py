@@ -174,15 +174,61 @@ class BlockOrder:
             keep = sizes > 0
             return firsts[keep], sizes[keep]
 
-        self.stream_pieces = [pieces(s * self.length, (s + 1) * self.length) for s in range(self.streams)]
-        self.window_starts = []  # per stream: where each window begins in the stream, and its end
-        for _, sizes in self.stream_pieces:
+        stream_pieces = [pieces(s * self.length, (s + 1) * self.length) for s in range(self.streams)]
+        window_starts = []  # per stream: where each window begins in the stream, and its end
+        for _, sizes in stream_pieces:
             per_window = np.add.reduceat(sizes, np.arange(0, sizes.size, window)) if sizes.size else np.zeros(0, np.int64)
-            self.window_starts.append(np.concatenate([[0], np.cumsum(per_window)]).astype(np.int64))
+            window_starts.append(np.concatenate([[0], np.cumsum(per_window)]).astype(np.int64))
         self.bulk = self.streams * self.length
         self._windows: dict = {}
+        self.folder = None
+        self.arrays = {
+            "first": self.first, "size": self.size,
+            "piece_first": np.concatenate([f for f, _ in stream_pieces]), "piece_size": np.concatenate([z for _, z in stream_pieces]),
+            "piece_at": np.concatenate([[0], np.cumsum([f.size for f, _ in stream_pieces])]).astype(np.int64),
+            "window_at": np.concatenate(window_starts),
+            "window_off": np.concatenate([[0], np.cumsum([w.size for w in window_starts])]).astype(np.int64),
+            "scalars": np.array([self.block, self.streams, self.length, self.samples], dtype=np.int64),
+        }
         # The tail, block after block (its units together), so that the ranks that take it read blocks.
-        self.tail = self._spread(*pieces(self.bulk, self.samples), [seed, epoch, self.streams, 0], across=False)
+        self.arrays["tail"] = self._spread(*pieces(self.bulk, self.samples), [seed, epoch, self.streams, 0], across=False)
+        self._views()
+
+    @classmethod
+    def mapped(cls, arrays: dict, seed: int, epoch: int, batch_size: int, window: int, units: np.ndarray | None = None,
+               paired: bool = False, folder: str | None = None) -> BlockOrder:
+        """The order whose arrays (`self.arrays`, as built for the same seed, epoch and settings) are
+        given, e.g. memory-mapped from a node's folder (train/data/index.py node_order): nothing is
+        computed, and a process touches only the pages of the windows it reads."""
+        self = cls.__new__(cls)
+        self.seed, self.epoch, self.batch, self.window, self.units, self.paired = seed, epoch, batch_size, window, units, paired
+        self.arrays, self.folder, self._windows = arrays, folder, {}
+        self.block, self.streams, self.length, self.samples = (int(x) for x in arrays["scalars"])
+        self.bulk = self.streams * self.length
+        self._views()
+        return self
+
+    def _views(self) -> None:
+        a = self.arrays
+        self.first, self.size, self.tail = a["first"], a["size"], a["tail"]
+        self.stream_pieces = [(a["piece_first"][i:j], a["piece_size"][i:j]) for i, j in zip(a["piece_at"][:-1], a["piece_at"][1:])]
+        self.window_starts = [a["window_at"][i:j] for i, j in zip(a["window_off"][:-1], a["window_off"][1:])]
+
+    def __getstate__(self) -> dict:
+        """A mapped order travels to a loader worker as its folder, which the worker maps again."""
+        state = dict(self.__dict__, _windows={})
+        if self.folder:
+            for name in ("arrays", "first", "size", "tail", "stream_pieces", "window_starts"):
+                state[name] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.folder:
+            from train.data.index import map_folder  # noqa: PLC0415
+
+            self.arrays = map_folder(self.folder)
+            self._views()
 
     def window_order(self, stream: int, w: int) -> np.ndarray:
         """The sample ids of a stream's window, in order. Each block's items (samples, or the units
