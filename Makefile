@@ -41,6 +41,7 @@ bench: install
 	$(VENV)/bin/python bench/block_order.py
 	$(VENV)/bin/python bench/index_memory.py
 	$(VENV)/bin/python bench/get_cpu.py
+	$(VENV)/bin/python bench/s3_clients.py
 	$(VENV)/bin/dfdc plan
 
 clean:

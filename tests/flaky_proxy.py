@@ -2,7 +2,9 @@
 503 SlowDown (also past a request rate, `capped`, as S3 answers past a prefix's ~5,500 GET/s), and
 connections dropped before any answer. For testing retries, not a mock: every
 request it lets through is served by the real server. It also counts the bytes it passes on
-(bench/loader_order.py measures read amplification with it, failing nothing)."""
+(bench/loader_order.py measures read amplification with it, failing nothing), and answers a ranged
+GET with 206 where rclone answers 200, as S3 does (clients that insist on 206, obstore, can then
+read through it: bench/s3_clients.py)."""
 
 from __future__ import annotations
 
@@ -58,7 +60,10 @@ class FlakyProxy:
                 up.endheaders(body or None)
                 resp = up.getresponse()
                 data = resp.read()
-                self.send_response(resp.status, resp.reason)
+                status, reason = resp.status, resp.reason
+                if status == 200 and self.command == "GET" and resp.getheader("Content-Range"):
+                    status, reason = 206, "Partial Content"  # as S3 answers a ranged GET (rclone answers 200)
+                self.send_response(status, reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
