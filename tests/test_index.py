@@ -141,3 +141,9 @@ def test_the_block_order_is_computed_once_per_node_and_mapped(tmp_path, monkeypa
     assert folders == ["2", "3", "4"]
     other = index.node_order(train, 8, 4, 4, 2, 2, 4)  # another seed: another folder, another order
     assert not np.array_equal(other.all(), got[0].all())
+    # An epoch shaped by units (real crops only): the units travel as the index's file too.
+    reals = train_set_of(dataset, manifest, fakes=False, cache=str(tmp_path / "cache"))
+    shaped = index.node_order(reals, 7, 0, 4, 2, 2, 4)
+    data = pickle.dumps(shaped)
+    again = pickle.loads(data)
+    assert reals.units.tobytes() not in data and isinstance(again.units, np.memmap) and np.array_equal(again.all(), shaped.all())

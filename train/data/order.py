@@ -220,10 +220,14 @@ class BlockOrder:
         if self.folder:
             for name in ("arrays", "first", "size", "tail", "stream_pieces", "window_starts"):
                 state[name] = None
+        if isinstance(self.units, np.memmap) and self.units.filename:  # the node index's units: mapped again too
+            state["units"] = ("mapped", str(self.units.filename))
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        if isinstance(self.units, tuple):
+            self.units = np.load(self.units[1], mmap_mode="r")
         if self.folder:
             from train.data.index import map_folder  # noqa: PLC0415
 
