@@ -42,6 +42,7 @@ bench: install
 	$(VENV)/bin/python bench/index_memory.py
 	$(VENV)/bin/python bench/get_cpu.py
 	$(VENV)/bin/python bench/s3_clients.py
+	$(VENV)/bin/python bench/order_auc.py
 	$(VENV)/bin/dfdc plan
 
 clean:
