@@ -61,6 +61,11 @@ def _two_ranks(rank: int, port: int, folder: str, sets: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    _train_and_save(rank, folder, sets)
+    dist.destroy_process_group()
+
+
+def _train_and_save(rank: int, folder: str, sets: list[str]) -> None:
     cfg = load_config(None, sets)
     torch.manual_seed(0)
     engine, _ = build_engine(build_model(cfg.model), cfg, world_size=2, total_steps=10)
@@ -72,7 +77,6 @@ def _two_ranks(rank: int, port: int, folder: str, sets: list[str]) -> None:
         torch.save({"input": probe_input(32), **probe, "scale": _loss_scale(engine), "steps": engine.global_steps,
                     "lr_steps": engine.lr_scheduler.last_epoch}, os.path.join(folder, "probe.pt"))
     dist.barrier()
-    dist.destroy_process_group()
 
 
 def _one_rank_resumes(rank: int, port: int, folder: str) -> None:
@@ -89,7 +93,6 @@ def _one_rank_resumes(rank: int, port: int, folder: str) -> None:
     assert (probe_logits(engine, 32)["logits_fp32"] - probe["logits_fp32"]).abs().max() < 1e-5
     assert engine.global_steps == 3 and engine.lr_scheduler.last_epoch == 3  # the schedule goes on where it was
     assert torch.isfinite(train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)))
-    dist.destroy_process_group()
 
 
 def test_bf16_zero3_over_two_ranks_consolidates_and_resumes_on_one(tmp_path, monkeypatch):
@@ -157,9 +160,7 @@ def test_frozen_parameters_stay_bit_identical_and_have_no_optimizer_state(one_ra
     assert torch.equal(probe_logits(again, 32)["logits"], probe["logits"])
 
 
-def _frozen_one_rank_resumes(rank: int, port: int, folder: str, stage: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+def _frozen_one_rank_resumes(folder: str, stage: int) -> None:
     cfg = load_config(None, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])
     torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
     engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10, universal=True)
@@ -169,30 +170,44 @@ def _frozen_one_rank_resumes(rank: int, port: int, folder: str, stage: int) -> N
     probe = torch.load(os.path.join(folder, "probe.pt"), weights_only=True)
     assert (probe_logits(engine, 32)["logits_fp32"] - probe["logits_fp32"]).abs().max() < 1e-5
     assert torch.isfinite(train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)))
-    dist.destroy_process_group()
 
 
 FROZEN_VIT = ["model.name=test_vit", "model.timm_args={img_size: 32, patch_size: 8}", "model.trainable=layernorm",
               "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1", "optim.lr=0.01"]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_a_frozen_encoders_checkpoint_resumes_on_another_world_size(tmp_path, monkeypatch, stage):
-    """Elastic resume with frozen parameters: a 2-rank checkpoint of a LayerNorm-tuned ViT, converted
-    to DeepSpeed's universal format, loads on one rank with the same outputs; its consolidated
-    weights keep the frozen ones as they were built."""
+def _frozen_each_stage(rank: int, world: int, port: int, folder: str, stages: list[int]) -> None:
+    """For each ZeRO stage in turn, in one process and one process group (DeepSpeed keeps the first
+    group it sees): 2 ranks train and save, or 1 rank resumes. The spawn and its imports once."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    for stage in stages:
+        at = os.path.join(folder, f"stage{stage}")
+        if world == 2:
+            _train_and_save(rank, at, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])
+        else:
+            _frozen_one_rank_resumes(at, stage)
+    dist.destroy_process_group()
+
+
+def test_a_frozen_encoders_checkpoint_resumes_on_another_world_size(tmp_path, monkeypatch):
+    """Elastic resume with frozen parameters, at ZeRO-2 and ZeRO-3: a 2-rank checkpoint of a
+    LayerNorm-tuned ViT, converted to DeepSpeed's universal format, loads on one rank with the same
+    outputs; its consolidated weights keep the frozen ones as they were built."""
     import torch.multiprocessing as mp
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    sets = FROZEN_VIT + [f"deepspeed.zero_stage={stage}"]
-    mp.start_processes(_two_ranks, args=(free_port(), str(tmp_path), sets), nprocs=2, join=True, start_method="spawn")
-    cfg = load_config(None, sets)
-    torch.manual_seed(0)
-    initial = build_model(cfg.model)
-    weights = consolidate(str(tmp_path))
-    frozen = [n for n, p in initial.named_parameters() if not p.requires_grad]
-    assert frozen and all(torch.equal(weights[n], initial.state_dict()[n]) for n in frozen)
-    mp.start_processes(_frozen_one_rank_resumes, args=(free_port(), str(tmp_path), stage), nprocs=1, join=True, start_method="spawn")
+    stages = [2, 3]
+    mp.start_processes(_frozen_each_stage, args=(2, free_port(), str(tmp_path), stages), nprocs=2, join=True, start_method="spawn")
+    for stage in stages:
+        cfg = load_config(None, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])
+        torch.manual_seed(0)
+        initial = build_model(cfg.model)
+        weights = consolidate(str(tmp_path / f"stage{stage}"))
+        frozen = [n for n, p in initial.named_parameters() if not p.requires_grad]
+        assert frozen and all(torch.equal(weights[n], initial.state_dict()[n]) for n in frozen), stage
+    mp.start_processes(_frozen_each_stage, args=(1, free_port(), str(tmp_path), stages), nprocs=1, join=True, start_method="spawn")
 
 
 def _loss_scale(engine) -> float | None:
@@ -219,7 +234,6 @@ def _resumes_on_one(rank: int, port: int, folder: str, sets: list[str]) -> None:
     assert (engine.global_steps, engine.lr_scheduler.last_epoch) == (probe["steps"], probe["lr_steps"])
     assert probe["scale"] is not None and _loss_scale(engine) == probe["scale"], (_loss_scale(engine), probe["scale"])  # fp16's scaler goes on where it was
     assert torch.isfinite(train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)))
-    dist.destroy_process_group()
 
 
 def test_a_zero1_fp16_offload_checkpoint_of_two_ranks_resumes_on_one_with_its_optimizer_and_loss_scale(tmp_path, monkeypatch):

@@ -138,22 +138,26 @@ def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(
     name. bf16 at ZeRO-0, on a copy of the data whose first val shard is garbage (validation counts
     it), and ZeRO-1 with the optimizer offloaded to DeepSpeed's CPU Adam: each ends in a consolidated
     model whose probe check passed. The bf16 run tracks to an MLflow server (`dfdc mlflow serve`)
-    whose artifacts land in S3 through the server."""
+    whose artifacts land in S3 through the server. The offload run is also test_recipes.py's SVD
+    tuning of a frozen encoder with SBI on real-only epochs (one Ray Train run fewer), checked there."""
     from tests.conftest import copy_with_a_broken_shard
+    from tests.test_recipes import FROZEN_SVD, check_frozen_run
 
     bad_val = "s3://test/train-corpus-bad-val"
     broken = copy_with_a_broken_shard(shards, bad_val, "val")
     bf16 = run(train_cfg(bad_val, tmp_path, "deepspeed.precision=bf16", "deepspeed.zero_stage=0", "optim.epochs=1",
                          "eval.fit_temperature=false", f"tracking.uri={mlflow_server}", "tracking.artifacts=null"), tmp_path)
-    offload = run(train_cfg(shards, tmp_path, "deepspeed.zero_stage=1", "deepspeed.offload=true", "optim.epochs=1",
-                            "eval.fit_temperature=false"), tmp_path)
+    offload_cfg = train_cfg(shards, tmp_path, "deepspeed.zero_stage=1", "deepspeed.offload=true", "optim.epochs=1",
+                            "eval.fit_temperature=false", *FROZEN_SVD)
+    offload = run(offload_cfg, tmp_path)
     assert bf16["run_name"] != offload["run_name"]
     for out in (bf16, offload):
         assert out["metrics"]["epoch"] == 1 and out["checkpoint"].startswith(f"test/runs/{out['run_name']}/checkpoint_")
         assert out["consolidated_max_abs_diff"] < 1e-4
-        model = timm.create_model("test_efficientnet", num_classes=1)
-        model.load_state_dict(load_fp32(out["model"]), strict=True)
         assert json.loads(storage.read_bytes(f"s3://test/runs/{out['run_name']}/result.json"))["model"] == out["model"]
+    model = timm.create_model("test_efficientnet", num_classes=1)
+    model.load_state_dict(load_fp32(bf16["model"]), strict=True)
+    check_frozen_run(offload_cfg, offload)  # its weights are exactly the SVD-decomposed ViT's keys
     assert bf16["metrics"]["val_unreadable_shards"] == 1 and bf16["metrics"]["val_missing_samples"] == broken["samples"]
     assert offload["metrics"]["val_unreadable_shards"] == 0
     card = json.loads(storage.read_bytes(bf16["model"].replace(".pt", ".json")))
