@@ -22,6 +22,10 @@ from cluster.local.s3_server import free_port, temporary_server
 RAY_TOKEN = new_token(Path(tempfile.mkdtemp(prefix="dfdc-test-ray-")) / "ray-auth-token")
 os.environ.update(auth_env(RAY_TOKEN))
 atexit.register(shutil.rmtree, RAY_TOKEN.parent, True)
+# The tests' runs are seconds long: Ray Train's controller polls its workers every 0.5 s, not 2 s, so
+# that a run's end (or a dead worker) is seen sooner. Ray Train passes it from the driver (or, for
+# jobs, the Ray head started below) to the controller; a poll that outlasts it is waited on, not failed.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 # Small, fast settings shared by the tests that run the real pipeline.
 TINY = ["ingest.frames_per_video=4", "ingest.crop_size=64", "ingest.videos_per_task=3", "ingest.val_fraction=0.3",
@@ -56,6 +60,24 @@ def pytest_collection_modifyitems(items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "last: run after every other test (it inspects what the session wrote)")
+
+
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store whose schema is migrated: MLflow takes ~3 s to create one."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _migrated_mlflow_store(request, mlflow_store_template):
+    """Each test's `tmp_path/mlflow.db` (the store the tests and `$DFDC_HOME` point MLflow at) starts
+    as a copy of the migrated empty store, not migrated again in every test."""
+    if "tmp_path" in request.fixturenames:
+        shutil.copyfile(mlflow_store_template, request.getfixturevalue("tmp_path") / "mlflow.db")
 
 
 @pytest.fixture
