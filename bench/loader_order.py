@@ -18,7 +18,9 @@ S3 server (rclone), in one run.
               answers GETs past `--cap-ratio` times fewer a second than the uncapped blocks'
               samples/s with 503 SlowDown (tests/flaky_proxy.py capped: S3's per-prefix cap,
               scaled to this machine), beside the same proxy uncapped; the loader backs off and
-              every batch still comes
+              every batch still comes. Then the same with the largest --workers count of loader
+              workers, in a child process that starts the proxy before its loader's fork server
+              (loader workers keep the environment, so the endpoint, of the moment it started)
 
 Usage: python bench/loader_order.py [--size 128] [--batch 8] [--batches 80] [--workers 1,2] [--rounds 3] [--videos 48] [--merge-gap 0]
            [--block-samples 32] [--window-blocks 32] [--streams 64] [--dataset s3://...]
@@ -31,6 +33,8 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -106,6 +110,28 @@ def through_proxy(train, urls, cfg, n: int, endpoint: str, fail_when) -> tuple[f
     return rate, proxy.injected["503"]
 
 
+def capped_with_workers(train, urls, cfg, n: int, cap_ratio: float) -> dict:
+    """The capped section with `cfg.num_workers` loader workers, in this process (see the module
+    docstring): one proxy for the whole section, uncapped, then capped at `cap_ratio` times below
+    the blocks' uncapped samples/s."""
+    from tests.flaky_proxy import FlakyProxy, capped  # noqa: PLC0415
+
+    runs = {}
+    with FlakyProxy(os.environ["AWS_ENDPOINT_URL"], lambda *_: None) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+        s3fs.S3FileSystem.clear_instance_cache()
+        for order in ("blocks", "permutation"):
+            ocfg = dataclasses.replace(cfg, order=order)
+            proxy.fail_when = lambda *_: None
+            free, _ = speed(train, urls, ocfg, n, None)
+            if order == "blocks":
+                cap = free / cap_ratio
+            proxy.fail_when, before = capped(cap), proxy.injected["503"]
+            rate, _ = speed(train, urls, ocfg, n, None)
+            runs[order] = {"uncapped": free, "capped": rate, "ratio": rate / free, "refused_503": proxy.injected["503"] - before}
+    return {"cap": cap, "runs": runs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=128, help="crop size (px)")
@@ -120,6 +146,7 @@ def main() -> None:
     ap.add_argument("--window-blocks", type=int, default=32, help="data.window_blocks of the block order")
     ap.add_argument("--streams", type=int, default=64, help="data.streams of the block order")
     ap.add_argument("--cap-ratio", type=float, default=8.0, help="the capped proxy's GET/s: this many times below samples/s")
+    ap.add_argument("--capped-workers-only", action="store_true", help=argparse.SUPPRESS)  # the child process (see docstring)
     args = ap.parse_args()
 
     from train_step import dataset  # noqa: PLC0415  (bench/: the same synthetic corpus)
@@ -137,10 +164,16 @@ def main() -> None:
         f"synth.videos={args.videos}", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", f"ingest.crop_size={args.size}",
         "ingest.videos_per_task=4", "ingest.val_fraction=0", "ingest.shard_bytes=1000000",
     ])
+    workers_max = max(int(w) for w in args.workers.split(","))
     with dataset(args, cfg) as root:
         urls = mf.shard_urls(root, mf.load(root), "train")
         shard_index.ensure(urls, log=lambda *_: None)
         train = train_set_of(root)
+        if args.capped_workers_only:
+            got = capped_with_workers(train, urls, dataclasses.replace(cfg.data, num_workers=workers_max), args.batches,
+                                      args.cap_ratio)
+            print(json.dumps(got))
+            return
         keys = train_keys(root)
         endpoint = os.environ["AWS_ENDPOINT_URL"]
         runs = [(order, int(workers)) for workers in args.workers.split(",") for order in ("blocks", "permutation", "resampled")]
@@ -166,6 +199,9 @@ def main() -> None:
                 cap = free / args.cap_ratio
             rate, refused = through_proxy(train, urls, ocfg, args.batches, endpoint, capped(cap))
             capped_runs[order] = {"uncapped": free, "capped": rate, "ratio": rate / free, "refused_503": refused}
+        child = subprocess.run([sys.executable, __file__, "--capped-workers-only", "--dataset", root, *sys.argv[1:]],
+                               stdout=subprocess.PIPE, text=True, check=True)
+        with_workers = json.loads(child.stdout.strip().splitlines()[-1])
     print(f"{len(urls)} train shards, {train.samples} samples, {train.bytes / 1e6:.1f} MB of samples; crops {args.size}px, "
           f"batch {args.batch}; data.merge_gap_bytes {args.merge_gap}; blocks of {cfg.data.block_samples} samples, windows of "
           f"{cfg.data.window_blocks} blocks, {cfg.data.streams} streams asked; local S3 server; {os.cpu_count()} cores")
@@ -184,8 +220,11 @@ def main() -> None:
     print(f"{'order':12} {'uncapped samples/s':>19} {'capped samples/s':>17} {'capped/uncapped':>16} {'503s answered':>14}")
     for order, c in capped_runs.items():
         print(f"{order:12} {c['uncapped']:19.1f} {c['capped']:17.1f} {c['ratio']:15.2f}x {c['refused_503']:14d}")
+    print(f"the same with {workers_max} loader workers, capped at {with_workers['cap']:.1f} GET/s:")
+    for order, c in with_workers["runs"].items():
+        print(f"{order:12} {c['uncapped']:19.1f} {c['capped']:17.1f} {c['ratio']:15.2f}x {c['refused_503']:14d}")
     print(json.dumps({"samples": train.samples, "sample_bytes": train.bytes, "shards": len(urls), "cap_get_per_s": cap,
-                      "capped": capped_runs,
+                      "capped": capped_runs, "capped_with_workers": with_workers,
                       "speed": {f"{o}/{w}": [round(x, 1) for x in r] for (o, w), r in every.items()},
                       "accounting": {f"{o}/{w}": b for (o, w), b in books.items()}}, default=float))
 
