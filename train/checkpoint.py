@@ -322,7 +322,9 @@ def universal_copy(found: Found, cfg: Config, local: str, into: str) -> bool:
     name = posixpath.basename(str(found.checkpoint.path).rstrip("/"))
     uri = storage.join(run_uri(cfg), UNIVERSAL, name)
     converted = False
-    if (not dist.is_initialized() or dist.get_rank() == 0) and not storage.exists(storage.join(uri, COMPLETE)):
+    # A folder of the earlier layout (ds/ and COMPLETE, before the tar) is converted again.
+    stored = storage.exists(storage.join(uri, COMPLETE)) and storage.exists(storage.join(uri, UNIVERSAL_TAR))
+    if (not dist.is_initialized() or dist.get_rank() == 0) and not stored:
         storage.remove(uri)  # what a conversion cut off before its end left: a copy into it would nest
         to_universal(local, into)
         fs, path = storage.filesystem(uri)
