@@ -93,42 +93,29 @@ def accounting(train, urls, keys: list[str], cfg, world: int, endpoint: str) -> 
             "more_than_once": sum(seen[k] > 1 for k in keys)}
 
 
-def through_proxy(train, urls, cfg, n: int, endpoint: str, fail_when) -> tuple[float, int]:
-    """samples/s of `n` batches (no loader workers) read through a proxy that answers as
-    `fail_when` says, and the 503s it answered."""
-    from tests.flaky_proxy import FlakyProxy  # noqa: PLC0415
+def capped_runs(train, urls, cfg, n: int, cap_ratio: float) -> dict:
+    """Blocks and the permutation through one proxy, uncapped, then capped at `cap_ratio` times below
+    the blocks' uncapped samples/s, with `cfg.num_workers` loader workers (workers only in a process
+    whose loader started after the proxy: see the module docstring)."""
+    from tests.flaky_proxy import FlakyProxy, capped  # noqa: PLC0415
 
-    cfg = dataclasses.replace(cfg, num_workers=0)
-    with FlakyProxy(endpoint, fail_when) as proxy:
+    runs, endpoint = {}, os.environ["AWS_ENDPOINT_URL"]
+    with FlakyProxy(endpoint, lambda *_: None) as proxy:
         os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
         s3fs.S3FileSystem.clear_instance_cache()
         try:
-            rate, _ = speed(train, urls, cfg, n, None)
+            for order in ("blocks", "permutation"):
+                ocfg = dataclasses.replace(cfg, order=order)
+                proxy.fail_when = lambda *_: None
+                free, _ = speed(train, urls, ocfg, n, None)
+                if order == "blocks":
+                    cap = free / cap_ratio
+                proxy.fail_when, before = capped(cap), proxy.injected["503"]
+                rate, _ = speed(train, urls, ocfg, n, None)
+                runs[order] = {"uncapped": free, "capped": rate, "ratio": rate / free, "refused_503": proxy.injected["503"] - before}
         finally:
             os.environ["AWS_ENDPOINT_URL"] = endpoint
             s3fs.S3FileSystem.clear_instance_cache()
-    return rate, proxy.injected["503"]
-
-
-def capped_with_workers(train, urls, cfg, n: int, cap_ratio: float) -> dict:
-    """The capped section with `cfg.num_workers` loader workers, in this process (see the module
-    docstring): one proxy for the whole section, uncapped, then capped at `cap_ratio` times below
-    the blocks' uncapped samples/s."""
-    from tests.flaky_proxy import FlakyProxy, capped  # noqa: PLC0415
-
-    runs = {}
-    with FlakyProxy(os.environ["AWS_ENDPOINT_URL"], lambda *_: None) as proxy:
-        os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
-        s3fs.S3FileSystem.clear_instance_cache()
-        for order in ("blocks", "permutation"):
-            ocfg = dataclasses.replace(cfg, order=order)
-            proxy.fail_when = lambda *_: None
-            free, _ = speed(train, urls, ocfg, n, None)
-            if order == "blocks":
-                cap = free / cap_ratio
-            proxy.fail_when, before = capped(cap), proxy.injected["503"]
-            rate, _ = speed(train, urls, ocfg, n, None)
-            runs[order] = {"uncapped": free, "capped": rate, "ratio": rate / free, "refused_503": proxy.injected["503"] - before}
     return {"cap": cap, "runs": runs}
 
 
@@ -170,8 +157,7 @@ def main() -> None:
         shard_index.ensure(urls, log=lambda *_: None)
         train = train_set_of(root)
         if args.capped_workers_only:
-            got = capped_with_workers(train, urls, dataclasses.replace(cfg.data, num_workers=workers_max), args.batches,
-                                      args.cap_ratio)
+            got = capped_runs(train, urls, dataclasses.replace(cfg.data, num_workers=workers_max), args.batches, args.cap_ratio)
             print(json.dumps(got))
             return
         keys = train_keys(root)
@@ -189,16 +175,7 @@ def main() -> None:
         for order, world in track([("blocks", 1), ("blocks", 2), ("permutation", 1), ("permutation", 2), ("resampled", 1)],
                                   description="accounting"):
             books[order, world] = accounting(train, urls, keys, dataclasses.replace(cfg.data, order=order), world, endpoint)
-        from tests.flaky_proxy import capped  # noqa: PLC0415
-
-        capped_runs = {}
-        for order in track(("blocks", "permutation"), description="capped"):
-            ocfg = dataclasses.replace(cfg.data, order=order)
-            free, _ = through_proxy(train, urls, ocfg, args.batches, endpoint, lambda *_: None)
-            if order == "blocks":
-                cap = free / args.cap_ratio
-            rate, refused = through_proxy(train, urls, ocfg, args.batches, endpoint, capped(cap))
-            capped_runs[order] = {"uncapped": free, "capped": rate, "ratio": rate / free, "refused_503": refused}
+        no_workers = capped_runs(train, urls, dataclasses.replace(cfg.data, num_workers=0), args.batches, args.cap_ratio)
         child = subprocess.run([sys.executable, __file__, "--capped-workers-only", "--dataset", root, *sys.argv[1:]],
                                stdout=subprocess.PIPE, text=True, check=True)
         with_workers = json.loads(child.stdout.strip().splitlines()[-1])
@@ -216,15 +193,15 @@ def main() -> None:
     for (order, world), b in books.items():
         print(f"{order:12} {world:7d} {b['bytes_per_sample_byte']:26.2f} {b['requests']:6d} "
               f"{b['once']:10d} {b['never']:6d} {b['more_than_once']:7d}")
-    print(f"through a proxy capped at {cap:.1f} GET/s ({args.cap_ratio:g}x below the blocks' uncapped samples/s), no loader workers:")
+    print(f"through a proxy capped at {no_workers['cap']:.1f} GET/s ({args.cap_ratio:g}x below the blocks' uncapped samples/s), no loader workers:")
     print(f"{'order':12} {'uncapped samples/s':>19} {'capped samples/s':>17} {'capped/uncapped':>16} {'503s answered':>14}")
-    for order, c in capped_runs.items():
+    for order, c in no_workers["runs"].items():
         print(f"{order:12} {c['uncapped']:19.1f} {c['capped']:17.1f} {c['ratio']:15.2f}x {c['refused_503']:14d}")
     print(f"the same with {workers_max} loader workers, capped at {with_workers['cap']:.1f} GET/s:")
     for order, c in with_workers["runs"].items():
         print(f"{order:12} {c['uncapped']:19.1f} {c['capped']:17.1f} {c['ratio']:15.2f}x {c['refused_503']:14d}")
-    print(json.dumps({"samples": train.samples, "sample_bytes": train.bytes, "shards": len(urls), "cap_get_per_s": cap,
-                      "capped": capped_runs, "capped_with_workers": with_workers,
+    print(json.dumps({"samples": train.samples, "sample_bytes": train.bytes, "shards": len(urls), "capped": no_workers,
+                      "capped_with_workers": with_workers,
                       "speed": {f"{o}/{w}": [round(x, 1) for x in r] for (o, w), r in every.items()},
                       "accounting": {f"{o}/{w}": b for (o, w), b in books.items()}}, default=float))
 
