@@ -231,6 +231,7 @@ def mlflow_serve(
     host: Annotated[str, typer.Option(help="127.0.0.1, or the head's private address for the cluster's nodes; never 0.0.0.0.")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 5000,
     backend_store_uri: Annotated[Optional[str], typer.Option(help="Where runs are kept (default: sqlite in $DFDC_HOME).")] = None,
+    workers: Annotated[int, typer.Option(help="The server's request-handling processes (MLflow's default).")] = 4,
 ):
     """Run the MLflow tracking server for a cluster, in the foreground: runs in a database, artifacts
     proxied to S3. Point jobs at it with MLFLOW_TRACKING_URI=http://HOST:PORT (dfdc submit --mlflow).
@@ -243,7 +244,7 @@ def mlflow_serve(
 
     backend = backend_store_uri or f"sqlite:///{(_home() / 'mlflow-server.db').resolve()}"
     try:
-        argv = mlflow_server.command(host, port, backend, artifacts_destination)
+        argv = mlflow_server.command(host, port, backend, artifacts_destination, workers)
     except mlflow_server.ServerError as e:
         raise fail(str(e), 2) from e
     console.print(f"MLflow on http://{host}:{port}: runs in {backend}, artifacts in {artifacts_destination}", highlight=False)

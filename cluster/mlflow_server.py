@@ -20,15 +20,18 @@ class ServerError(RuntimeError):
     pass
 
 
-def command(host: str, port: int, backend_store_uri: str, artifacts_destination: str) -> list[str]:
-    """`mlflow server` as this project runs it (the venv's MLflow)."""
+def command(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int = 4) -> list[str]:
+    """`mlflow server` as this project runs it (the venv's MLflow). `workers`: its request-handling
+    processes (MLflow's default 4; each imports MLflow, ~4 s of CPU at start here)."""
     if host in EVERY_INTERFACE:
         raise ServerError(f"--host {host!r} would open MLflow on every interface: give 127.0.0.1 or the head's "
                           "private address (the cluster's security group lets its nodes in)")
     if not artifacts_destination.startswith("s3://"):
         raise ServerError(f"--artifacts-destination {artifacts_destination!r}: give an s3:// prefix, so that artifacts "
                           "outlive the head")
-    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+    if workers < 1:
+        raise ServerError(f"--workers {workers}: give 1 or more")
+    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers),
             "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination]
 
 

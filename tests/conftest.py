@@ -120,7 +120,7 @@ def mlflow_server(s3_server, tmp_path_factory):
     log = open(folder / "server.log", "w")  # noqa: SIM115  (open for the server's lifetime)
     proc = subprocess.Popen([sys.executable, "-m", "cli", "mlflow", "serve", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-                             "--artifacts-destination", "s3://test/mlflow-artifacts"],
+                             "--artifacts-destination", "s3://test/mlflow-artifacts", "--workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -51,19 +51,17 @@ def unseen_video(tmp_path_factory) -> str:
     return str(next(out.rglob("*.mp4")))
 
 
-def eval_sets(tmp_path, *extra) -> list[str]:
-    return [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifacts={(tmp_path / 'art').as_uri()}",
-            "tracking.experiment=eval", *extra]
-
-
-def test_evaluate_writes_metrics_plots_and_mlflow_and_survives_a_bad_shard(shards, model_uri, tmp_path, ray_address):
+def test_evaluate_writes_metrics_plots_and_mlflow_and_survives_a_bad_shard(shards, model_uri, tmp_path, ray_address,
+                                                                            mlflow_server):
     bad = "s3://test/eval-corpus-bad"
     broken = copy_with_a_broken_shard(shards, bad, "train")
     manifest = mf.load(bad)
 
     # Through the CLI, cross-dataset from config: the dataset the model was trained on, plus eval.datasets.
-    # and a split of its own for the second (eval.splits)
-    sets = eval_sets(tmp_path, "eval.split=all", "eval.aggregate=confident", f"eval.datasets=[{bad}]", f"eval.splits={{'{bad}': train}}")
+    # and a split of its own for the second (eval.splits). Tracked as on a cluster: the MLflow server,
+    # artifacts on S3 (test_no_secret_written.py then searches what this evaluation wrote there).
+    sets = [f"tracking.uri={mlflow_server}", "tracking.artifacts=null", f"tracking.experiment=eval-{tmp_path.name}",
+            "eval.split=all", "eval.aggregate=confident", f"eval.datasets=[{bad}]", f"eval.splits={{'{bad}': train}}"]
     proc = subprocess.run([sys.executable, "-m", "cli", "evaluate", "--checkpoint", model_uri, "--out", str(tmp_path / "out"),
                            "--no-progress", *[a for s in sets for a in ("--set", s)]],
                           env=os.environ | {"RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=600)
@@ -103,7 +101,7 @@ def test_evaluate_writes_metrics_plots_and_mlflow_and_survives_a_bad_shard(shard
     assert f"wrote {tmp_path / 'out' / 'cross_dataset.csv'}" in proc.stdout.replace("\n", "")
 
     client = mlflow.MlflowClient(cfg.tracking.uri)
-    run = client.search_runs([client.get_experiment_by_name("eval").experiment_id])[0]
+    [run] = client.search_runs([client.get_experiment_by_name(f"eval-{tmp_path.name}").experiment_id])
     assert run.data.tags["model_uri"] == model_uri
     assert run.data.metrics["faces/video_log_loss"] == pytest.approx(good["video"]["log_loss"])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "faces-roc.png", "faces-reliability.png",

@@ -36,7 +36,7 @@ def auth_server(tmp_path_factory, s3_server, moto_server):
         port = free_port()
         log = open(tmp_path / "server.log", "w")  # noqa: SIM115
         proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-                                 "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                                 "--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
                                  "--artifacts-destination", str(tmp_path / "artifacts")],
                                 env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

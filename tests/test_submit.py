@@ -98,6 +98,9 @@ def test_mlflow_serve_refuses_every_interface_and_artifacts_off_s3():
         command("127.0.0.1", 5000, "sqlite:///x.db", "/tmp/artifacts")
     argv = command("10.0.1.5", 5000, "sqlite:///x.db", "s3://b/mlflow")
     assert argv[argv.index("--host") + 1] == "10.0.1.5" and argv[argv.index("--artifacts-destination") + 1] == "s3://b/mlflow"
+    assert argv[argv.index("--workers") + 1] == "4"
+    with pytest.raises(ServerError, match="--workers 0"):
+        command("127.0.0.1", 5000, "sqlite:///x.db", "s3://b/mlflow", workers=0)
     refused = _dfdc("mlflow", "serve", "--host", "0.0.0.0", "--artifacts-destination", "s3://b/mlflow")
     assert refused.returncode == 2 and "every interface" in refused.stderr
     assert environment().get("MLFLOW_S3_ENDPOINT_URL") == environment().get("AWS_ENDPOINT_URL")
