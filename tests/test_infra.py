@@ -9,6 +9,7 @@ those are checked in the template itself."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -75,6 +76,59 @@ def test_checkov_can_fail():
 def test_hadolint_passes():
     out = subprocess.run([lint_tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_checkov_passes_on_the_dockerfile_and_every_skip_has_a_reason():
+    out = subprocess.run([lint_tool("checkov"), "-f", str(DOCKERFILE), "--framework", "dockerfile", "--compact", "--quiet",
+                          "--skip-download", "--output", "json"], capture_output=True, text=True)
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["summary"]["failed"] == 0, out.stdout[-3000:]
+    assert report["summary"]["passed"] > 20  # it did look at the file
+    skips = re.findall(r"#\s*checkov:skip=(\S+)\s*(.*)", DOCKERFILE.read_text())
+    assert all(len(reason) > 40 for _, reason in skips), skips
+
+
+# Accounts of ubuntu:24.04, which nvidia/cuda's ubuntu24.04 images are built on: since Ubuntu 23.04
+# the image has a user `ubuntu` with uid and gid 1000, and its home.
+UBUNTU_2404_ACCOUNTS = {
+    "passwd": "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+              "ubuntu:x:1000:1000:Ubuntu:/home/ubuntu:/bin/bash\n",
+    "group": "root:x:0:\nusers:x:100:\nnogroup:x:65534:\nubuntu:x:1000:\n",
+    "shadow": "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\nubuntu:!:19000:0:99999:7:::\n",
+    "gshadow": "root:*::\nusers:*::\nnogroup:*::\nubuntu:!::\n",
+}
+
+
+def test_the_images_user_steps_work_on_the_base_images_accounts(tmp_path):
+    """The Dockerfile's account steps (useradd, userdel, ...), run with `--prefix` against the base
+    image's accounts: a build stops at the first that fails (`useradd --uid 1000` when uid 1000 is
+    taken), and the image's USER must be an account that is not root. Where no Docker daemon builds
+    the image, this is the check that the build would get past them."""
+    import os
+    import shlex
+
+    if os.geteuid() != 0:
+        pytest.skip("useradd --prefix needs root")
+    (tmp_path / "etc").mkdir()
+    for name, text in UBUNTU_2404_ACCOUNTS.items():
+        (tmp_path / "etc" / name).write_text(text)
+    if Path("/etc/login.defs").exists():
+        shutil.copy("/etc/login.defs", tmp_path / "etc" / "login.defs")
+    (tmp_path / "home" / "ubuntu").mkdir(parents=True)
+    os.chown(tmp_path / "home" / "ubuntu", 1000, 1000)
+
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    runs = [line.split(None, 1)[1] for line in text.splitlines() if line.startswith("RUN ")]
+    steps = [r for r in runs if re.search(r"\b(useradd|userdel|usermod|groupadd|groupdel|groupmod)\b", r)]
+    assert steps, "the Dockerfile makes no user: the image would run as root"
+    for step in steps:
+        step = re.sub(r"\b(useradd|userdel|usermod|groupadd|groupdel|groupmod)\b", rf"\1 --prefix {shlex.quote(str(tmp_path))}", step)
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", step], capture_output=True, text=True)
+        assert done.returncode == 0, f"RUN {step}: exit {done.returncode}: {done.stderr}"
+    [user] = re.findall(r"^USER\s+(\S+)", text, re.M)
+    accounts = [line.split(":") for line in (tmp_path / "etc" / "passwd").read_text().splitlines()]
+    [account] = [a for a in accounts if user in (a[0], a[2])]
+    assert account[2] != "0" and (tmp_path / account[5].lstrip("/")).is_dir(), account
 
 
 def test_docker_build_where_docker_runs():
