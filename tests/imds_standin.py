@@ -12,8 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class StandIn:
-    def __init__(self, instance_type: str = "g5.12xlarge", life_cycle: str = "spot"):
-        self.values = {"/latest/meta-data/instance-type": instance_type, "/latest/meta-data/instance-life-cycle": life_cycle}
+    def __init__(self, instance_type: str = "g5.12xlarge", life_cycle: str = "spot", region: str = "us-east-1"):
+        identity = {"region": region, "availabilityZone": f"{region}a", "instanceType": instance_type,
+                    "instanceId": "i-0123456789abcdef0", "accountId": "123456789012"}
+        self.values = {"/latest/meta-data/instance-type": instance_type, "/latest/meta-data/instance-life-cycle": life_cycle,
+                       "/latest/dynamic/instance-identity/document": json.dumps(identity)}
         self.tokens: set[str] = set()
         self.polls: list[float] = []  # when spot/instance-action was asked
         self.notice_at: float | None = None  # when the test gave the notice

@@ -96,3 +96,41 @@ def test_a_missing_secret_is_a_clear_error(logged_out):
     cfg = load_config(None, [f"tracking.uri={url}", "tracking.auth_secret=dfdc/no-such-login"])
     with pytest.raises(StorageError, match="secretsmanager:dfdc/no-such-login: cannot read the MLflow login"):
         tracking.login(cfg)
+
+
+def test_a_node_with_no_region_in_its_settings_reads_the_login_in_its_instances_region(s3_server, moto_server, tmp_path,
+                                                                                      monkeypatch):
+    """A job on an EC2 node whose environment and ~/.aws/config name no region (the submitter kept
+    it in a laptop's profile): the region comes from the instance identity document (a stand-in
+    metadata service says eu-west-1, where the secret is: moto's Secrets Manager is regional, as
+    AWS's is), not NoRegionError. Off EC2 with no region, the error says what to set. The session's
+    AWS keys (the local S3 server's) are what moto is called with."""
+    import boto3
+
+    from dfdc.config import load_config
+    from dfdc.storage import StorageError
+    from tests.imds_standin import StandIn
+    from train import tracking
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_server)
+    secret_id = f"dfdc/mlflow-login-{secrets.token_hex(4)}"
+    boto3.client("secretsmanager", region_name="eu-west-1").create_secret(
+        Name=secret_id, SecretString=json.dumps({"username": "dfdc", "password": "pw-in-eu-west-1"}))
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    (tmp_path / "config").write_text("[default]\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    cfg = load_config(None, [f"tracking.auth_secret={secret_id}"])
+
+    standin = StandIn("g5.xlarge", "spot", region="eu-west-1")
+    try:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", standin.endpoint)
+        tracking.login(cfg)
+        assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "pw-in-eu-west-1"
+    finally:
+        standin.stop()
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")  # nothing answers: not on EC2
+    with pytest.raises(StorageError, match="no AWS region: set AWS_REGION"):
+        tracking.login(cfg)

@@ -31,15 +31,15 @@ def login(cfg: Config) -> None:
     secret_id = cfg.tracking.auth_secret
     if not secret_id or os.environ.get("MLFLOW_TRACKING_PASSWORD"):
         return
-    import boto3  # noqa: PLC0415
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
+    from dfdc import aws  # noqa: PLC0415
     from dfdc.storage import StorageError  # noqa: PLC0415
 
     where = f"secretsmanager:{secret_id}"
     try:
-        value = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
-    except (BotoCoreError, ClientError) as e:
+        value = aws.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
+    except (BotoCoreError, ClientError, aws.NoRegion) as e:
         raise StorageError(where, "cannot read the MLflow login", str(e),
                            "grant secretsmanager:GetSecretValue on it (the infra stack's node roles have it) "
                            "or set tracking.auth_secret to the stack's MlflowLoginSecret output") from e
