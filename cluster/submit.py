@@ -38,19 +38,20 @@ class JobSpec:
                            "--", *shlex.split(self.entrypoint)])
 
 
-def _set_value(args: list[str], key: str) -> str | None:
-    """The value of `--set key=...` among the command's arguments, if given."""
-    for flag, value in zip(args, args[1:]):
-        if flag == "--set" and value.startswith(key + "="):
-            return value.split("=", 1)[1]
-    return None
+def _training_config(args: list[str]):
+    """The config `dfdc train ARGS` will run with: its arguments parsed by that command's own parser
+    (`-c X`, `--config=X`, `--set k=v`, `--set=k=v` alike), then loaded as it loads them."""
+    import typer  # noqa: PLC0415
 
+    from cli.app import app  # noqa: PLC0415
+    from dfdc.config import load_config  # noqa: PLC0415
 
-def _config_path(args: list[str]) -> str | None:
-    for flag, value in zip(args, args[1:]):
-        if flag in ("--config", "-c"):
-            return value
-    return next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+    command = typer.main.get_command(app).commands["train"]
+    try:
+        params = command.make_context("train", list(args), resilient_parsing=False).params
+    except Exception as e:  # click's usage errors: an option train does not take, a missing value
+        raise SubmitError(f"dfdc train {shlex.join(args)}: {e}") from e
+    return load_config(params["config"], list(params["set_"] or []))
 
 
 def build(command: list[str], working_dir: str = ".", mlflow_uri: str | None = None, python: str = "python",
@@ -64,13 +65,12 @@ def build(command: list[str], working_dir: str = ".", mlflow_uri: str | None = N
     args = list(command)
     name = command[0]
     if name == "train":
-        run = _set_value(args, "ray.run_name")
-        if run is None:
-            from dfdc.config import load_config  # noqa: PLC0415
+        cfg = _training_config(args[1:])
+        run = cfg.ray.run_name
+        if not run:
             from train.run import new_run_name  # noqa: PLC0415
 
-            sets = [v for f, v in zip(args, args[1:]) if f == "--set"]
-            run = new_run_name(load_config(_config_path(args), sets))
+            run = new_run_name(cfg)
             args += ["--set", f"ray.run_name={run}"]
         submission_id = f"dfdc-train-{run}"
     else:

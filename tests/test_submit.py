@@ -45,6 +45,22 @@ def test_the_job_spec_names_the_run_ships_the_project_and_holds_no_secret(monkey
         build([])
 
 
+def test_the_run_name_is_the_one_dfdc_train_will_use_however_it_is_given(tmp_path):
+    """Resubmitting a config resumes its run: the name comes from the config as `dfdc train` resolves
+    it (YAML, `--set k=v`, `--set=k=v`), and a fresh name is added only when none is there."""
+    config = tmp_path / "named.yaml"
+    config.write_text("ray:\n  run_name: from-yaml\n")
+    for command, name in [(["train", "-c", str(config)], "from-yaml"),
+                          (["train", f"--config={config}"], "from-yaml"),
+                          (["train", "--set=ray.run_name=from-set"], "from-set"),
+                          (["train", "-c", str(config), "--set", "ray.run_name=over"], "over")]:
+        spec = build(command)
+        assert spec.submission_id == f"dfdc-train-{name}", (command, spec.submission_id)
+        assert shlex.split(spec.entrypoint)[3:] == command, spec.entrypoint  # nothing added that would override it
+    fresh = build(["train", "--set=data.batch_size=4"])
+    assert re.fullmatch(r"dfdc-train-dfdc-\S+", fresh.submission_id) and f"ray.run_name={fresh.submission_id[11:]}" in fresh.entrypoint
+
+
 def test_a_bad_training_config_is_refused_before_anything_is_submitted():
     bad = _dfdc("submit", "--address", "http://127.0.0.1:1", "--print", "--", "train", "--set", "optim.no_such_key=1")
     assert bad.returncode == 2 and "optim.no_such_key" in bad.stderr, bad.stderr
