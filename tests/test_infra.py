@@ -142,6 +142,99 @@ def test_docker_build_where_docker_runs():
 
 # ---- what moto cannot deploy, checked in the template ----
 
+def references(node) -> set[str]:
+    """The logical ids a template value refers to: Ref, Fn::GetAtt, and ${X} or ${X.Attr} in Fn::Sub
+    (not ${AWS::...} pseudo parameters nor ${!...} literals)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref":
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else value.split(".")[0])
+            elif key == "Fn::Sub":
+                text, variables = (value, {}) if isinstance(value, str) else value
+                local = set(variables)
+                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", text)} - local
+                found |= references(variables)
+            else:
+                found |= references(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= references(value)
+    return {r for r in found if not r.startswith("AWS::")}
+
+
+def dependencies(t: dict) -> dict[str, set[str]]:
+    """Each resource's direct dependencies, as CloudFormation orders creation: what its properties
+    refer to, and DependsOn (parameters dropped)."""
+    resources = t["Resources"]
+    out = {}
+    for name, r in resources.items():
+        depends = r.get("DependsOn", [])
+        deps = references(r.get("Properties", {})) | set([depends] if isinstance(depends, str) else depends)
+        out[name] = {d for d in deps if d in resources}
+    return out
+
+
+ATTACHMENTS = ("AWS::EC2::VolumeAttachment", "AWS::EC2::NetworkInterfaceAttachment", "AWS::EC2::EIPAssociation")
+
+
+def creation_order_problems(t: dict) -> list[str]:
+    """What keeps the stack from ever being created, as CloudFormation creates it: a cycle, or an
+    instance with a CreationPolicy whose boot script needs something CloudFormation makes only after
+    the instance has signalled. CloudFormation creates a resource once every resource it depends on
+    is complete, and a resource with a CreationPolicy is complete only when its signal came. An
+    instance's boot needs what its UserData names, and an attachment to it whose device the
+    UserData waits for."""
+    deps = dependencies(t)
+    after: dict[str, set[str]] = {}  # resources created only after this one is complete
+
+    def dependents(name: str, seen: frozenset = frozenset()) -> set[str]:
+        if name in after:
+            return after[name]
+        direct = {d for d, ds in deps.items() if name in ds}
+        assert name not in seen, f"a dependency cycle through {sorted(seen)}"
+        out = set(direct)
+        for d in direct:
+            out |= dependents(d, seen | {name})
+        after[name] = out
+        return out
+
+    problems = []
+    for name, r in t["Resources"].items():
+        if r["Type"] != "AWS::EC2::Instance" or "CreationPolicy" not in r:
+            continue
+        user_data = json.dumps(r["Properties"].get("UserData", ""))
+        needs = references(r["Properties"].get("UserData", {}))
+        needs |= {a for a, ar in t["Resources"].items() if ar["Type"] in ATTACHMENTS
+                  and name in references(ar["Properties"].get("InstanceId", {}))
+                  and ar["Properties"].get("Device", "\0") in user_data}
+        for late in sorted(needs & dependents(name)):
+            problems.append(f"{name} waits at boot for {late}, which CloudFormation creates only after {name}'s signal")
+    return problems
+
+
+def test_the_stack_can_be_created_in_cloudformations_order():
+    """moto ignores creation policies, so its CREATE_COMPLETE proves nothing about this."""
+    assert creation_order_problems(template()) == []
+
+
+def test_the_creation_order_check_knows_a_creation_policy():
+    """An instance that waits at boot for a volume attached to it by a separate resource can never
+    signal: the attachment waits for the signal."""
+    t = template()
+    t["Resources"]["Box"] = {"Type": "AWS::EC2::Instance", "CreationPolicy": {"ResourceSignal": {"Timeout": "PT5M"}},
+                             "Properties": {"UserData": {"Fn::Base64": {"Fn::Sub": "wait for /dev/sdg; cfn-signal ${AWS::StackName}"}}}}
+    t["Resources"]["Disk"] = {"Type": "AWS::EC2::Volume", "Properties": {"Size": 1}}
+    t["Resources"]["DiskOnBox"] = {"Type": "AWS::EC2::VolumeAttachment",
+                                   "Properties": {"InstanceId": {"Ref": "Box"}, "VolumeId": {"Ref": "Disk"}, "Device": "/dev/sdg"}}
+    assert creation_order_problems(t) == ["Box waits at boot for DiskOnBox, which CloudFormation creates only after Box's signal"]
+    del t["Resources"]["Box"]["CreationPolicy"]  # no signal to wait for: the attachment follows the instance's start
+    assert creation_order_problems(t) == []
+
+
+
 def test_bucket_settings_in_the_template():
     t = template()
     bucket = t["Resources"]["DataBucket"]["Properties"]
@@ -276,8 +369,10 @@ def test_the_stack_reads_back_as_built(moto_aws):
         "SecurityGroupRules"]
     assert [(r["IpProtocol"], r["FromPort"], r["ToPort"], r["ReferencedGroupInfo"]["GroupId"]) for r in rules if not r["IsEgress"]] \
         == [("tcp", 5000, 5000, sg)]
+    # Its data volume is in its zone, attached by its boot script (which moto does not run: see
+    # test_the_mlflow_boot_script_attaches_the_volume_once_its_predecessor_lets_go).
     [volume] = ec2.describe_volumes(VolumeIds=[physical(client, "MlflowData")])["Volumes"]
-    assert [(a["InstanceId"], a["Device"]) for a in volume["Attachments"]] == [(mlflow["InstanceId"], "/dev/sdf")]
+    assert volume["AvailabilityZone"] == mlflow["Placement"]["AvailabilityZone"]
     resources = template()["Resources"]  # what moto's instances and volumes ignore
     assert resources["MlflowData"]["Properties"]["Encrypted"] is True
     server = resources["MlflowServer"]["Properties"]
@@ -417,6 +512,72 @@ def test_policy_decides(moto_aws, role, action, resource, expected, context):
     _, client, _ = moto_aws
     docs = role_policies(client, role) + ([bucket_policy_for_nodes()] if role.startswith("dfdc-ray") else [])
     assert decide(docs, action, resource, context) == expected
+
+
+def test_the_mlflow_server_may_attach_its_data_volume_and_nothing_else(moto_aws):
+    _, client, _ = moto_aws
+    docs = role_policies(client, "dfdc-mlflow")
+    volume = f"arn:aws:ec2:{REGION}:123456789012:volume/{physical(client, 'MlflowData')}"
+    instance = f"arn:aws:ec2:{REGION}:123456789012:instance/i-0123456789abcdef0"
+    ours = {"ec2:ResourceTag/aws:cloudformation:stack-name": "dfdc", "ec2:ResourceTag/aws:cloudformation:logical-id": "MlflowServer"}
+    assert decide(docs, "ec2:AttachVolume", volume) == "allow"
+    assert decide(docs, "ec2:AttachVolume", instance, ours) == "allow"
+    assert decide(docs, "ec2:AttachVolume", f"arn:aws:ec2:{REGION}:123456789012:volume/vol-0another") == "deny"
+    assert decide(docs, "ec2:AttachVolume", instance, ours | {"ec2:ResourceTag/aws:cloudformation:logical-id": "Other"}) == "deny"
+    assert decide(docs, "ec2:AttachVolume", instance, ours | {"ec2:ResourceTag/aws:cloudformation:stack-name": "other"}) == "deny"
+    assert decide(docs, "ec2:DetachVolume", volume) == "deny" and decide(docs, "ec2:DescribeVolumes", "*") == "allow"
+
+
+def attach_volume_script() -> str:
+    """The Python program the MLflow server's boot script writes to /opt/mlflow/attach_volume.py."""
+    user_data = template()["Resources"]["MlflowServer"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    return re.search(r"attach_volume.py <<'EOF'\n(.*?)\nEOF\n", user_data, re.S).group(1)
+
+
+def test_the_mlflow_boot_script_attaches_the_volume_once_its_predecessor_lets_go(moto_aws, tmp_path):
+    """A replacement MLflow instance boots while the old one still holds the data volume (CloudFormation
+    terminates the old one only after the new one's signal). The boot script's attach program, run
+    as the new instance against moto's EC2 and a stand-in metadata service: --check says "held"
+    (so the script signals first), then it waits, and attaches the volume once the old instance
+    lets go; a volume that never comes free ends it with a message, not a hang."""
+    import os
+    import sys
+    import time
+
+    from tests.imds_standin import StandIn
+
+    endpoint, client, _ = moto_aws
+    ec2 = client("ec2")
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    old, new = (i["InstanceId"] for i in ec2.run_instances(ImageId=image, MinCount=2, MaxCount=2,
+                                                           Placement={"AvailabilityZone": f"{REGION}a"})["Instances"])
+    volume = ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=1)["VolumeId"]
+    ec2.attach_volume(VolumeId=volume, InstanceId=old, Device="/dev/sdf")
+    program = tmp_path / "attach_volume.py"
+    program.write_text(attach_volume_script())
+    standin = StandIn()
+    standin.values["/latest/meta-data/instance-id"] = new
+    env = {**os.environ, "AWS_ENDPOINT_URL_EC2": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_EC2_METADATA_SERVICE_ENDPOINT": standin.endpoint, "POLL_S": "0.2", "WAIT_S": "60"}
+    env.pop("AWS_SESSION_TOKEN", None)
+    argv = [sys.executable, str(program), volume, REGION, "/dev/sdf"]
+    try:
+        assert subprocess.run(argv + ["--check"], env=env, capture_output=True).returncode == 3
+        waiting = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(2)
+        assert waiting.poll() is None, waiting.communicate()[0]  # still waiting while the old one holds it
+        ec2.detach_volume(VolumeId=volume, InstanceId=old)  # the old instance is terminated
+        assert waiting.wait(30) == 0
+        assert "is held by" in waiting.stdout.read()
+        [found] = ec2.describe_volumes(VolumeIds=[volume])["Volumes"]
+        assert [(a["InstanceId"], a["State"]) for a in found["Attachments"]] == [(new, "attached")]
+        assert subprocess.run(argv + ["--check"], env=env).returncode == 0  # a reboot finds it attached
+
+        standin.values["/latest/meta-data/instance-id"] = old  # an instance that never gets it
+        stuck = subprocess.run(argv, env=env | {"WAIT_S": "1"}, capture_output=True, text=True, timeout=60)
+        assert stuck.returncode == 1 and f"{volume} did not come free for this instance ({old})" in stuck.stderr
+    finally:
+        standin.stop()
 
 
 def test_the_head_can_launch_a_cluster_node(moto_aws):
