@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from dfdc import imds
 
-IDENTITY = "/latest/dynamic/instance-identity/document"
-
 
 class NoRegion(RuntimeError):
     """Neither the settings nor an instance metadata service say which region this is."""
@@ -25,13 +23,13 @@ def region() -> str:
     if configured:
         return configured
     try:
-        document = imds.Metadata().get(IDENTITY)
+        document = imds.Metadata().get(imds.IDENTITY)
     except imds.MetadataUnavailable as e:
         raise NoRegion(f"no AWS region: set AWS_REGION (or a profile's region), or run on EC2 ({e})") from e
     try:
         return json.loads(document or "")["region"]
     except (ValueError, KeyError, TypeError) as e:
-        raise NoRegion(f"no AWS region: the instance identity document at {imds.endpoint()}{IDENTITY} has none ({e})") from e
+        raise NoRegion(f"no AWS region: the instance identity document at {imds.endpoint()}{imds.IDENTITY} has none ({e})") from e
 
 
 def client(service: str):

@@ -16,6 +16,7 @@ SPOT_ACTION = "/latest/meta-data/spot/instance-action"
 REBALANCE = "/latest/meta-data/events/recommendations/rebalance"
 INSTANCE_TYPE = "/latest/meta-data/instance-type"
 LIFE_CYCLE = "/latest/meta-data/instance-life-cycle"  # "spot" or "on-demand"
+IDENTITY = "/latest/dynamic/instance-identity/document"  # JSON: region, instanceType, ...
 
 
 class MetadataUnavailable(OSError):

@@ -104,9 +104,44 @@ def test_a_node_without_a_price_is_counted_but_charged_nothing_and_said(caplog):
     assert "no price for x9.huge (spot)" in caplog.text
 
 
+def test_with_a_budget_a_node_without_a_price_is_charged_the_dearest_rate_not_nothing(caplog):
+    """A budget must not fail open: a node whose type is unknown or not in the table costs the
+    table's dearest on-demand rate while the run has a budget (and $0, said, when it has none)."""
+    prices = cost.Prices("2026-11-29", "test", {"g5.xlarge": {"spot": 0.4, "on_demand": 1.0},
+                                                "p5.48xlarge": {"spot": 30.0, "on_demand": 55.04}}, region="us-east-1")
+    now = [0.0]
+    nodes = [cost.Node("n0", "unknown", "spot", "unknown"), cost.Node("n1", "g5.xlarge", "spot", "instance metadata", "us-east-1")]
+    meter = cost.Meter(nodes, gpus=2, prices=prices, clock=lambda: now[0], budget=10.0)
+    assert meter.dollars_per_hour == pytest.approx(55.04 + 0.4)
+    now[0] = 0.2 * 3600
+    assert meter.over(10.0)  # $11.09 after 12 minutes
+    assert "no price for unknown (spot), charged $55.04/h each, the table's dearest on-demand rate" in meter.summary()
+    assert "the table's dearest" in caplog.text
+    assert cost.Meter(nodes, gpus=2, prices=prices, clock=lambda: 0.0).dollars_per_hour == pytest.approx(0.4)  # no budget
+    with pytest.raises(ValueError, match="cannot hold"):
+        cost.Meter(nodes, gpus=2, prices=cost.Prices("2026-11-29", "test", {}), budget=10.0)
+
+
+def test_a_node_in_another_region_is_not_priced_at_the_tables_rates(monkeypatch):
+    """The shipped table is us-east-1's; a node whose identity document says eu-west-1 has no price
+    in it, rather than us-east-1's silently."""
+    from tests.imds_standin import StandIn
+
+    standin = StandIn("g5.xlarge", "spot", region="eu-west-1")
+    try:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", standin.endpoint)
+        node = cost.identify("n0", None, "spot")
+    finally:
+        standin.stop()
+    prices = cost.load_prices(None)
+    assert node.region == "eu-west-1" and prices.region == "us-east-1" and prices.per_hour["g5.xlarge"]["spot"] > 0
+    assert prices.of(node) is None and prices.of(cost.Node("n1", "g5.xlarge", "spot", "instance metadata", "us-east-1")) > 0
+    assert "no price for g5.xlarge (spot, eu-west-1)" in cost.Meter([node], gpus=1, prices=prices).summary()
+
+
 def test_a_node_names_its_type_from_metadata_or_config(standin, monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", standin.endpoint)
-    assert cost.identify("n0", None, "spot") == cost.Node("n0", "g5.12xlarge", "spot", "instance metadata")
+    assert cost.identify("n0", None, "spot") == cost.Node("n0", "g5.12xlarge", "spot", "instance metadata", "us-east-1")
     assert cost.identify("n0", "p5.48xlarge", "on_demand") == cost.Node("n0", "p5.48xlarge", "on_demand", "config")
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     assert cost.identify("n0", None, "spot").instance_type == "unknown"

@@ -306,7 +306,8 @@ def _meter(cfg: Config, driver: dict | None, state: TrainState, rank: int, world
         return None
     if driver:
         nodes.append(cost.Node(**driver))
-    return cost.Meter(nodes, world * cfg.ray.gpus_per_worker, cost.load_prices(cfg.cost.prices), saved=state.cost)
+    return cost.Meter(nodes, world * cfg.ray.gpus_per_worker, cost.load_prices(cfg.cost.prices), saved=state.cost,
+                      budget=cfg.budget.dollars)
 
 
 def _cost(meter: cost.Meter | None, state: TrainState) -> dict[str, float]:
