@@ -228,10 +228,11 @@ def spot_watch(
 @mlflow_app.command("serve")
 def mlflow_serve(
     artifacts_destination: Annotated[str, typer.Option(help="s3:// prefix the server stores artifacts under (clients upload through it).")],
-    host: Annotated[str, typer.Option(help="127.0.0.1, or the head's private address for the cluster's nodes; never 0.0.0.0.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="127.0.0.1, or the head's private address for the cluster's nodes; never 0.0.0.0 nor a public address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 5000,
     backend_store_uri: Annotated[Optional[str], typer.Option(help="Where runs are kept (default: sqlite in $DFDC_HOME).")] = None,
     workers: Annotated[int, typer.Option(help="The server's request-handling processes (MLflow's default).")] = 4,
+    allowed_hosts: Annotated[Optional[str], typer.Option(help="Host headers MLflow accepts, comma-separated (MLflow's default: localhost and private IPs), e.g. ip-10-0-1-5.ec2.internal:5000.")] = None,
 ):
     """Run the MLflow tracking server for a cluster, in the foreground: runs in a database, artifacts
     proxied to S3. Point jobs at it with MLFLOW_TRACKING_URI=http://HOST:PORT (dfdc submit --mlflow).
@@ -244,14 +245,15 @@ def mlflow_serve(
 
     backend = backend_store_uri or f"sqlite:///{(_home() / 'mlflow-server.db').resolve()}"
     try:
-        argv = mlflow_server.command(host, port, backend, artifacts_destination, workers)
+        argv = mlflow_server.command(host, port, backend, artifacts_destination, workers, allowed_hosts)
     except mlflow_server.ServerError as e:
         raise fail(str(e), 2) from e
     console.print(f"MLflow on http://{host}:{port}: runs in {backend}, artifacts in {artifacts_destination}", highlight=False)
     raise typer.Exit(subprocess.run(argv, env=mlflow_server.environment()).returncode)
 
 
-CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), its TorchScript export, or models:/NAME/VERSION from MLflow's registry.")]
+TorchScriptOpt = Annotated[bool, typer.Option("--torchscript", help="Load a TorchScript model file (what `dfdc export` writes). Loading one runs the code inside it: only for files you trust.")]
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), its TorchScript export (with --torchscript), or models:/NAME/VERSION from MLflow's registry.")]
 
 
 def _model(checkpoint: str, cfg: Config) -> str:
@@ -286,6 +288,7 @@ def evaluate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    torchscript: TorchScriptOpt = False,
 ):
     """Score every face crop of a split with Ray tasks; video-level log loss (the DFDC metric), AUC, AP, EER,
     accuracy, ECE, by method and dataset; metrics.json and ROC / reliability / histogram PNGs, also in MLflow.
@@ -299,6 +302,7 @@ def evaluate(
     from train.model_file import ModelFileError, read_card  # noqa: PLC0415
 
     cfg = _config(config, set_)
+    cfg.eval.torchscript |= torchscript
     if split:
         cfg.eval.split = split
     if ray_address:
@@ -352,18 +356,20 @@ def score(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar (on stderr).")] = True,
+    torchscript: TorchScriptOpt = False,
 ):
     """Score videos: sample frames, find and crop faces as ingest does, run the model, aggregate.
     Prints one JSON line per video, {video, p_fake, faces_found, frames: [{t, face, p}]}; a video that
     cannot be read gets {video, p_fake: null, error} and the rest go on (exit code 1 if any failed).
 
-    Example: dfdc score s3://bucket/incoming/ clip.mp4 --checkpoint s3://dfdc/runs/demo/model_fp32.pt --report scores.html
+    Example: dfdc score s3://my-bucket/raw/incoming/ clip.mp4 --checkpoint s3://dfdc/runs/demo/model_fp32.pt --report scores.html
     """
     from train.model_file import ModelFileError  # noqa: PLC0415
     from train.scoring import report as html_report  # noqa: PLC0415
     from train.scoring.score import expand, is_scored, score as run  # noqa: PLC0415
 
     cfg = _config(config, set_)
+    cfg.eval.torchscript |= torchscript
     if ray_address:
         cfg.ray.address = ray_address
     checkpoint = _model(checkpoint, cfg)

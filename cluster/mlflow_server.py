@@ -7,32 +7,57 @@ which has basic auth (infra/README.md).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
 import time
 import urllib.request
 
-EVERY_INTERFACE = ("0.0.0.0", "::", "")
+
+
+# Where a VPC's instances have addresses (RFC 1918; IPv6 unique local). Python's is_private also
+# counts the documentation ranges and others no VPC uses.
+PRIVATE = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
 
 
 class ServerError(RuntimeError):
     pass
 
 
-def command(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int = 4) -> list[str]:
-    """`mlflow server` as this project runs it (the venv's MLflow). `workers`: its request-handling
-    processes (MLflow's default 4; each imports MLflow, ~4 s of CPU at start here)."""
-    if host in EVERY_INTERFACE:
+def check_host(host: str) -> None:
+    """This server has no login: it may listen on a loopback or private address only, never on
+    every interface nor on a public address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ServerError(f"--host {host!r}: give an IP address (127.0.0.1, or the head's private address), "
+                              "so that it is certain the server listens on no public one") from None
+        return
+    if address.is_unspecified:
         raise ServerError(f"--host {host!r} would open MLflow on every interface: give 127.0.0.1 or the head's "
                           "private address (the cluster's security group lets its nodes in)")
+    if not (address.is_loopback or any(address in n for n in PRIVATE if n.version == address.version)):
+        raise ServerError(f"--host {host!r} is a public address, and this server has no login: give 127.0.0.1 or "
+                          "the head's private address")
+
+
+def command(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int = 4,
+            allowed_hosts: str | None = None) -> list[str]:
+    """`mlflow server` as this project runs it (the venv's MLflow). `workers`: its request-handling
+    processes (MLflow's default 4; each imports MLflow, ~4 s of CPU at start here). `allowed_hosts`:
+    MLflow's check of the Host header (its default takes localhost and private IPs, not names
+    such as ip-10-0-1-5.ec2.internal), comma-separated."""
+    check_host(host)
     if not artifacts_destination.startswith("s3://"):
         raise ServerError(f"--artifacts-destination {artifacts_destination!r}: give an s3:// prefix, so that artifacts "
                           "outlive the head")
     if workers < 1:
         raise ServerError(f"--workers {workers}: give 1 or more")
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers),
-            "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination]
+            "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination,
+            *(["--allowed-hosts", allowed_hosts] if allowed_hosts else [])]
 
 
 def environment() -> dict[str, str]:

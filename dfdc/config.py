@@ -300,6 +300,9 @@ class TrackingConfig:
     # A Secrets Manager secret {"username", "password"}: the login of a tracking server with basic
     # auth (the infra stack's MLflow: output MlflowLoginSecret). Each process reads it itself.
     auth_secret: str | None = None
+    # Where a registered model's files are copied (models:/NAME/N reads them there): a prefix no
+    # lifecycle rule expires, unlike ray.storage_path's runs. Default: models/ beside ray.storage_path.
+    registered_models: str | None = None
 
 
 @dataclass
@@ -313,6 +316,9 @@ class EvalConfig:
     # Dataset root -> the split to evaluate there instead of eval.split, e.g. Celeb-DF's official
     # test list (ingest's `test` split) or `all` for a dataset no training saw.
     splits: dict = field(default_factory=dict)
+    # Load TorchScript model files (`dfdc export`'s output). Loading one runs the code inside it, and
+    # whoever can write the runs' prefix could put code there: off unless asked (--torchscript).
+    torchscript: bool = False
     fit_temperature: bool = True  # after training, fit temperature scaling on the val split and save it with the model
     # Bounds of the fitted temperature: below 1 sharpens, and a val split the model separates
     # perfectly would otherwise push T towards 0 (near-certain scores on unseen videos).

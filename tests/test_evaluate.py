@@ -135,12 +135,23 @@ def test_score_cli_scores_an_unseen_video_and_reports_a_broken_one(model_uri, un
     assert line["p_fake"] == pytest.approx(good["p_fake"], abs=1e-6)
 
 
-def test_torchscript_export_gives_the_same_scores(model_uri, unseen_video, tmp_path):
+def test_torchscript_export_gives_the_same_scores_and_loads_only_when_asked(model_uri, unseen_video, tmp_path):
     ts = str(tmp_path / "model_ts.pt")
     assert model_file.export_torchscript(model_uri, ts) <= 1e-5
-    exported, card = model_file.load(ts)
-    assert isinstance(exported, torch.jit.ScriptModule) and card["export"] == "torchscript"
+    # Loading TorchScript runs its code: not unless asked, and only what `dfdc export` wrote.
+    with pytest.raises(model_file.ModelFileError, match="is a TorchScript file, and loading one runs the code"):
+        model_file.load(ts)
     cfg = load_config(None)
+    with pytest.raises(model_file.ModelFileError, match="--torchscript"):
+        next(score([unseen_video], ts, cfg, use_ray=False, progress=False))
+    exported, card = model_file.load(ts, torchscript=True)
+    assert isinstance(exported, torch.jit.ScriptModule) and card["export"] == "torchscript"
+    planted = str(tmp_path / "planted" / "model_fp32.pt")  # a TorchScript file put where a run's model goes
+    storage.write_bytes(planted, storage.read_bytes(ts))
+    model_file.write_card(planted, {k: v for k, v in card.items() if k not in ("export", "exported_from")})
+    with pytest.raises(model_file.ModelFileError, match="that `dfdc export` did not write"):
+        model_file.load(planted, torchscript=True)
+    cfg.eval.torchscript = True
     (a, _), = score([unseen_video], model_uri, cfg, use_ray=False, progress=False)
     (b, _), = score([unseen_video], ts, cfg, use_ray=False, progress=False)
     assert b["p_fake"] == pytest.approx(a["p_fake"], abs=1e-5)

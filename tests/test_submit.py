@@ -110,6 +110,15 @@ def test_mlflow_serve_refuses_every_interface_and_artifacts_off_s3():
 
     with pytest.raises(ServerError, match="every interface"):
         command("0.0.0.0", 5000, "sqlite:///x.db", "s3://b/mlflow")
+    for public in ("203.0.113.7", "8.8.8.8", "2001:4860:4860::8888"):  # no login: never on a public address
+        with pytest.raises(ServerError, match="is a public address"):
+            command(public, 5000, "sqlite:///x.db", "s3://b/mlflow")
+    with pytest.raises(ServerError, match="give an IP address"):
+        command("mlflow.example.com", 5000, "sqlite:///x.db", "s3://b/mlflow")
+    for private in ("127.0.0.1", "::1", "10.0.1.5", "172.16.3.4", "192.168.1.2", "localhost"):
+        assert command(private, 5000, "sqlite:///x.db", "s3://b/mlflow")
+    named = command("10.0.1.5", 5000, "sqlite:///x.db", "s3://b/mlflow", allowed_hosts="ip-10-0-1-5.ec2.internal:5000")
+    assert named[named.index("--allowed-hosts") + 1] == "ip-10-0-1-5.ec2.internal:5000"
     with pytest.raises(ServerError, match="s3://"):
         command("127.0.0.1", 5000, "sqlite:///x.db", "/tmp/artifacts")
     argv = command("10.0.1.5", 5000, "sqlite:///x.db", "s3://b/mlflow")

@@ -124,8 +124,10 @@ def _is_torchscript(data: bytes) -> bool:
         return False
 
 
-def load(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The model in eval mode and its card."""
+def load(model_uri: str, device: str = "cpu", torchscript: bool = False) -> tuple[torch.nn.Module, dict]:
+    """The model in eval mode and its card. Weights (a state dict, read weights-only) into the
+    architecture the card names; a TorchScript file only when `torchscript` is asked for and its
+    card says `dfdc export` wrote it, since loading one runs its code."""
     from train.model import build_model  # noqa: PLC0415
 
     card = read_card(model_uri)
@@ -134,6 +136,12 @@ def load(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     except FileNotFoundError as e:
         raise ModelFileError(f"{model_uri} does not exist") from e
     if _is_torchscript(data):
+        if not torchscript:
+            raise ModelFileError(f"{model_uri} is a TorchScript file, and loading one runs the code inside it: give "
+                                 "--torchscript (eval.torchscript=true) to load it, only for a file `dfdc export` wrote")
+        if card.get("export") != "torchscript":
+            raise ModelFileError(f"{model_uri} is a TorchScript file that `dfdc export` did not write (its card has no "
+                                 "export: torchscript): not loaded")
         model = torch.jit.load(io.BytesIO(data), map_location=device)
     else:
         try:
@@ -148,11 +156,11 @@ def load(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
 _CACHE: dict = {}
 
 
-def load_cached(model_uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+def load_cached(model_uri: str, device: str = "cpu", torchscript: bool = False) -> tuple[torch.nn.Module, dict]:
     """`load`, once per process: a Ray worker scores many shards or videos with the same model."""
-    if (model_uri, device) not in _CACHE:
-        _CACHE[(model_uri, device)] = load(model_uri, device)
-    return _CACHE[(model_uri, device)]
+    if (model_uri, device, torchscript) not in _CACHE:
+        _CACHE[(model_uri, device, torchscript)] = load(model_uri, device, torchscript)
+    return _CACHE[(model_uri, device, torchscript)]
 
 
 def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:

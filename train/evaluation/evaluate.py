@@ -22,7 +22,7 @@ from train.evaluation import table as cross_dataset
 FIELDS = ("video", "label", "logit", "dataset", "method", "t", "face")
 
 
-def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") -> dict[str, list]:
+def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu", torchscript: bool = False) -> dict[str, list]:
     """Logits of every face crop in one shard, with what each belongs to. Raises on a shard that
     cannot be read; the driver counts it and goes on."""
     import torch  # noqa: PLC0415
@@ -33,7 +33,7 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu") 
     from train.data.transforms import image_transform  # noqa: PLC0415
 
     register_s3()
-    model, card = load_cached(model_uri, device)
+    model, card = load_cached(model_uri, device, torchscript)
     tf = image_transform(card["image_size"], False, card.get("mean"), card.get("std"))
     rows: dict[str, list] = {k: [] for k in FIELDS}
     images: list = []
@@ -64,7 +64,7 @@ def predict(model_uri: str, urls: list[str], cfg: Config, progress: bool = True,
     failed = []
     with RayTasks(score_shard, label, "shards", len(urls), address=cfg.ray.address, cpus=cfg.eval.cpus_per_task,
                   gpus=cfg.eval.gpus_per_task, progress=progress, faces=0, unreadable=0) as work:
-        for url, got, error in work.map({url: (model_uri, url, cfg.eval.batch_size, device) for url in urls}):
+        for url, got, error in work.map({url: (model_uri, url, cfg.eval.batch_size, device, cfg.eval.torchscript) for url in urls}):
             if error is not None:
                 failed.append({"shard": url, "error": f"{type(error).__name__}: {error}"})
                 work.note(f"[red]shard {url} unreadable[/red]: {failed[-1]['error']}")

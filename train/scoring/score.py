@@ -33,23 +33,23 @@ def expand(inputs: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _setup(model_uri: str, device: str, plugins: tuple[str, ...] = ()):
+def _setup(model_uri: str, device: str, plugins: tuple[str, ...] = (), torchscript: bool = False):
     import dataclasses  # noqa: PLC0415
 
     from data_pipeline.faces import build_detector  # noqa: PLC0415
     from train import model_file  # noqa: PLC0415
     from train.data.transforms import image_transform  # noqa: PLC0415
 
-    if (model_uri, device) not in _LOADED:
-        model, card = model_file.load_cached(model_uri, device)
+    if (model_uri, device, torchscript) not in _LOADED:
+        model, card = model_file.load_cached(model_uri, device, torchscript)
         faces = build_detector(dataclasses.replace(model_file.detector_config(card), device=device), plugins=plugins)
         tf = image_transform(card["image_size"], False, card.get("mean"), card.get("std"))
-        _LOADED[(model_uri, device)] = (model, card, faces, tf)
-    return _LOADED[(model_uri, device)]
+        _LOADED[(model_uri, device, torchscript)] = (model, card, faces, tf)
+    return _LOADED[(model_uri, device, torchscript)]
 
 
 def score_video(uri: str, model_uri: str, rule: str | None = None, device: str = "cpu", top_crops: int = 0,
-                plugins: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
+                plugins: tuple[str, ...] = (), torchscript: bool = False) -> tuple[dict, list[dict]]:
     """(the JSON line, the `top_crops` highest-scoring face crops as {t, face, p, jpg})."""
     import torch  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
@@ -60,7 +60,7 @@ def score_video(uri: str, model_uri: str, rule: str | None = None, device: str =
     from train import model_file  # noqa: PLC0415
     from train.evaluation import aggregate  # noqa: PLC0415
 
-    model, card, faces, tf = _setup(model_uri, device, plugins)
+    model, card, faces, tf = _setup(model_uri, device, plugins, torchscript)
     rule = rule or card.get("aggregate", "mean")
     try:
         data = storage.read_bytes(uri)
@@ -92,8 +92,8 @@ def score_video(uri: str, model_uri: str, rule: str | None = None, device: str =
 
 
 def score_chunk(uris: list[str], model_uri: str, rule: str | None, device: str, top_crops: int,
-                plugins: tuple[str, ...]) -> list[tuple[dict, list[dict]]]:
-    return [score_video(u, model_uri, rule, device, top_crops, plugins) for u in uris]
+                plugins: tuple[str, ...], torchscript: bool = False) -> list[tuple[dict, list[dict]]]:
+    return [score_video(u, model_uri, rule, device, top_crops, plugins, torchscript) for u in uris]
 
 
 def score(videos: list[str], model_uri: str, cfg: Config, use_ray: bool, progress: bool = True,
@@ -114,14 +114,14 @@ def score(videos: list[str], model_uri: str, cfg: Config, use_ray: bool, progres
     if not use_ray:
         with TaskProgress("score", total=len(videos), unit="videos", enabled=progress, errors=0) as bar:
             for uri in videos:
-                line, crops = score_video(uri, model_uri, rule, device, top_crops, plugins)
+                line, crops = score_video(uri, model_uri, rule, device, top_crops, plugins, cfg.eval.torchscript)
                 bar.advance(errors=int(line.get("error") is not None))
                 yield line, crops
         return
     chunks = [videos[i:i + videos_per_task] for i in range(0, len(videos), videos_per_task)]
     with RayTasks(score_chunk, "score", "videos", len(videos), address=cfg.ray.address, cpus=cfg.eval.cpus_per_task,
                   gpus=cfg.eval.gpus_per_task, progress=progress, errors=0) as work:
-        for i, results, error in work.map({i: (c, model_uri, rule, device, top_crops, plugins) for i, c in enumerate(chunks)}):
+        for i, results, error in work.map({i: (c, model_uri, rule, device, top_crops, plugins, cfg.eval.torchscript) for i, c in enumerate(chunks)}):
             if error is not None:  # a lost worker costs its chunk's lines, which say so
                 results = [({"video": u, "p_fake": None, "error": f"task_failed: {type(error).__name__}: {error}"}, [])
                            for u in chunks[i]]
