@@ -262,11 +262,19 @@ def _best_reported(result, metric: str, mode: str) -> float | None:
     return None if values.empty else float(values.min() if mode == "min" else values.max())
 
 
+def registered_copy(cfg: Config, model_name: str, run_id: str) -> str:
+    """Where a registered model file is kept: `tracking.registered_models` (default: models/ beside
+    `ray.storage_path`), then NAME/RUN_ID/model_fp32.pt."""
+    root = cfg.tracking.registered_models or f"{cfg.ray.storage_path.rstrip('/').rsplit('/', 1)[0]}/models"
+    return storage.join(root, model_name, run_id, "model_fp32.pt")
+
+
 def register(cfg: Config, model_name: str, model_uri: str, run_id: str, sweep_name: str) -> str:
     """Register the model file (with its card, which holds the temperature) as a new version of
     `model_name`: its files are logged under the trial's run (`model/`), the version points there,
-    and its tag `dfdc.model_uri` names the file in storage that evaluation and scoring read.
-    Returns `models:/NAME/VERSION`."""
+    and its tag `dfdc.model_uri` names the copy in storage that evaluation and scoring read. The copy
+    (`registered_copy`) lies outside the runs' prefix, whose lifecycle rule expires a run's files
+    (the trained model among them) after `CheckpointExpiryDays`. Returns `models:/NAME/VERSION`."""
     import tempfile  # noqa: PLC0415
 
     import mlflow  # noqa: PLC0415
@@ -275,6 +283,11 @@ def register(cfg: Config, model_name: str, model_uri: str, run_id: str, sweep_na
 
     client = mlflow.MlflowClient(cfg.tracking.uri)
     card = model_file.read_card(model_uri)
+    kept = registered_copy(cfg, model_name, run_id)
+    fs, path = storage.filesystem(kept)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # a local folder; nothing on S3
+    for src, dst in ((model_uri, kept), (model_file.card_uri(model_uri), model_file.card_uri(kept))):
+        fs.copy(storage.filesystem(src)[1], storage.filesystem(dst)[1])  # S3: a server-side copy
     with tempfile.TemporaryDirectory() as d:
         for uri in (model_uri, model_file.card_uri(model_uri)):
             Path(d, uri.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(uri))
@@ -287,7 +300,7 @@ def register(cfg: Config, model_name: str, model_uri: str, run_id: str, sweep_na
             raise
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
     version = client.create_model_version(model_name, source=source, run_id=run_id, tags={
-        "dfdc.model_uri": model_uri, "dfdc.sweep": sweep_name, "temperature": str(card.get("temperature")),
+        "dfdc.model_uri": kept, "dfdc.trained_model_uri": model_uri, "dfdc.sweep": sweep_name, "temperature": str(card.get("temperature")),
         "model": card["model"]["name"], "image_size": str(card["image_size"])})
     return f"models:/{model_name}/{version.version}"
 

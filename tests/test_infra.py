@@ -234,6 +234,56 @@ def test_the_creation_order_check_knows_a_creation_policy():
     assert creation_order_problems(t) == []
 
 
+def expired_by(key: str) -> list[str]:
+    """The bucket's lifecycle rules (prefix parameters at their defaults) that delete a current
+    object at `key`."""
+    t = template()
+    defaults = {name: p.get("Default") for name, p in t["Parameters"].items()}
+    hits = []
+    for rule in t["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]:
+        if rule["Status"] != "Enabled" or not ("ExpirationInDays" in rule or "ExpirationDate" in rule):
+            continue
+        prefix = rule.get("Prefix", "")
+        if isinstance(prefix, dict):
+            prefix = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], prefix["Fn::Sub"])
+        if key.startswith(prefix):
+            hits.append(rule["Id"])
+    return hits
+
+
+def test_a_registered_model_is_kept_where_no_lifecycle_rule_expires_it(s3_server, tmp_path):
+    """A sweep registers a trial's model; a year later models:/NAME/N must still resolve to a file.
+    The runs' prefix expires (checkpoints, and the run's model with them): the file the version's
+    tag names must lie elsewhere. Bucket `test` stands for the stack's, its runs under runs/."""
+    import io
+    import secrets
+
+    import mlflow
+    import torch
+
+    from cluster.sweep import register
+    from dfdc import storage
+    from dfdc.config import load_config
+    from train import model_file
+
+    cfg = load_config(None, [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifacts={(tmp_path / 'art').as_uri()}",
+                             "ray.storage_path=s3://test/runs", "model.name=test_efficientnet", "data.image_size=48"])
+    trained = f"s3://test/runs/trial-{secrets.token_hex(4)}/model_fp32.pt"
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    storage.write_bytes(trained, buf.getvalue())
+    model_file.write_card(trained, model_file.make_card(cfg, temperature=1.3))
+    assert expired_by(trained.removeprefix("s3://test/")) == ["expire-old-runs"]  # as the run's own files are
+
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    run = client.create_run(client.create_experiment("registry", artifact_location=(tmp_path / "art").as_uri())).info.run_id
+    uri = register(cfg, "kept-detector", trained, run, "sweep-x")
+    kept = model_file.resolve(uri, cfg.tracking.uri)
+    assert kept.startswith("s3://test/") and expired_by(kept.removeprefix("s3://test/")) == [], kept
+    assert storage.read_bytes(kept) == buf.getvalue() and model_file.read_card(kept)["temperature"] == 1.3
+    storage.filesystem(trained)[0].rm(storage.filesystem(trained)[1])  # the lifecycle rule deleted the run's model
+    assert model_file.resolve(uri, cfg.tracking.uri) == kept and storage.exists(kept)
+
 
 def test_bucket_settings_in_the_template():
     t = template()
@@ -580,20 +630,45 @@ def test_the_mlflow_boot_script_attaches_the_volume_once_its_predecessor_lets_go
         standin.stop()
 
 
-def test_the_head_can_launch_a_cluster_node(moto_aws):
+def test_the_head_can_launch_a_cluster_node_and_nothing_else(moto_aws):
     """Every resource one RunInstances of Ray's touches, as Ray sends it: only the instance carries
-    the ray-cluster-name tag. Into another subnet or group, or untagged, it is refused."""
+    the ray-cluster-name tag. Job drivers run on the head with its role, so what it may launch is
+    what the autoscaler launches: a worker of a configured type, from Amazon's or Canonical's images,
+    into a private subnet and the cluster's group. Another type, another owner's image, the public
+    subnet, another group, or untagged: refused. moto's evaluator counts a condition key missing
+    from the context as met, so every case carries the keys AWS would send."""
     _, client, out = moto_aws
     docs = role_policies(client, "dfdc-ray-head")
     arn = "arn:aws:ec2:us-east-1:123456789012:"
-    tagged = {"aws:RequestTag/ray-cluster-name": "dfdc-train"}
-    launch = [f"{arn}instance/*", f"{arn}volume/*", f"{arn}network-interface/*", "arn:aws:ec2:us-east-1::image/ami-0abc",
-              f"{arn}key-pair/ray-autoscaler_us-east-1", f"{arn}security-group/{out['ClusterSecurityGroup']}",
-              f"{arn}subnet/{out['PublicSubnet']}", *[f"{arn}subnet/{s}" for s in out["PrivateSubnets"].split(",")]]
-    assert [r for r in launch if decide(docs, "ec2:RunInstances", r, tagged) != "allow"] == []
-    assert decide(docs, "ec2:RunInstances", f"{arn}instance/*", {"aws:RequestTag/ray-cluster-name": "other"}) == "deny"
-    assert decide(docs, "ec2:RunInstances", f"{arn}security-group/sg-0123456789abcdef0", tagged) == "deny"
+    image = "arn:aws:ec2:us-east-1::image/ami-0abc"
+    tagged = {"aws:RequestTag/ray-cluster-name": "dfdc-train", "ec2:InstanceType": "g5.12xlarge"}
+    launch = [f"{arn}volume/*", f"{arn}network-interface/*", f"{arn}key-pair/ray-autoscaler_us-east-1",
+              f"{arn}spot-instances-request/*", f"{arn}security-group/{out['ClusterSecurityGroup']}",
+              *[f"{arn}subnet/{s}" for s in out["PrivateSubnets"].split(",")]]
+    assert [r for r in launch if decide(docs, "ec2:RunInstances", r) != "allow"] == []
+    assert decide(docs, "ec2:RunInstances", f"{arn}instance/*", tagged) == "allow"
+    assert decide(docs, "ec2:RunInstances", image, {"ec2:Owner": "amazon"}) == "allow"
+    assert decide(docs, "ec2:RunInstances", image, {"ec2:Owner": "099720109477"}) == "allow"  # Canonical's Ubuntu
+    refused = [
+        (f"{arn}instance/*", tagged | {"ec2:InstanceType": "p5en.48xlarge"}),  # a type no cluster config launches
+        (f"{arn}instance/*", tagged | {"ec2:InstanceType": "m6i.2xlarge"}),  # the head's type: ray up starts heads
+        (f"{arn}instance/*", tagged | {"aws:RequestTag/ray-cluster-name": "other"}),
+        (image, {"ec2:Owner": "210987654321"}),  # somebody else's AMI
+        (f"{arn}subnet/{out['PublicSubnet']}", None),
+        (f"{arn}security-group/sg-0123456789abcdef0", None),
+    ]
+    assert [(r, c) for r, c in refused if decide(docs, "ec2:RunInstances", r, c) != "deny"] == []
     assert decide(role_policies(client, "dfdc-ray-worker"), "ec2:RunInstances", f"{arn}volume/*") == "deny"
+
+
+def test_the_types_the_head_may_launch_are_the_cluster_configs_worker_types():
+    from tests.test_cluster_configs import CONFIGS
+
+    workers = set()
+    for config in CONFIGS:
+        c = yaml.safe_load(config.read_text())
+        workers |= {t["node_config"]["InstanceType"] for name, t in c["available_node_types"].items() if name != c["head_node_type"]}
+    assert set(template()["Parameters"]["NodeInstanceTypes"]["Default"].split(",")) == workers
 
 
 def test_recipes_and_their_prefixes_are_allowed(moto_aws):
@@ -605,6 +680,40 @@ def test_recipes_and_their_prefixes_are_allowed(moto_aws):
     assert "weights/" in keys and "celebdf" in keys  # the B7 recipe is among them
     wrong = [(role, a, k) for role, a, k, expected in cases if decide(docs, a, s3(k)) != expected]
     assert not wrong, wrong
+
+
+# How the docs and configs name the stack's bucket (s3://dfdc/... is the local stack's).
+STACK_BUCKETS = ("YOUR-BUCKET", "my-bucket", "bucket")
+WRITTEN_AFTER = re.compile(r"(--dest|--out|storage_path[:=])\s*$")
+
+
+def documented_paths() -> list[tuple[str, str, str]]:
+    """(file, key, s3 action) for every s3:// path in the README, docs/, infra/README.md and
+    configs/ that names the stack's bucket: read (s3:GetObject on the object, or on one under a
+    prefix), or written where a command's --dest or --out or a storage_path names it."""
+    found = []
+    for path in [ROOT / "README.md", ROOT / "infra" / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+                 *sorted((ROOT / "configs").glob("*.yaml"))]:
+        text = path.read_text()
+        for m in re.finditer(r"s3://([A-Za-z0-9.-]+)/([^\s`'\")\]]*)", text):
+            bucket, key = m.group(1), m.group(2).rstrip(".,;:")
+            if bucket not in STACK_BUCKETS or not key or key.startswith("..."):
+                continue
+            obj = key if re.search(r"\.[a-z0-9]{2,4}$", key) else key.rstrip("/") + "/x"
+            written = WRITTEN_AFTER.search(text[max(0, m.start() - 40):m.start()])
+            found.append((path.relative_to(ROOT).as_posix(), obj, "s3:PutObject" if written else "s3:GetObject"))
+    return found
+
+
+def test_every_s3_path_the_docs_and_configs_name_is_allowed_to_the_nodes(moto_aws):
+    """A user copies these commands on the first day: each path must be one the stack's node roles
+    may read (and write, where the command writes it), or the first command ends in AccessDenied."""
+    _, client, _ = moto_aws
+    docs = role_policies(client, "dfdc-ray-worker") + [bucket_policy_for_nodes()]
+    paths = documented_paths()
+    assert len(paths) > 20 and any(a == "s3:PutObject" for _, _, a in paths)  # it did find the docs' commands
+    denied = [(f, key, action) for f, key, action in paths if decide(docs, action, s3(key)) != "allow"]
+    assert not denied, denied
 
 
 def test_the_evaluator_is_not_vacuous(moto_aws):

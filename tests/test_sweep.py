@@ -154,7 +154,9 @@ def test_a_sweep_stops_bad_trials_early_registers_the_best_and_continues_after_a
     best = [c for c in children if c.info.run_name == parent.data.tags["dfdc.best_run_name"]][0]
     assert best.data.params["optim.lr"] == "0.003" and best.data.tags["dfdc.trial_status"] == "finished"
     version = client.get_model_version("dfdc-test-detector", registered.rsplit("/", 1)[1])
-    assert version.run_id == best.info.run_id and version.tags["dfdc.model_uri"].endswith(f"{best.info.run_name}/model_fp32.pt")
+    assert version.run_id == best.info.run_id and version.tags["dfdc.trained_model_uri"].endswith(f"{best.info.run_name}/model_fp32.pt")
+    # the registered copy, beside the runs (s3://test/runs): no lifecycle rule expires it
+    assert version.tags["dfdc.model_uri"] == f"s3://test/models/dfdc-test-detector/{best.info.run_id}/model_fp32.pt"
 
     video = next(p for p in storage.list_files("s3://test/train-corpus/raw") if p.endswith(".mp4"))
     scored = subprocess.run([dfdc, "score", f"s3://test/train-corpus/raw/{video}", "--checkpoint", registered, "--no-ray",
