@@ -103,6 +103,8 @@ def test_token_auth_dashboard_on_loopback_and_the_locked_environment(path):
     assert "0.0.0.0" not in yaml.safe_dump(config)  # in any value (the comments may name it)
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # every node gets the launcher's token
     assert "uv sync --frozen" in commands(config, "setup_commands")
+    every = "\n".join(commands(config, key) for key in config if key.endswith("_commands"))
+    assert not re.search(r"(curl|wget)[^\n|]*\|\s*(sudo\s+)?(ba|z)?sh\b", every), "a download piped into a shell"
     assert {".venv", ".dfdc"} <= set(config["rsync_exclude"])
 
 

@@ -324,6 +324,30 @@ def test_no_ingress_from_the_internet_anywhere_in_the_template():
     assert "::/0" not in text
 
 
+# What EC2 accepts in a security group's and a rule's description (its API reference): no apostrophe.
+EC2_DESCRIPTION = re.compile(r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}")
+
+
+def test_security_groups_send_out_only_https_and_http_besides_their_own():
+    """Egress open on every protocol lets a node send data anywhere: only HTTPS and HTTP go to the
+    internet (moto skips SecurityGroupEgress resources: checked in the template). Descriptions use
+    only the characters EC2 accepts (an apostrophe fails the stack on AWS; moto takes it)."""
+    t = template()
+    to_internet, described = [], []
+    for name, r in t["Resources"].items():
+        if not r["Type"].startswith("AWS::EC2::SecurityGroup"):
+            continue
+        p = r["Properties"]
+        rules = p.get("SecurityGroupEgress", []) + ([p] if r["Type"] == "AWS::EC2::SecurityGroupEgress" else [])
+        to_internet += [(name, x["IpProtocol"], x.get("FromPort"), x.get("ToPort")) for x in rules
+                        if x.get("CidrIp") == "0.0.0.0/0" or x.get("CidrIpv6") == "::/0"]
+        described += [(name, d) for d in [p.get("GroupDescription"), p.get("Description"),
+                                          *[x.get("Description") for k in ("SecurityGroupIngress", "SecurityGroupEgress")
+                                            for x in p.get(k, [])]] if d]
+    assert to_internet and all(proto == "tcp" and lo == hi and lo in (80, 443) for _, proto, lo, hi in to_internet), to_internet
+    assert [(n, d) for n, d in described if not EC2_DESCRIPTION.fullmatch(d)] == []
+
+
 def test_admin_cidr_must_be_a_narrow_range():
     """CloudFormation matches AllowedPattern against the whole value."""
     import re
@@ -459,15 +483,21 @@ def bucket_policy_for_nodes() -> dict:
 
 
 def decide(docs: list[dict], action: str, resource: str, context: dict | None = None) -> str:
-    """moto's IAM evaluator over a principal's policies: an explicit deny in any wins, else an allow in any."""
+    """AWS's rule over a principal's policies: an explicit Deny statement that applies wins, else an
+    Allow statement that applies. moto's evaluator decides one statement at a time here: over a whole
+    document it answers DENIED when an Allow statement's condition is not met, where AWS would just
+    not apply that statement (a CreateTags at launch was refused because the statement for existing
+    instances did not match)."""
     from moto.iam.access_control import IAMPolicy, PermissionResult
 
     allowed = False
     for doc in docs:
-        result = IAMPolicy(json.dumps(doc)).is_action_permitted(action, resource, None, context)
-        if result == PermissionResult.DENIED:
-            return "deny"
-        allowed |= result == PermissionResult.PERMITTED
+        for statement in doc["Statement"] if isinstance(doc["Statement"], list) else [doc["Statement"]]:
+            one = json.dumps({"Version": doc.get("Version", "2012-10-17"), "Statement": [statement]})
+            result = IAMPolicy(one).is_action_permitted(action, resource, None, context)
+            if statement["Effect"] == "Deny" and result == PermissionResult.DENIED:
+                return "deny"
+            allowed |= statement["Effect"] == "Allow" and result == PermissionResult.PERMITTED
     return "allow" if allowed else "deny"
 
 
@@ -714,6 +744,78 @@ def test_every_s3_path_the_docs_and_configs_name_is_allowed_to_the_nodes(moto_aw
     assert len(paths) > 20 and any(a == "s3:PutObject" for _, _, a in paths)  # it did find the docs' commands
     denied = [(f, key, action) for f, key, action in paths if decide(docs, action, s3(key)) != "allow"]
     assert not denied, denied
+
+
+def test_the_data_key_decrypts_only_through_s3_and_secrets_manager(moto_aws):
+    """Without the key grant every object read on AWS is denied (SSE-KMS): a node must be able to use
+    it through S3 and Secrets Manager, and only that way. The context names the calling service as
+    AWS does (moto counts a missing condition key as met)."""
+    _, client, out = moto_aws
+    key, other = out["DataKeyArn"], "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"
+    for role in ("dfdc-ray-worker", "dfdc-ray-head", "dfdc-mlflow"):
+        docs = role_policies(client, role)
+        for action in ("kms:Decrypt", "kms:GenerateDataKey"):
+            for service in ("s3", "secretsmanager"):
+                assert decide(docs, action, key, {"kms:ViaService": f"{service}.us-east-1.amazonaws.com"}) == "allow", (role, action)
+            assert decide(docs, action, key, {"kms:ViaService": "lambda.us-east-1.amazonaws.com"}) == "deny", role
+            assert decide(docs, action, other, {"kms:ViaService": "s3.us-east-1.amazonaws.com"}) == "deny", role
+    # Attaching its encrypted volume: a grant for EC2 (moto reads a Bool condition as met: checked in the template).
+    mlflow = role_policies(client, "dfdc-mlflow")
+    assert decide(mlflow, "kms:CreateGrant", key, {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}) == "allow"
+    assert decide(mlflow, "kms:CreateGrant", key, {"kms:ViaService": "s3.us-east-1.amazonaws.com"}) == "deny"
+    assert decide(role_policies(client, "dfdc-ray-worker"), "kms:CreateGrant", key, {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}) == "deny"
+    grant = next(st for st in template()["Resources"]["MlflowPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+                 if st["Action"] == "kms:CreateGrant")
+    assert grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
+
+
+def test_describe_and_tags_as_the_autoscaler_uses_them(moto_aws):
+    """Describe* takes no resource: the head has them, the workers not. Tags only at launch or on the
+    clusters' own instances. `ec2:CreateAction` is absent from a plain CreateTags on AWS; moto counts
+    an absent key as met, so "" stands for absent here."""
+    _, client, _ = moto_aws
+    head, worker = role_policies(client, "dfdc-ray-head"), role_policies(client, "dfdc-ray-worker")
+    arn = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
+    for action in ("ec2:DescribeInstances", "ec2:DescribeSubnets", "ec2:DescribeInstanceTypes"):
+        assert decide(head, action, "*") == "allow" and decide(worker, action, "*") == "deny", action
+    assert decide(head, "ec2:CreateTags", arn, {"ec2:CreateAction": "RunInstances", "ec2:ResourceTag/ray-cluster-name": ""}) == "allow"
+    assert decide(head, "ec2:CreateTags", arn, {"ec2:CreateAction": "", "ec2:ResourceTag/ray-cluster-name": "dfdc-train"}) == "allow"
+    assert decide(head, "ec2:CreateTags", arn, {"ec2:CreateAction": "", "ec2:ResourceTag/ray-cluster-name": ""}) == "deny"
+    assert decide(head, "ec2:TerminateInstances", arn, {"ec2:ResourceTag/ray-cluster-name": "dfdc-ingest"}) == "allow"
+    assert decide(head, "ec2:TerminateInstances", arn, {"ec2:ResourceTag/ray-cluster-name": ""}) == "deny"  # the MLflow server, say
+
+
+def test_the_s3_endpoint_lets_through_only_the_data_bucket(moto_aws):
+    """The gateway endpoint's policy (as the stack renders it): the data bucket, and Amazon Linux's
+    package repositories for reading; another bucket of the region, not."""
+    _, _, out = moto_aws
+    statements = template()["Resources"]["S3GatewayEndpoint"]["Properties"]["PolicyDocument"]["Statement"]
+    bucket_arn = f"arn:aws:s3:::{out['BucketName']}"
+
+    def render(value):
+        if isinstance(value, list):
+            return [render(v) for v in value]
+        if isinstance(value, dict) and "Fn::GetAtt" in value:
+            assert value["Fn::GetAtt"] == ["DataBucket", "Arn"], value
+            return bucket_arn
+        if isinstance(value, dict) and "Fn::Sub" in value:
+            return (value["Fn::Sub"].replace("${DataBucket.Arn}", bucket_arn).replace("${AWS::Partition}", "aws")
+                    .replace("${AWS::Region}", REGION))
+        return value
+
+    policy = {"Version": "2012-10-17", "Statement": [{k: render(v) for k, v in st.items() if k != "Principal"} for st in statements]}
+    assert decide([policy], "s3:GetObject", f"{bucket_arn}/faces/x/shards/train/u-0000.tar") == "allow"
+    assert decide([policy], "s3:PutObject", f"{bucket_arn}/runs/r/x") == "allow"
+    assert decide([policy], "s3:GetObject", f"arn:aws:s3:::al2023-repos-{REGION}-de612dc2/core/mirrors/x") == "allow"
+    assert decide([policy], "s3:PutObject", "arn:aws:s3:::somebody-elses-bucket/copy.tar") == "deny"
+    assert decide([policy], "s3:PutObject", f"arn:aws:s3:::al2023-repos-{REGION}-de612dc2/x") == "deny"
+
+
+def test_the_mlflow_server_lists_only_its_prefix():
+    """s3:prefix is a StringLike condition, which moto's evaluator does not read: checked in the template."""
+    statements = template()["Resources"]["MlflowPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    lists = [st for st in statements if "s3:ListBucket" in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])]
+    assert lists and all(st["Condition"]["StringLike"]["s3:prefix"] == [{"Fn::Sub": "${MlflowPrefix}/*"}] for st in lists), lists
 
 
 def test_the_evaluator_is_not_vacuous(moto_aws):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,7 @@ import pytest
 from tests.conftest import CANARY_SESSION_TOKEN, RAY_TOKEN, TINY
 
 pytestmark = pytest.mark.last
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def found_in_files(roots: list[Path], canaries: dict[str, str]) -> list[str]:
@@ -56,6 +56,7 @@ def test_no_secret_reaches_anything_written(shards, ray_address, ray_dashboard, 
     from ray.util.state import list_actors, list_jobs, list_tasks
 
     from cluster import jobs
+    from cluster.submit import build
     from data_pipeline.synth import synth
     from dfdc import storage
     from dfdc.config import load_config
@@ -71,8 +72,11 @@ def test_no_secret_reaches_anything_written(shards, ray_address, ray_dashboard, 
             "data.num_workers=0", "optim.epochs=1", "ray.num_workers=1", "tracking.system_metrics=false",
             f"tracking.uri={mlflow_server}", "tracking.experiment=canary", "ray.storage_path=s3://test/canary-runs",
             f"ray.run_name={run_name}"]
-    entrypoint = shlex.join([sys.executable, "-m", "train", *[a for s in sets for a in ("--set", s)]])
-    client, job = jobs.submit(ray_dashboard, entrypoint, {"PYTHONUNBUFFERED": "1"})
+    # As `dfdc submit` sends it: the project folder uploaded as the job's working_dir (Ray keeps the
+    # package in its object store and unpacks it in the session folder, which is searched below).
+    spec = build(["train", *[a for s in sets for a in ("--set", s)]], working_dir=str(ROOT), python=sys.executable)
+    client = jobs.client(ray_dashboard)
+    job = jobs.submit_job(client, entrypoint=spec.entrypoint, runtime_env=spec.runtime_env, submission_id=spec.submission_id)
     assert jobs.follow(client, job, poll_s=1, timeout_s=600) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
     model = json.loads(storage.read_bytes(f"s3://test/canary-runs/{run_name}/result.json"))["model"]
 
@@ -98,6 +102,8 @@ def test_no_secret_reaches_anything_written(shards, ray_address, ray_dashboard, 
     sessions = [p for p in Path("/tmp/ray").glob("session_*") if not p.is_symlink()]  # Ray's default temp folder
     assert any((p / "logs" / f"job-driver-{job}.log").exists() for p in sessions), "not the cluster's session folder"
     roots = [s3_server.root, tmp_path_factory.getbasetemp(), *sessions]
+    if (ROOT / ".dfdc").exists():  # the project's local state: the local stack's S3 data, its logs, tokens
+        roots.append(ROOT / ".dfdc")
     if os.environ.get("DFDC_HOME"):
         roots.append(Path(os.environ["DFDC_HOME"]))
     hits = found_in_files(roots, canaries)
@@ -107,6 +113,7 @@ def test_no_secret_reaches_anything_written(shards, ray_address, ray_dashboard, 
     state = json.dumps([x.__dict__ for x in [*jobs_, *tasks, *actors]], default=str)
     hits += [f"{name} in Ray's job/task/actor state" for name, value in canaries.items() if value in state]
     assert "RayTrainWorker" in state and "run_unit" in state  # the state held the session's training and ingest
+    assert any((p / "runtime_resources" / "working_dir_files").is_dir() for p in sessions)  # the upload was searched
     assert not hits, hits
     # Not even the names of AWS credentials travel in a runtime env: workers resolve their own.
     envs = [json.dumps(j.runtime_env or {}) for j in jobs_] + [json.dumps(t.runtime_env_info or {}) for t in tasks]
