@@ -47,19 +47,30 @@ def parse_notice(text: str) -> Notice:
                          f"({{\"action\": ..., \"time\": \"YYYY-MM-DDTHH:MM:SSZ\"}}): {e}") from e
 
 
-def this_node(address: str) -> str:
-    """The id of the alive Ray node with this machine's IP address: on a cluster, one per machine."""
+def this_node(address: str, attempts: int = 30, wait_s: float = 10.0, log=print) -> str:
+    """The id of the alive Ray node with this machine's IP address: on a cluster, one per machine.
+    Asked again, `wait_s` apart, up to `attempts` times: at boot the head may not answer yet, or
+    this node may not have registered; then a RuntimeError names what was last seen."""
     import ray  # noqa: PLC0415
 
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    try:
-        ip = ray.util.get_node_ip_address()
-        ids = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == ip]
-    finally:
-        ray.shutdown()
-    if len(ids) != 1:
-        raise RuntimeError(f"{len(ids)} alive Ray nodes have this machine's address {ip}: pass --node-id")
-    return ids[0]
+    why = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            try:
+                ip = ray.util.get_node_ip_address()
+                ids = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == ip]
+            finally:
+                ray.shutdown()
+            if len(ids) == 1:
+                return ids[0]
+            why = f"{len(ids)} alive Ray nodes have this machine's address {ip}"
+        except (ConnectionError, RuntimeError, OSError) as e:  # ray.init's ways of saying the cluster is not there
+            why = f"the Ray cluster at {address} did not answer: {type(e).__name__}: {e}"
+        if attempt < attempts:
+            log(f"finding this machine's Ray node, attempt {attempt} of {attempts}: {why}; again in {wait_s:g} s")
+            time.sleep(wait_s)
+    raise RuntimeError(f"{why} (after {attempts} attempts): pass --node-id")
 
 
 def drain(address: str, node_id: str, notice: Notice, log) -> None:
@@ -87,7 +98,7 @@ def watch(address: str, node_id: str | None = None, interval_s: float = INTERVAL
     """Poll until a notice comes, drain the node and return the notice. Stops with an error after
     `max_errors` failed polls in a row (at least 5 minutes at 5 s): a node whose metadata service does not
     answer is not watched, and that must be seen, not retried forever."""
-    node_id = node_id or this_node(address)
+    node_id = node_id or this_node(address, log=log)
     md = metadata or imds.Metadata()
     log(f"watching {md.base} for spot interruption notices every {interval_s:g} s (Ray node {node_id})")
     errors, rebalance_seen = 0, False

@@ -90,6 +90,10 @@ def test_every_worker_node_runs_the_spot_watcher_after_ray_start(path):
     worker = commands(config, "worker_start_ray_commands")
     assert worker.index("ray start") < worker.index("dfdc spot watch --address=$RAY_HEAD_IP:6379")
     assert "spot watch" not in commands(config, "head_start_ray_commands")  # the head is on-demand
+    # Supervised: a watcher that fails (the head not up at boot) is started again; no `nohup ... &`.
+    [line] = [x for x in config["worker_start_ray_commands"] if "dfdc spot watch" in x]
+    assert line.startswith("sudo systemd-run --unit=dfdc-spot-watch") and "--property=Restart=on-failure" in line
+    assert "--node-id" not in line and "nohup" not in worker  # the node is looked up: tests/test_spot_cost.py
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -157,3 +157,68 @@ def test_budget_and_market_are_checked_at_load():
         load_config(None, ["budget.dollars=5", "ray.interrupt_check_steps=0"])
     with pytest.raises(ConfigError, match="must be 0 or more"):
         load_config(None, ["ray.interrupt_check_steps=-1"])
+
+
+def test_the_watcher_finds_its_node_without_node_id_and_only_logs_a_rebalance_recommendation(ray_address, ray_dashboard,
+                                                                                             tmp_path):
+    """What the cluster configs run on each worker: `dfdc spot watch --address` without --node-id.
+    On the local cluster (one machine, so one alive node when only the head runs) it finds the head
+    by this machine's address; a rebalance recommendation is logged, nothing is drained, and it goes
+    on polling."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + 60  # nodes another test stopped are declared dead within seconds
+    while len(alive := [n.node_id for n in list_nodes(address=ray_dashboard) if n.state == "ALIVE"]) != 1:
+        assert time.monotonic() < deadline, f"{len(alive)} alive Ray nodes on this machine: the lookup by address needs one"
+        time.sleep(1)
+    standin = StandIn("g5.xlarge", "spot")
+    standin.values[imds.REBALANCE] = '{"noticeTime": "2026-12-03T12:00:00Z"}'
+    log = tmp_path / "watch.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "dfdc"), "spot", "watch", "--address", ray_address,
+                                 "--interval", "0.5"], env={**os.environ, "AWS_EC2_METADATA_SERVICE_ENDPOINT": standin.endpoint},
+                                stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 120
+        while "rebalance recommendation" not in log.read_text() or len(standin.polls) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert proc.poll() is None  # still watching
+    finally:
+        proc.kill()
+        proc.wait()
+        standin.stop()
+    text = log.read_text()
+    assert f"(Ray node {alive[0]})" in text and text.count("rebalance recommendation") == 1, text
+    assert "drain" not in text
+
+
+def test_the_node_lookup_asks_again_and_ends_with_what_it_saw(monkeypatch):
+    """At boot the head may not answer yet: the lookup tries again; when it never does, it ends with
+    an error naming the cluster and the attempts, not a loop."""
+    import ray
+
+    calls, lines = [], []
+
+    def init(**_):
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("could not connect to the GCS")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "10.0.1.5")
+    monkeypatch.setattr(ray, "nodes", lambda: [{"NodeID": "ab" * 28, "Alive": True, "NodeManagerAddress": "10.0.1.5"},
+                                               {"NodeID": "cd" * 28, "Alive": True, "NodeManagerAddress": "10.0.1.6"}])
+    assert spot.this_node("10.0.0.2:6379", attempts=5, wait_s=0, log=lines.append) == "ab" * 28
+    assert len(calls) == 3 and len(lines) == 2 and "attempt 1 of 5" in lines[0]
+
+    monkeypatch.setattr(ray, "init", lambda **_: (_ for _ in ()).throw(ConnectionError("could not connect to the GCS")))
+    with pytest.raises(RuntimeError, match=r"10.0.0.2:6379 did not answer: ConnectionError.*after 3 attempts.*--node-id"):
+        spot.this_node("10.0.0.2:6379", attempts=3, wait_s=0, log=lines.append)
+
