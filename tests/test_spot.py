@@ -75,14 +75,12 @@ def test_a_spot_notice_checkpoints_at_once_drains_the_node_and_the_run_resumes_a
         print(f"notice to registered checkpoint: {seconds:.1f} s ({found[1]})")
         assert seconds < 20, f"the checkpoint took {seconds:.0f} s after the notice, past the drain's deadline"
         assert watcher.wait(30) == 0, watch_log.read_text()
-        # The replacement (the autoscaler's part: the drained node takes no new work, so a restart asks
-        # for more) starts while the notice runs out, as it can on AWS.
-        nodes.append(start_worker_node(ray_address, 1, {"spot_slot": 1}, tmp_path / "node2.log",
-                                       env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": standins[2].endpoint}))
         time.sleep(max(0.0, standins[0].notice_at + 31 - time.time()))
         # AWS takes the instance back at the notice's time. Its raylet may be gone already: once Ray
         # Train stopped the workers there at the drain's deadline, the drained node was idle and exited.
         nodes[0].kill_raylet(missing_ok=True)
+        nodes.append(start_worker_node(ray_address, 1, {"spot_slot": 1}, tmp_path / "node2.log",
+                                       env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": standins[2].endpoint}))
         trainer.join(600)
         assert "out" in result, "the run did not finish after the preemption"
     finally:
