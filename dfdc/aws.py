@@ -7,6 +7,7 @@ when the settings name none."""
 from __future__ import annotations
 
 import json
+
 from dfdc import imds
 
 

@@ -87,8 +87,8 @@ def identify(node_id: str, instance_type: str | None, market: str) -> Node:
         life = md.get(imds.LIFE_CYCLE)
         identity = md.get(imds.IDENTITY)
     except imds.MetadataUnavailable as e:
-        log.warning("node %s: no instance type (%s); charged $0. Set cost.instance_type where there is no instance metadata.",
-                    node_id, e)
+        log.warning("node %s: no instance type (%s), so no price: charged $0, or the table's dearest rate when the run has "
+                    "a budget. Set cost.instance_type where there is no instance metadata.", node_id, e)
         return Node(node_id, "unknown", market, "unknown")
     try:
         region = json.loads(identity or "{}").get("region")
