@@ -79,6 +79,33 @@ def test_a_dead_drivers_lock_is_taken_over_and_its_renewal_then_fails(moto_fs, c
         assert after.held
 
 
+def test_a_retried_trial_waits_out_its_dead_attempts_lease_but_not_a_live_drivers(moto_fs):
+    """What a sweep's retried trial meets: the lock of its own earlier attempt, on a node that is
+    gone (another host, no renewals). With wait_s it waits for the lease and takes the lock; a live
+    driver renews meanwhile, so waiting for it still ends in RunLocked."""
+    run = "s3://locktest/runs/retried"
+    gone = RunLock(run, lease_s=2.0, fs=moto_fs)
+    gone.owner["host"] = "a-reclaimed-node"
+    gone.acquire()
+    gone._stop.set()
+    gone._thread.join()
+    started = time.monotonic()
+    retried = RunLock(run, lease_s=60, fs=moto_fs).acquire(wait_s=60)
+    assert retried.held and 0.5 < time.monotonic() - started < 10
+    retried.release()
+
+    live = RunLock(run, lease_s=3.0, fs=moto_fs)
+    live.owner["host"] = "a-live-node"
+    live.acquire()  # renews every second
+    started = time.monotonic()
+    with pytest.raises(RunLocked):
+        RunLock(run, lease_s=60, fs=moto_fs).acquire(wait_s=60)
+    assert time.monotonic() - started < 10  # one wait for the lease it saw, not a loop
+    with pytest.raises(RunLocked):
+        RunLock(run, lease_s=60, fs=moto_fs).acquire(wait_s=0.5)  # a lease that ends later than wait_s: at once
+    live.release()
+
+
 def test_a_server_that_ignores_conditional_writes_is_named_and_the_run_goes_on_unlocked(s3_server, caplog):
     with caplog.at_level(logging.WARNING, logger="train.run_lock"):
         lock = RunLock("s3://test/runs/rclone-lock", lease_s=60).acquire()

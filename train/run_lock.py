@@ -36,7 +36,11 @@ LOCK_FILE = "driver.lock"
 
 
 class RunLocked(RuntimeError):
-    """Another driver holds the run."""
+    """Another driver holds the run (its lease ends at `expires`, when known)."""
+
+    def __init__(self, message: str, expires: float | None = None):
+        super().__init__(message)
+        self.expires = expires
 
 
 def _code(exc: BaseException) -> int | None:
@@ -80,8 +84,10 @@ class RunLock:
             return None
         return json.loads(_body(self.fs, out)), out["ETag"]
 
-    def acquire(self) -> RunLock:
-        """Take the lock, or raise RunLocked naming who holds it and until when."""
+    def acquire(self, wait_s: float = 0.0) -> RunLock:
+        """Take the lock, or raise RunLocked naming who holds it and until when. `wait_s`: a lock
+        whose lease ends within this many seconds is waited for and read again once it has ended:
+        a live holder has renewed it by then (still RunLocked), a dead one has not (taken over)."""
         if not self.uri.startswith("s3://"):
             return self  # a local run directory: one machine, nothing to race over S3
         try:
@@ -89,7 +95,14 @@ class RunLock:
         except Exception as e:  # noqa: BLE001
             if _code(_s3_error(e)) != 412:
                 raise
-            self.etag = self._take_over()
+            try:
+                self.etag = self._take_over()
+            except RunLocked as locked:
+                if locked.expires is None or not 0 < locked.expires - time.time() <= wait_s:
+                    raise
+                log.warning("%s: %s; waiting for it to end", self.uri, locked)
+                time.sleep(locked.expires - time.time() + 1.0)
+                self.etag = self._take_over()
         # A server that ignores the condition accepts a second create of the same object.
         try:
             self._put(IfNoneMatch="*")
@@ -115,7 +128,7 @@ class RunLock:
             raise RunLocked(f"run lock {self.uri} is held by the driver on {holder.get('host')} (pid {holder.get('pid')}) until "
                             f"{time.strftime('%H:%M:%S', time.localtime(holder['expires']))} and renewed while it runs: another "
                             f"driver is running this run. Wait for it to end, or stop it; a lock whose driver died frees itself "
-                            f"within {holder.get('lease_s', self.lease):.0f} s")
+                            f"within {holder.get('lease_s', self.lease):.0f} s", expires=holder["expires"])
         try:
             return self._put(IfMatch=etag)
         except Exception as e:  # noqa: BLE001
