@@ -20,9 +20,6 @@ from dfdc import ray_orphans, storage
 from dfdc.config import Config, ConfigError, load_config, with_overrides
 from train import tracking
 
-# A trial's own process only waits on its TorchTrainer, whose workers hold the real resources; Tune
-# refuses an empty request, so it asks for a sliver of a CPU.
-TRIAL_CPU = 0.01
 SWEPT_BY_THE_SWEEP = ("ray.run_name", "tracking.parent_run_id", "ray.address", "ray.storage_path", "tracking.uri")
 
 
@@ -59,6 +56,29 @@ def domains(space: dict) -> dict:
             for key, spec in space.items() for kind, args in spec.items()}
 
 
+def trial_resources(cfg: Config) -> dict[str, float]:
+    """What a trial's own process asks of Ray: no CPU (its training's workers hold the real
+    resources, and on a 2-core machine a sliver of a CPU left the worker group unplaceable), one
+    unit of the trial-host resource, which only on-demand nodes advertise."""
+    return {"CPU": 0, cfg.sweep.trial_host: 1}
+
+
+def check_placement(base: dict, space: dict) -> None:
+    """Refuse, before any trial starts, a sweep whose trials can never be placed on the connected
+    cluster: the trial's process with its worker group, at every value the space gives a key."""
+    from cluster import placement  # noqa: PLC0415
+
+    variants = [with_overrides(copy.deepcopy(base), [])]
+    for key, spec in space.items():
+        kind, values = next(iter(spec.items()))
+        if key.startswith("ray."):
+            values = [values[0], values[1] - 1] if kind == "randint" else values  # randint's high is never drawn
+            variants += [with_overrides(copy.deepcopy(base), trial_overrides({key: v})) for v in values]
+    for cfg in variants:
+        trial = {k: v for k, v in trial_resources(cfg).items() if v}
+        placement.check("a trial", [("the trial's process", trial, 1), placement.worker_group(cfg)])
+
+
 def _trial(params: dict, base: dict, sweep_name: str, parent_run_id: str, home: str) -> None:
     """One trial: the base recipe with this trial's values, trained as a run of its own (named by
     the trial's id, so a restored trial resumes it) under the sweep's parent MLflow run."""
@@ -78,7 +98,9 @@ def _trial(params: dict, base: dict, sweep_name: str, parent_run_id: str, home: 
         # the trial's run stops itself where the sweep's total would pass the budget (its meter goes on
         # from its own saved spending when a restored trial resumes: left excludes it)
         cfg.budget.dollars = left
-    run(cfg, Path(home), callbacks=[TuneReportCallback()], reclaim=False)
+    # A retried trial may find the run lock of its own earlier attempt, whose node went with it: it
+    # waits for that lock's lease to run out rather than fail again at once.
+    run(cfg, Path(home), callbacks=[TuneReportCallback()], reclaim=False, lock_wait_s=cfg.ray.lock_lease_s)
 
 
 def budget_left(cfg: Config, parent_run_id: str, own_run: str) -> tuple[float, float | None]:
@@ -145,13 +167,14 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
     base = cfg.to_dict()
     base["sweep"]["name"] = name
     check_space(base, s.space)
-    parent = _parent_run(cfg, name)
     connect(cfg.ray.address, log_to_driver=True)
+    check_placement(base, s.space)
+    parent = _parent_run(cfg, name)
     ray_orphans.reclaim(log)  # what a killed sweep's trials held, before its trials start again
     root, fs = storage_for_ray(storage.join(cfg.ray.storage_path, "sweeps"))
     where = f"{root.rstrip('/')}/{name}"
     trainable = tune.with_resources(tune.with_parameters(_trial, base=base, sweep_name=name, parent_run_id=parent,
-                                                         home=str(home.resolve())), {"cpu": TRIAL_CPU})
+                                                         home=str(home.resolve())), trial_resources(cfg))
     if tune.Tuner.can_restore(where, storage_filesystem=fs):
         log(f"sweep {name}: continuing from {storage.join(cfg.ray.storage_path, 'sweeps', name)}")
         tuner = tune.Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
@@ -169,7 +192,10 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
             tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=scheduler, num_samples=s.trials,
                                         search_alg=BasicVariantGenerator(random_state=s.seed,
                                                                          max_concurrent=s.max_concurrent_trials)),
-            run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=fs, verbose=0),
+            # a trial whose process failed (its node went, an error) starts again; its run resumes
+            # from its last checkpoint, since the run's name is the trial's id
+            run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=fs, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=s.trial_retries)),
         )
     # Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the session tokens from the driver's
     # environment into every trial actor's runtime env (ray/tune/execution/class_cache.py), where

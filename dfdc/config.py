@@ -373,8 +373,16 @@ class SweepConfig:
     space: dict = field(default_factory=dict)
     # The best trial's model is registered in MLflow's model registry under this name (None: not registered).
     register_as: str | None = "dfdc-detector"
+    # A trial's own process (it only waits on its training's workers) asks for one unit of this Ray
+    # resource and no CPU: only nodes that advertise it host trials, and the cluster configs give it
+    # to the on-demand head alone, so a reclaimed spot node never takes a trial's process with it.
+    trial_host: str = "dfdc_trial_host"
+    # Tune starts a failed trial again this many times; it resumes its run from its last checkpoint.
+    trial_retries: int = 3
 
     def check(self) -> None:
+        if self.trial_retries < 0:
+            raise ConfigError(f"sweep.trial_retries must be 0 or more, got {self.trial_retries}")
         if self.trials < 1 or self.max_concurrent_trials < 1:
             raise ConfigError(f"sweep.trials and sweep.max_concurrent_trials must be at least 1, got {self.trials}, {self.max_concurrent_trials}")
         if self.mode not in ("min", "max"):

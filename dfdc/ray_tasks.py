@@ -22,8 +22,10 @@ def connect(address: str | None, log_to_driver: bool = False) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
-    else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
+    else:  # this machine is the whole cluster: it also hosts sweep trials' processes (cluster/sweep.py)
+        from cluster.local.ray_head import TRIAL_HOSTS  # noqa: PLC0415
+
+        ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver, resources=TRIAL_HOSTS)
 
 
 def runtime_env(extra: dict[str, str] | None = None) -> dict:

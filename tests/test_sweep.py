@@ -19,10 +19,13 @@ import pytest
 import ray
 import yaml
 
+from cluster.local.ray_head import start_worker_node
+from cluster.placement import Unplaceable
 from cluster.sweep import sweep
 from dfdc import ray_orphans, storage
 from dfdc.config import ConfigError, load_config
 from tests.test_train import train_sets
+from train import checkpoint
 from train.checkpoint import ResumeError
 from train.run import run as run_training
 
@@ -165,6 +168,102 @@ def test_a_sweep_stops_bad_trials_early_registers_the_best_and_continues_after_a
     assert scored.returncode == 0, scored.stderr[-2000:]
     line = json.loads(scored.stdout.strip().splitlines()[-1])
     assert 0.0 <= line["p_fake"] <= 1.0
+
+
+def _job_of(pid: int) -> str:
+    """The Ray job id of the driver process `pid`."""
+    from ray._private.state import state
+
+    return [j["JobID"] for j in state.job_table() if j["DriverPid"] == pid][-1]
+
+
+def _trial_hosts(node_ids: set[str]) -> list[str]:
+    """The nodes of `node_ids` where a trial's own process (Tune's ImplicitFunc actor) is alive."""
+    from ray._private.state import state
+
+    return [a["Address"]["NodeID"] for a in state.actor_table(None).values()
+            if a["ActorClassName"] == "ImplicitFunc" and a["State"] == "ALIVE" and a["Address"]["NodeID"] in node_ids]
+
+
+def test_a_trial_whose_node_is_drained_and_killed_resumes_from_its_checkpoint_by_itself(shards, tmp_path, ray_address, ray_dashboard):
+    """Trials' own processes go only to nodes that advertise sweep.trial_host (on AWS, the on-demand
+    head). Here two extra nodes advertise it, since the test head cannot be killed under the other
+    tests: the one that hosts the trial's process is drained and killed after the trial's first
+    checkpoint; Tune starts the trial again on the other, its run resumes from that checkpoint, and
+    the sweep finishes. Before, a trial's process went to any node with a CPU, and Tune had no retries.
+    Also: Tune copies the driver's AWS keys into every trial actor's runtime env; the sweep's driver
+    holds none while its trials start, so neither attempt's actor carries them."""
+    host = "sweep_test_host"
+    nodes = [start_worker_node(ray_address, 0, {host: 1}, tmp_path / f"host{i}.log") for i in range(2)]
+    ids = {n.node_id for n in nodes}
+    path = _write(tmp_path, shards, {"model.drop_rate": {"choice": [0.1]}})
+    sets = ["sweep.name=hostkill", "sweep.trials=1", "sweep.max_concurrent_trials=1", "sweep.scheduler=none",
+            "sweep.register_as=null", f"sweep.trial_host={host}", "optim.epochs=5", "data.batch_size=2"]  # ~2 s an epoch
+    env = dict(os.environ, RAY_ADDRESS=ray_address, DFDC_HOME=str(tmp_path))
+    log = open(tmp_path / "sweep.log", "wb")
+    dfdc = str(Path(sys.executable).parent / "dfdc")
+    proc = subprocess.Popen([dfdc, "sweep", "--config", str(path), *[a for s in sets for a in ("--set", s)]],
+                            env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()[-3000:]
+            fs = storage.filesystem("s3://test/runs")[0]
+            runs = [p.rsplit("/", 1)[-1] for p in (fs.ls("test/runs", refresh=True) if fs.exists("test/runs") else [])
+                    if p.rsplit("/", 1)[-1].startswith("hostkill-")]
+            if runs and checkpoint.latest_state(f"s3://test/runs/{runs[0]}") and (hosts := _trial_hosts(ids)):
+                break
+            time.sleep(0.3)
+        [victim] = [n for n in nodes if n.node_id == hosts[0]]
+        ray_cli = str(Path(sys.executable).parent / "ray")
+        subprocess.run([ray_cli, "drain-node", f"--address={ray_address}", f"--node-id={victim.node_id}",
+                        "--reason=DRAIN_NODE_REASON_PREEMPTION", "--deadline-remaining-seconds=5",
+                        "--reason-message=the test takes this node back"], check=True, capture_output=True, timeout=60)
+        victim.kill_raylet()
+        assert proc.wait(timeout=420) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for n in nodes:
+            n.stop()
+    result = json.loads(storage.read_bytes(f"s3://test/runs/{runs[0]}/result.json"))
+    assert result["metrics"]["epoch"] == 5, result
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [child] = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id], filter_string=f"attributes.run_name = '{runs[0]}'")
+    assert child.data.tags["dfdc.trial_status"] == "finished", child.data.tags
+    # the second attempt went on from the first one's checkpoint, before the last epoch, in the same MLflow run
+    [resumed] = [m.value for m in client.get_metric_history(child.info.run_id, "resumed_at_step")]
+    assert 0 < resumed < result["metrics"]["step"] * 4 / 5, (resumed, result["metrics"])
+
+    from ray.util.state import list_tasks
+
+    trials = [t for t in list_tasks(address=ray_dashboard, detail=True, limit=10_000, raise_on_missing_output=False,
+                                    filters=[("type", "=", "ACTOR_CREATION_TASK")])
+              if "ImplicitFunc" in t.name and t.job_id == _job_of(proc.pid)]
+    assert len(trials) == 2, [t.name for t in trials]  # the first attempt and the retry
+    envs = json.dumps([t.runtime_env_info for t in trials], default=str)
+    values = [os.environ[k] for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]  # the session's canaries
+    assert values and not [v for v in values if v in envs] and not [k for k in storage.SECRET_SETTINGS if k in envs], envs
+
+
+def test_a_trial_that_can_never_be_placed_is_refused_at_once_in_one_line(shards, tmp_path, ray_address, monkeypatch):
+    """The test head has 2 CPUs: a trial whose worker needs 3 (one value of the space) can never
+    start. Before, Tune waited for it without end; so did `dfdc train` for a worker group too big."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    path = _write(tmp_path, shards, {"ray.cpus_per_worker": {"choice": [1, 3]}})
+    started = time.monotonic()
+    with pytest.raises(Unplaceable) as refused:
+        sweep(path, ["sweep.name=never-placed"], tmp_path)
+    message = str(refused.value)
+    assert message == ("a trial can never be placed: the trial's process: {dfdc_trial_host: 1}; workers: {CPU: 3}; no node can "
+                       "hold one workers {CPU: 3}: the cluster's nodes are {CPU: 2} (the 1 node(s) "
+                       "alive now; this cluster has no autoscaler)"), message
+    assert not storage.exists("s3://test/runs/sweeps/never-placed")  # no trial, no state
+    cfg = load_config(path, ["ray.num_workers=4", "ray.run_name=too-big"])
+    with pytest.raises(Unplaceable, match=r"the worker group of run too-big can never be placed: workers: 4 x \{CPU: 1\}; "
+                                          r"together they need \{CPU: 4\}, and the cluster has at most \{CPU: 2\}"):
+        run_training(cfg, tmp_path)
+    assert time.monotonic() - started < 60
 
 
 def test_search_space_forms_are_checked_at_load():

@@ -38,11 +38,12 @@ def storage_for_ray(uri: str):
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, reclaim: bool = True) -> dict:
+def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, reclaim: bool = True, lock_wait_s: float = 0.0) -> dict:
     """Train (or resume) the run `ray.run_name`, a new one when it is None. The result, also written
     to `<storage_path>/<run_name>/result.json`. `callbacks`: Ray Train callbacks (a sweep's trial
     passes Tune's, which hands every report to Tune). `reclaim`: first remove placement groups killed
-    drivers left on the cluster (a sweep's trials leave that to the sweep)."""
+    drivers left on the cluster (a sweep's trials leave that to the sweep). `lock_wait_s`: how long
+    to wait for another driver's run lock to free itself (a retried trial's own dead attempt)."""
     from train import checkpoint, tracking  # noqa: PLC0415
 
     tracking.resolve(cfg, home)
@@ -71,8 +72,11 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, recla
         log(f"run {cfg.ray.run_name} ({'resuming from ' + found[1] if found else 'new'})")
     from train.run_lock import RunLock  # noqa: PLC0415
 
-    with RunLock(run_uri(cfg), cfg.ray.lock_lease_s):  # one driver a run: RunLocked names the other
+    lock = RunLock(run_uri(cfg), cfg.ray.lock_lease_s).acquire(wait_s=lock_wait_s)  # RunLocked names the other driver
+    try:
         return _train(cfg, log, callbacks, reclaim)
+    finally:
+        lock.release()
 
 
 def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
@@ -89,6 +93,9 @@ def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
 
         shard_index.ensure(mf.shard_urls(cfg.data.dataset, mf.load(cfg.data.dataset), "train"), log=log)
     connect(cfg.ray.address, log_to_driver=True)
+    from cluster import placement  # noqa: PLC0415
+
+    placement.check(f"the worker group of run {cfg.ray.run_name}", [placement.worker_group(cfg)])
     if reclaim:
         ray_orphans.reclaim(log)  # a killed run's resources, which it may be about to resume on
     import ray  # noqa: PLC0415
@@ -98,7 +105,7 @@ def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
     driver = identify(ray.get_runtime_context().get_node_id(), cfg.cost.instance_type, cfg.cost.market)
     path, fs = storage_for_ray(cfg.ray.storage_path)
     use_gpu = cfg.ray.gpus_per_worker > 0
-    resources = {"CPU": cfg.ray.cpus_per_worker} | ({"GPU": cfg.ray.gpus_per_worker} if use_gpu else {}) | cfg.ray.worker_resources
+    resources = placement.worker_group(cfg)[1]
     low, high = cfg.ray.workers()
     trainer = TorchTrainer(
         train_func,

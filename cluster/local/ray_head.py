@@ -12,6 +12,7 @@ environments).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -22,6 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.local.s3_server import free_port, free_ports
+from dfdc.config import SweepConfig
+
+# A local head is the cluster's on-demand node: it hosts up to 16 sweep trials' own processes at
+# once (each a Python process that only waits on its training's workers; cluster/sweep.py).
+TRIAL_HOSTS = {SweepConfig.trial_host: 16}
 
 
 @dataclass
@@ -97,7 +103,7 @@ def start_head(num_cpus: int, dashboard: bool, log_path: Path, env: dict[str, st
     port, dash, *agent = free_ports(4)  # picked together: one at a time, two once came out the same
     dash = dash if dashboard else None
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
-           "--disable-usage-stats", *_agent_ports(*agent)]
+           f"--resources={json.dumps(TRIAL_HOSTS)}", "--disable-usage-stats", *_agent_ports(*agent)]
     cmd += [f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"] if dashboard else ["--include-dashboard=false"]
     full_env = dict(os.environ, **(env or {}), **auth_env(token))
     with open(log_path, "ab") as log:
@@ -167,8 +173,6 @@ def start_worker_node(head_address: str, num_cpus: int, resources: dict[str, flo
     """Another Ray node on this machine, joined to the head: tests that lose nodes kill these. Returns
     once the head lists it as alive. `env` goes to the node's processes (its workers inherit it); the
     head's token comes from this process's `RAY_AUTH_TOKEN_PATH`. The node's id is `node_id`."""
-    import json  # noqa: PLC0415
-
     import ray  # noqa: PLC0415
 
     name = f"node-{free_port()}"
