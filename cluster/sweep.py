@@ -98,6 +98,10 @@ def _trial(params: dict, base: dict, sweep_name: str, parent_run_id: str, home: 
         # the trial's run stops itself where the sweep's total would pass the budget (its meter goes on
         # from its own saved spending when a restored trial resumes: left excludes it)
         cfg.budget.dollars = left
+    # The worker group of a trial that ASHA stopped, or whose process died, is idle but kept by Ray
+    # while the sweep's job lives; Ray Train's own cleaner removes it only where it reaches Ray's
+    # state API (on a private local Ray it does not, and the next trial waited forever).
+    ray_orphans.reclaim(print, live_jobs=True)
     # A retried trial may find the run lock of its own earlier attempt, whose node went with it: it
     # waits for that lock's lease to run out rather than fail again at once.
     run(cfg, Path(home), callbacks=[TuneReportCallback()], reclaim=False, lock_wait_s=cfg.ray.lock_lease_s)
