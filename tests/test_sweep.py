@@ -185,12 +185,12 @@ def _trial_hosts(node_ids: set[str]) -> list[str]:
             if a["ActorClassName"] == "ImplicitFunc" and a["State"] == "ALIVE" and a["Address"]["NodeID"] in node_ids]
 
 
-def test_a_trial_whose_node_is_drained_and_killed_resumes_from_its_checkpoint_by_itself(shards, tmp_path, ray_address, ray_dashboard):
+def test_a_trial_whose_node_is_lost_resumes_from_its_checkpoint_by_itself(shards, tmp_path, ray_address, ray_dashboard):
     """Trials' own processes go only to nodes that advertise sweep.trial_host (on AWS, the on-demand
     head). Here two extra nodes advertise it, since the test head cannot be killed under the other
-    tests: the one that hosts the trial's process is drained and killed after the trial's first
-    checkpoint; Tune starts the trial again on the other, its run resumes from that checkpoint, and
-    the sweep finishes. Before, a trial's process went to any node with a CPU, and Tune had no retries.
+    tests: the one that hosts the trial's process is killed after the trial's first checkpoint; Tune
+    starts the trial again on the other, its run resumes from that checkpoint, and the sweep
+    finishes. Before, a trial's process went to any node with a CPU, and Tune had no retries.
     Also: Tune copies the driver's AWS keys into every trial actor's runtime env; the sweep's driver
     holds none while its trials start, so neither attempt's actor carries them."""
     host = "sweep_test_host"
@@ -215,10 +215,9 @@ def test_a_trial_whose_node_is_drained_and_killed_resumes_from_its_checkpoint_by
                 break
             time.sleep(0.3)
         [victim] = [n for n in nodes if n.node_id == hosts[0]]
-        ray_cli = str(Path(sys.executable).parent / "ray")
-        subprocess.run([ray_cli, "drain-node", f"--address={ray_address}", f"--node-id={victim.node_id}",
-                        "--reason=DRAIN_NODE_REASON_PREEMPTION", "--deadline-remaining-seconds=5",
-                        "--reason-message=the test takes this node back"], check=True, capture_output=True, timeout=60)
+        # Lost without a drain (a crash, a notice nobody saw): Tune counts it against the trial's
+        # retries. A drained node's loss (reason PREEMPTION) it retries without counting (Ray 2.60,
+        # ray/tune/experiment/trial.py): with sweep.trial_retries=0 this test passed with a drain.
         victim.kill_raylet()
         assert proc.wait(timeout=420) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
     finally:
