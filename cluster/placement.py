@@ -84,9 +84,11 @@ def _fixed() -> bool:
     is the node itself (ray/autoscaler/_private/monitor.py, BASE_READONLY_CONFIG)."""
     import json  # noqa: PLC0415
 
-    from ray.autoscaler._private.util import format_readonly_node_type  # noqa: PLC0415
-    from ray.experimental.internal_kv import _internal_kv_get  # noqa: PLC0415
-
+    try:  # Ray's private modules: if they move, the cluster counts as one whose limits are unknown
+        from ray.autoscaler._private.util import format_readonly_node_type  # noqa: PLC0415
+        from ray.experimental.internal_kv import _internal_kv_get  # noqa: PLC0415
+    except ImportError:
+        return False
     raw = _internal_kv_get(b"__autoscaling_status")
     if not raw:
         return False
