@@ -14,8 +14,9 @@ is not alive: nothing can use it again. Inside a running sweep the job lives on,
 worker group of every trial ASHA stopped until the sweep ends, and Ray Train's cleaner removes it
 only where it reaches Ray's state API (on a private local Ray, where `dfdc sweep` runs without an
 address, its monitor failed and the demo sweep's next trial waited forever). So each trial first
-also removes groups of live jobs whose maker is dead and in which nothing is placed (`live_jobs`). (Ray removes a group a driver or task made when its job
-ends; one a task of a live detached actor made may still be in use: neither is taken.) GCS's own
+also removes groups of live jobs whose maker is dead and in which nothing is placed (`live_jobs`).
+(Ray removes a group a driver or task made when its job ends; one a task of a live detached actor
+made may still be in use: neither is taken.) GCS's own
 records are read, through Ray's private state accessor, since the public state API does not say
 which actor made a group.
 """

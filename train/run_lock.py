@@ -101,7 +101,7 @@ class RunLock:
                 if locked.expires is None or not 0 < locked.expires - time.time() <= wait_s:
                     raise
                 log.warning("%s: %s; waiting for it to end", self.uri, locked)
-                time.sleep(locked.expires - time.time() + 1.0)
+                time.sleep(max(0.0, locked.expires - time.time()) + 1.0)
                 self.etag = self._take_over()
         # A server that ignores the condition accepts a second create of the same object.
         try:
