@@ -53,14 +53,18 @@ def test_of_drivers_racing_for_a_run_exactly_one_wins(moto_fs):
     won[0].release()
 
 
+def _stopped_renewing(lock: RunLock, host: str) -> RunLock:
+    """`lock` held by a driver on `host` that then stopped renewing (it died): its lease runs out."""
+    lock.owner["host"] = host
+    lock.acquire()
+    lock._stop.set()
+    lock._thread.join()
+    return lock
+
+
 def test_a_dead_drivers_lock_is_taken_over_and_its_renewal_then_fails(moto_fs, caplog):
     run = "s3://locktest/runs/dead"
-    # A driver on another host that stopped renewing: its lease runs out.
-    gone = RunLock(run, lease_s=1.5, fs=moto_fs)
-    gone.owner["host"] = "another-host"
-    gone.acquire()
-    gone._stop.set()
-    gone._thread.join()
+    gone = _stopped_renewing(RunLock(run, lease_s=1.5, fs=moto_fs), "another-host")
     with pytest.raises(RunLocked):
         RunLock(run, lease_s=60, fs=moto_fs).acquire()  # still within its lease
     time.sleep(1.6)
@@ -84,11 +88,7 @@ def test_a_retried_trial_waits_out_its_dead_attempts_lease_but_not_a_live_driver
     gone (another host, no renewals). With wait_s it waits for the lease and takes the lock; a live
     driver renews meanwhile, so waiting for it still ends in RunLocked."""
     run = "s3://locktest/runs/retried"
-    gone = RunLock(run, lease_s=2.0, fs=moto_fs)
-    gone.owner["host"] = "a-reclaimed-node"
-    gone.acquire()
-    gone._stop.set()
-    gone._thread.join()
+    _stopped_renewing(RunLock(run, lease_s=2.0, fs=moto_fs), "a-reclaimed-node")
     started = time.monotonic()
     retried = RunLock(run, lease_s=60, fs=moto_fs).acquire(wait_s=60)
     assert retried.held and 0.5 < time.monotonic() - started < 10
