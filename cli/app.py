@@ -259,7 +259,7 @@ CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained mo
 def _model(checkpoint: str, cfg: Config) -> str:
     """A registered model (models:/...) as the model file it stands for; other URIs as they are."""
     from train import tracking  # noqa: PLC0415
-    from train.model_file import ModelFileError, resolve  # noqa: PLC0415
+    from train.model.file import ModelFileError, resolve  # noqa: PLC0415
 
     if not checkpoint.startswith("models:/"):
         return checkpoint
@@ -299,7 +299,7 @@ def evaluate(
     from data_pipeline.manifest import ManifestError  # noqa: PLC0415
     from train import tracking  # noqa: PLC0415
     from train.evaluation.evaluate import evaluate as run  # noqa: PLC0415
-    from train.model_file import ModelFileError, read_card  # noqa: PLC0415
+    from train.model.file import ModelFileError, read_card  # noqa: PLC0415
 
     cfg = _config(config, set_)
     cfg.eval.torchscript |= torchscript
@@ -364,7 +364,7 @@ def score(
 
     Example: dfdc score s3://my-bucket/raw/incoming/ clip.mp4 --checkpoint s3://dfdc/runs/demo/model_fp32.pt --report scores.html
     """
-    from train.model_file import ModelFileError  # noqa: PLC0415
+    from train.model.file import ModelFileError  # noqa: PLC0415
     from train.scoring import report as html_report  # noqa: PLC0415
     from train.scoring.score import expand, is_scored, score as run  # noqa: PLC0415
 
@@ -409,7 +409,7 @@ def export(
 
     Example: dfdc export --checkpoint s3://dfdc/runs/demo/model_fp32.pt --out model_ts.pt
     """
-    from train.model_file import ModelFileError, export_torchscript  # noqa: PLC0415
+    from train.model.file import ModelFileError, export_torchscript  # noqa: PLC0415
 
     checkpoint = _model(checkpoint, load_config())
     try:

@@ -160,7 +160,7 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
     from ray.tune.search import BasicVariantGenerator  # noqa: PLC0415
 
     from dfdc.ray_tasks import connect  # noqa: PLC0415
-    from train.run import storage_for_ray  # noqa: PLC0415
+    from train.run import check_model_input, storage_for_ray  # noqa: PLC0415
 
     cfg = load_config(path, sets)
     s = cfg.sweep
@@ -171,6 +171,7 @@ def sweep(path: str | Path | None, sets: list[str], home: Path, log=print) -> di
     base = cfg.to_dict()
     base["sweep"]["name"] = name
     check_space(base, s.space)
+    check_model_input(cfg)
     connect(cfg.ray.address, log_to_driver=True)
     check_placement(base, s.space)
     parent = _parent_run(cfg, name)
@@ -309,7 +310,7 @@ def register(cfg: Config, model_name: str, model_uri: str, run_id: str, sweep_na
 
     import mlflow  # noqa: PLC0415
 
-    from train import model_file  # noqa: PLC0415
+    from train.model import file as model_file  # noqa: PLC0415
 
     client = mlflow.MlflowClient(cfg.tracking.uri)
     card = model_file.read_card(model_uri)

@@ -218,18 +218,18 @@ class DataConfig:
             raise ConfigError("data.ledger needs data.order=blocks or permutation (a resampled stream has no positions to prove)")
 
 
-# model.trainable's values (train/trainable.py builds each).
+# model.trainable's values (train/model/trainable.py builds each).
 TRAINABLE = ("all", "layernorm", "head", "svd")
 
 
 @dataclass
 class ModelConfig:
     name: str = "efficientnet_b0"  # any timm model name
-    pretrained: str | None = None  # a state dict file: local path or s3://
+    pretrained: str | None = None  # a state dict file (local path or s3://), or `hub`: timm's weights for `name` (train/model/weights.py)
     drop_rate: float = 0.2
     # More keyword arguments for timm.create_model, e.g. {img_size: 128} for a ViT at another input size.
     timm_args: dict = field(default_factory=dict)
-    # What trains (train/trainable.py): all | layernorm (normalisation layers and the head) | head |
+    # What trains (train/model/trainable.py): all | layernorm (normalisation layers and the head) | head |
     # svd (a rank-`svd_rank` residual of each linear layer named by `svd_layers`, and the head).
     trainable: str = "all"
     svd_rank: int = 1
@@ -308,7 +308,7 @@ class TrackingConfig:
 @dataclass
 class EvalConfig:
     clip: float = 1e-15  # probabilities are clipped to [clip, 1 - clip] in log loss
-    aggregate: str = "mean"  # frame scores -> video score: mean | median | confident (the DFDC winner's rule)
+    aggregate: str = "mean"  # frame scores -> video score: mean | median | confident (the DFDC winner's rule) | confident_few_frames
     split: str = "val"  # split evaluated: val | train | test | all
     # Cross-dataset protocol: dataset roots (with manifest.json) to evaluate on as well as the one
     # trained on, e.g. train on DFDC and test on Celeb-DF.

@@ -19,7 +19,7 @@ from dfdc import storage
 from dfdc.config import load_config
 from data_pipeline import manifest as mf
 from data_pipeline.synth import synth
-from train import model_file
+from train.model import file as model_file
 from train.model import build_model
 from train.scoring.score import score
 from tests.conftest import copy_with_a_broken_shard

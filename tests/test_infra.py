@@ -264,7 +264,7 @@ def test_a_registered_model_is_kept_where_no_lifecycle_rule_expires_it(s3_server
     from cluster.sweep import register
     from dfdc import storage
     from dfdc.config import load_config
-    from train import model_file
+    from train.model import file as model_file
 
     cfg = load_config(None, [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifacts={(tmp_path / 'art').as_uri()}",
                              "ray.storage_path=s3://test/runs", "model.name=test_efficientnet", "data.image_size=48"])

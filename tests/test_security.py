@@ -144,7 +144,7 @@ def test_scoring_refuses_a_card_with_a_plugin_it_does_not_allow(tmp_path):
     import subprocess
     import sys
 
-    from train import model_file
+    from train.model import file as model_file
 
     card = {"format": model_file.CARD_FORMAT, "detector": {"name": "os:system"}}
     (tmp_path / "model_fp32.pt").write_bytes(b"")
@@ -157,7 +157,7 @@ def test_scoring_refuses_a_card_with_a_plugin_it_does_not_allow(tmp_path):
 
 @pytest.mark.parametrize("name", ["hf-hub:someone/model", "local-dir:/tmp/model"])
 def test_a_card_cannot_send_the_loader_elsewhere(name):
-    from train.model_file import ModelFileError, card_model_config
+    from train.model.file import ModelFileError, card_model_config
 
     with pytest.raises(ModelFileError, match="timm architecture"):
         card_model_config({"model": {"name": name}}, "s3://b/runs/r/model_fp32.pt")
@@ -175,7 +175,7 @@ def test_a_card_cannot_send_the_loader_elsewhere(name):
     ({"out_indices": [1, "a/b"]}, "timm_args.out_indices"),
 ])
 def test_a_card_cannot_pass_timm_a_place_to_read(timm_args, message):
-    from train.model_file import ModelFileError, card_model_config
+    from train.model.file import ModelFileError, card_model_config
 
     with pytest.raises(ModelFileError, match=re.escape(message)):
         card_model_config({"model": {"name": "vit_tiny_patch16_224", "timm_args": timm_args}}, "s3://b/runs/r/model_fp32.pt")

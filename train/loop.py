@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dfdc import storage
 from dfdc.config import Config, config_from_dict
 from data_pipeline import manifest as mf
-from train import checkpoint, cost, tracking, trainable
+from train import checkpoint, cost, tracking
 from train.checkpoint import TrainState
 from train.data.loader import resampled_loader, sbi_gallery_rows, train_loader, unreadable_total, val_loader
 from train.data.ledger import Ledger, start_attempt
@@ -26,7 +26,7 @@ from train.data.index import train_set_of
 from train.data.workers import fork_server
 from train.engine import build_engine, input_dtype, to_device
 from train.evaluation import aggregate, metrics
-from train.model import build_model
+from train.model import build_model, trainable
 
 
 def plan_epochs(manifest: dict, cfg: Config, world: int, samples: int | None = None) -> tuple[int, float | None]:

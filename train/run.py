@@ -38,6 +38,18 @@ def storage_for_ray(uri: str):
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
+def check_model_input(cfg: Config) -> None:
+    """Pretrained weights get the input normalisation they were trained with (train/model/weights.py),
+    checked on the driver before any worker starts."""
+    from dfdc.config import ConfigError  # noqa: PLC0415
+    from train.model.weights import check_normalisation  # noqa: PLC0415
+
+    try:
+        check_normalisation(cfg.model.name, cfg.model.pretrained, cfg.data.mean, cfg.data.std)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, reclaim: bool = True, lock_wait_s: float = 0.0) -> dict:
     """Train (or resume) the run `ray.run_name`, a new one when it is None. The result, also written
     to `<storage_path>/<run_name>/result.json`. `callbacks`: Ray Train callbacks (a sweep's trial
@@ -55,6 +67,7 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, recla
         from dfdc.config import ConfigError  # noqa: PLC0415
 
         raise ConfigError(f"cost.prices: {e}") from e
+    check_model_input(cfg)
     if cfg.ray.run_name is None:
         cfg.ray.run_name = new_run_name(cfg)
         log(f"run {cfg.ray.run_name} (new; to resume it: --set ray.run_name={cfg.ray.run_name})")
@@ -150,7 +163,8 @@ def write_final_model(ckpt, cfg: Config) -> dict | None:
         return None
     import torch  # noqa: PLC0415
 
-    from train import model_file, tracking  # noqa: PLC0415
+    from train import tracking  # noqa: PLC0415
+    from train.model import file as model_file  # noqa: PLC0415
     from train.checkpoint import PROBE, STATE, TrainState, consolidate, probe_diff  # noqa: PLC0415
     from train.model import build_model  # noqa: PLC0415
 

@@ -130,7 +130,7 @@ def copy_model(model_uri: str, folder: Path) -> Path:
     """The model file and its card in a local folder: `--checkpoint` then works in any shell, with
     the local S3 server stopped and no S3 settings."""
     from dfdc import storage  # noqa: PLC0415
-    from train.model_file import card_uri  # noqa: PLC0415
+    from train.model.file import card_uri  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
     local = folder / Path(model_uri).name

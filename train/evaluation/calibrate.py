@@ -29,7 +29,8 @@ def fit_temperature(rows: dict[str, list], rule: str, clip: float, low: float = 
 def calibrate(model_uri: str, cfg: Config, log=print) -> dict:
     """Fit T on the val split of the training data with the final weights (Ray tasks), write it into
     the card and log it to the training's MLflow run."""
-    from train import model_file, tracking  # noqa: PLC0415
+    from train import tracking  # noqa: PLC0415
+    from train.model import file as model_file  # noqa: PLC0415
 
     from data_pipeline import manifest as mf  # noqa: PLC0415
 

@@ -28,7 +28,7 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu", 
     import torch  # noqa: PLC0415
     import webdataset as wds  # noqa: PLC0415
 
-    from train.model_file import load_cached  # noqa: PLC0415
+    from train.model.file import load_cached  # noqa: PLC0415
     from train.data.samples import register_s3  # noqa: PLC0415
     from train.data.transforms import image_transform  # noqa: PLC0415
 
@@ -151,7 +151,7 @@ def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, pr
     """Evaluate on each dataset's split (`eval.splits`, else `eval.split`); write metrics.json, the cross-dataset table
     (cross_dataset.csv) and plots to `out_dir`, log them to MLflow; the report, with the table's rows
     under "table"."""
-    from train import model_file  # noqa: PLC0415
+    from train.model import file as model_file  # noqa: PLC0415
     from train.evaluation import plots  # noqa: PLC0415
 
     card = model_file.read_card(model_uri)

@@ -37,7 +37,7 @@ def _setup(model_uri: str, device: str, plugins: tuple[str, ...] = (), torchscri
     import dataclasses  # noqa: PLC0415
 
     from data_pipeline.faces import build_detector  # noqa: PLC0415
-    from train import model_file  # noqa: PLC0415
+    from train.model import file as model_file  # noqa: PLC0415
     from train.data.transforms import image_transform  # noqa: PLC0415
 
     if (model_uri, device, torchscript) not in _LOADED:
@@ -57,7 +57,7 @@ def score_video(uri: str, model_uri: str, rule: str | None = None, device: str =
     from data_pipeline.extract import extract  # noqa: PLC0415
     from data_pipeline.frames import VideoError  # noqa: PLC0415
     from data_pipeline.records import VideoRecord  # noqa: PLC0415
-    from train import model_file  # noqa: PLC0415
+    from train.model import file as model_file  # noqa: PLC0415
     from train.evaluation import aggregate  # noqa: PLC0415
 
     model, card, faces, tf = _setup(model_uri, device, plugins, torchscript)
@@ -101,10 +101,10 @@ def score(videos: list[str], model_uri: str, cfg: Config, use_ray: bool, progres
     """Lines (and top crops) as videos finish: in this process, or as Ray tasks of a few videos each."""
     from dfdc.progress import TaskProgress  # noqa: PLC0415
     from dfdc.ray_tasks import RayTasks  # noqa: PLC0415
-    from train.model_file import read_card  # noqa: PLC0415
+    from train.model.file import read_card  # noqa: PLC0415
 
     from data_pipeline.faces import check_allowed  # noqa: PLC0415
-    from train.model_file import detector_config  # noqa: PLC0415
+    from train.model.file import detector_config  # noqa: PLC0415
 
     card = read_card(model_uri)  # a wrong --checkpoint fails here, once, not once per video
     plugins = tuple(cfg.detector.plugins)
