@@ -66,16 +66,16 @@ def test_aggregation_rules():
     frames = [0.1, 0.9, 0.95, 0.2, 0.3]
     assert aggregate.video_score(frames, "mean") == pytest.approx(0.49)
     assert aggregate.video_score(frames, "median") == pytest.approx(0.3)
-    # confident: 2 of 5 above 0.8 is not more than 5 / 2.5 = 2 -> not fake by confidence; 0 of 5 below 0.2
-    # (0.1 only: 1 of 5) is not over 90% -> plain mean.
-    assert aggregate.video_score(frames, "confident") == pytest.approx(0.49)
+    # confident_few_frames: 2 of 5 above 0.8 is not more than 5 // 2.5 = 2 -> not fake by confidence; 0.1
+    # alone is below 0.2 (1 of 5, not over 90%) -> plain mean.
+    assert aggregate.video_score(frames, "confident_few_frames") == pytest.approx(0.49)
     # 3 of 5 above 0.8: the mean of those.
-    assert aggregate.video_score([0.1, 0.9, 0.95, 0.85, 0.3], "confident") == pytest.approx(0.9)
+    assert aggregate.video_score([0.1, 0.9, 0.95, 0.85, 0.3], "confident_few_frames") == pytest.approx(0.9)
     # 10 of 11 below 0.2 (over 90%): the mean of those; the one outlier is ignored.
     real = [0.1] * 10 + [0.7]
-    assert aggregate.video_score(real, "confident") == pytest.approx(0.1)
+    assert aggregate.video_score(real, "confident_few_frames") == pytest.approx(0.1)
     # 9 of 10 below 0.2 is exactly 90%, not over: plain mean.
-    assert aggregate.video_score([0.1] * 9 + [0.6], "confident") == pytest.approx(0.15)
+    assert aggregate.video_score([0.1] * 9 + [0.6], "confident_few_frames") == pytest.approx(0.15)
     # A video whose faces all failed: 0.5, whatever the rule.
     assert all(aggregate.video_score([], r) == 0.5 for r in aggregate.RULES)
     with pytest.raises(ValueError, match="eval.aggregate"):
@@ -103,6 +103,22 @@ def test_summary_counts_faceless_videos_and_breaks_down_by_method():
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
     scores = [np.mean([sig(-3), sig(-2)]), np.mean([sig(-1), sig(0.5)]), np.mean([sig(2), sig(3)]), np.mean([sig(1), sig(-0.5)]), 0.5]
     assert s["video"]["log_loss"] == pytest.approx(sk.log_loss([0, 0, 1, 1, 1], scores), abs=1e-9)
+
+
+def test_confident_is_the_winners_rule_to_the_number():
+    """Expected values computed by running confident_strategy from selimsef/dfdc_deepfake_challenge
+    (kernel_utils.py) on each input, outside this repository."""
+    cases = [
+        ([0.1, 0.9, 0.95, 0.85, 0.3], 0.62),  # 3 confident fakes: not more than 11 -> plain mean
+        ([0.9] * 12 + [0.5] * 20, 0.65),  # 12 of 32: not more than 32 // 2.5 = 12
+        ([0.9] * 13 + [0.5] * 19, 0.9),  # 13 of 32: the mean of the confident fakes
+        ([0.95] * 12 + [0.1] * 8, 0.95),  # 12 of 20: more than 8 and more than 11
+        ([0.95] * 11 + [0.3] * 9, 0.6575),  # 11 of 20: more than 8 but not more than 11
+        ([0.05] * 28 + [0.5, 0.9], 0.05),  # 28 of 30 below 0.2: over 90%
+        ([0.1] * 9 + [0.6], 0.15),  # exactly 90%: plain mean
+    ]
+    for frames, expected in cases:
+        assert aggregate.video_score(frames, "confident") == pytest.approx(expected), frames
 
 
 def test_temperature_softens_an_overconfident_model():

@@ -1,7 +1,7 @@
 """`dfdc sweep` through the real Ray Tune on the test cluster: three trials of the tiny model, each a
 whole training, ASHA on a search space where it must stop some (a learning rate of 1.0 diverges
 within the first epoch; with the seed, the second and third trials draw it),
-MLflow parent and child runs, the best model registered and scored through `models:/`; the sweep is
+MLflow parent and child runs, the best model registered and loaded through `models:/`; the sweep is
 killed after its first finished trial and run again, and that trial is not run again."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -162,13 +163,14 @@ def test_a_sweep_stops_bad_trials_early_registers_the_best_and_continues_after_a
     # the registered copy, beside the runs (s3://test/runs): no lifecycle rule expires it
     assert version.tags["dfdc.model_uri"] == f"s3://test/models/dfdc-test-detector/{best.info.run_id}/model_fp32.pt"
 
-    video = next(p for p in storage.list_files("s3://test/train-corpus/raw") if p.endswith(".mp4"))
-    scored = subprocess.run([dfdc, "score", f"s3://test/train-corpus/raw/{video}", "--checkpoint", registered, "--no-ray",
-                             "--no-progress", "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert scored.returncode == 0, scored.stderr[-2000:]
-    line = json.loads(scored.stdout.strip().splitlines()[-1])
-    assert 0.0 <= line["p_fake"] <= 1.0
+    # What `dfdc score --checkpoint models:/...` loads (scoring a model file is the demo test's part).
+    from cli.app import _model  # noqa: PLC0415
+    from train.model.file import load  # noqa: PLC0415
+
+    found = _model(registered, load_config(None, [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]))
+    assert found == version.tags["dfdc.model_uri"]
+    model, card = load(found)
+    assert card["model"]["name"] == "test_efficientnet" and not model.training
 
 
 def _job_of(pid: int) -> str:
@@ -195,11 +197,12 @@ def test_a_trial_whose_node_is_lost_resumes_from_its_checkpoint_by_itself(shards
     Also: Tune copies the driver's AWS keys into every trial actor's runtime env; the sweep's driver
     holds none while its trials start, so neither attempt's actor carries them."""
     host = "sweep_test_host"
-    nodes = [start_worker_node(ray_address, 0, {host: 1}, tmp_path / f"host{i}.log") for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:  # each waits ~10 s for its node to join: together, not in turn
+        nodes = list(pool.map(lambda i: start_worker_node(ray_address, 0, {host: 1}, tmp_path / f"host{i}.log"), range(2)))
     ids = {n.node_id for n in nodes}
     path = _write(tmp_path, shards, {"model.drop_rate": {"choice": [0.1]}})
     sets = ["sweep.name=hostkill", "sweep.trials=1", "sweep.max_concurrent_trials=1", "sweep.scheduler=none",
-            "sweep.register_as=null", f"sweep.trial_host={host}", "optim.epochs=5", "data.batch_size=2"]  # ~2 s an epoch
+            "sweep.register_as=null", f"sweep.trial_host={host}", "optim.epochs=3", "data.batch_size=2"]  # ~2 s an epoch
     env = dict(os.environ, RAY_ADDRESS=ray_address, DFDC_HOME=str(tmp_path))
     log = open(tmp_path / "sweep.log", "wb")
     dfdc = str(Path(sys.executable).parent / "dfdc")
@@ -227,13 +230,13 @@ def test_a_trial_whose_node_is_lost_resumes_from_its_checkpoint_by_itself(shards
         for n in nodes:
             n.stop()
     result = json.loads(storage.read_bytes(f"s3://test/runs/{runs[0]}/result.json"))
-    assert result["metrics"]["epoch"] == 5, result
+    assert result["metrics"]["epoch"] == 3, result
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     [child] = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id], filter_string=f"attributes.run_name = '{runs[0]}'")
     assert child.data.tags["dfdc.trial_status"] == "finished", child.data.tags
     # the second attempt went on from the first one's checkpoint, before the last epoch, in the same MLflow run
     [resumed] = [m.value for m in client.get_metric_history(child.info.run_id, "resumed_at_step")]
-    assert 0 < resumed < result["metrics"]["step"] * 4 / 5, (resumed, result["metrics"])
+    assert 0 < resumed < result["metrics"]["step"] * 2 / 3, (resumed, result["metrics"])
 
     from ray.util.state import list_tasks
 
