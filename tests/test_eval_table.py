@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,11 @@ def test_the_mean_leaves_out_the_dataset_trained_on_when_others_are_listed():
     rows = table.rows(SUMMARIES, trained_on="s3://b/faces/ffpp")
     assert [r["dataset"] for r in rows][-1] == table.MEAN_CROSS
     assert rows[-1]["video_auc"] == pytest.approx(0.7) and rows[-1]["video_log_loss"] == pytest.approx(0.75)
+    # the training dataset's URI as another spelling of the same root: still the dataset trained on
+    # (before, a trailing slash put it into the "not trained on" mean)
+    for spelling in ("s3://b/faces/ffpp/", "S3://b//faces/ffpp"):
+        assert [r["dataset"] for r in table.rows(SUMMARIES, trained_on=spelling)] == [r["dataset"] for r in rows]
+    assert table.dataset_identity("data/faces/") == table.dataset_identity(str(Path("data/faces").resolve()))
     alone = table.rows({"s3://b/faces/ffpp": SUMMARIES["s3://b/faces/ffpp"]}, trained_on="s3://b/faces/ffpp")
     assert alone[-1]["dataset"] == table.MEAN and alone[-1]["video_auc"] == pytest.approx(0.9)  # nothing else to average
 

@@ -36,10 +36,23 @@ def rows(summaries: dict[str, dict], name: Callable[[str], str] = lambda uri: ur
     if not summaries:
         raise ValueError("no datasets to tabulate: evaluate at least one")
     out = [_row(uri, s, name(uri)) for uri, s in summaries.items()]
-    others = [r for r in out if r["uri"] != trained_on]
+    trained = dataset_identity(trained_on) if trained_on else None
+    others = [r for r in out if dataset_identity(r["uri"]) != trained]
     if others and len(others) < len(out):
         return [*out, _mean(others) | {"dataset": MEAN_CROSS}]
     return [*out, _mean(out)]
+
+
+def dataset_identity(uri: str) -> str:
+    """One spelling per dataset root: `s3://b/faces/x/`, `s3://b//faces/x` and `s3://b/faces/x` are one
+    dataset; a local path counts as its absolute form."""
+    import os  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return os.path.abspath(os.path.expanduser(uri)).rstrip("/") or "/"
+    return f"{scheme.lower()}://{re.sub('/+', '/', rest).strip('/')}"
 
 
 def _row(uri: str, summary: dict, dataset: str) -> dict:
