@@ -184,8 +184,10 @@ class DataConfig:
     # video: the epoch's order keeps each real crop next to the crops of the fakes made from it (same
     # original, frame and face), so they share a batch (train/data/order.py says what "once" means then).
     pairing: str = "none"
-    # Probability that a real train crop becomes a self-blended pseudo-fake (SBI, train/data/sbi.py),
-    # drawn per sample from the run's seed, the epoch and the sample.
+    # Probability that a real train crop trains as a pair (SBI, train/data/sbi.py): its real
+    # counterpart and its self-blended pseudo-fake, side by side in the batch and augmented alike
+    # (so a batch of data.batch_size crops holds up to twice as many images); drawn per sample from
+    # the run's seed, the epoch and the sample. 1: every real crop, the paper's setting.
     sbi: float = 0.0
     # false: the epoch holds the dataset's real crops only (with data.sbi: the SBI paper's setting).
     fakes: bool = True
@@ -195,9 +197,9 @@ class DataConfig:
             raise ConfigError(f"data.pairing must be none or video, got {self.pairing!r}")
         if not 0.0 <= self.sbi <= 1.0:
             raise ConfigError(f"data.sbi is a probability (0 to 1), got {self.sbi}")
-        if not self.fakes and not 0.0 < self.sbi < 1.0:
-            raise ConfigError(f"data.fakes=false trains on real crops only: it needs data.sbi between 0 and 1 (exclusive) "
-                              f"to make pseudo-fakes of some of them, got data.sbi={self.sbi}")
+        if not self.fakes and not self.sbi > 0.0:
+            raise ConfigError(f"data.fakes=false trains on real crops only: it needs data.sbi above 0 to make "
+                              f"pseudo-fakes of them, got data.sbi={self.sbi}")
         if self.pairing != "none" and not self.fakes:
             raise ConfigError("data.pairing=video pairs real crops with fakes: it does nothing with data.fakes=false")
         if (self.pairing != "none" or self.sbi or not self.fakes) and self.order == "resampled":
@@ -236,12 +238,23 @@ class ModelConfig:
     # Linear layers given an SVD residual: module names ending with one of these (timm ViTs'
     # attention projections, as Effort adapts CLIP's).
     svd_layers: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
+    # Layers whose weight stacks several projections, split into that many residuals: timm's fused
+    # q/k/v gets three, as Effort adapts CLIP's separate q, k and v.
+    svd_parts: dict = field(default_factory=lambda: {"attn.qkv": 3})
+    # Effort's orthogonality and singular-value losses (weights of their mean over the SVD layers);
+    # off, as in Effort's released code.
+    svd_orth_weight: float = 0.0
+    svd_keepsv_weight: float = 0.0
 
     def check(self) -> None:
         if self.trainable not in TRAINABLE:
             raise ConfigError(f"model.trainable must be {', '.join(TRAINABLE[:-1])} or {TRAINABLE[-1]}, got {self.trainable!r}")
         if self.svd_rank < 1:
             raise ConfigError(f"model.svd_rank must be at least 1, got {self.svd_rank}")
+        if not isinstance(self.svd_parts, dict) or not all(isinstance(n, int) and n >= 1 for n in self.svd_parts.values()):
+            raise ConfigError(f"model.svd_parts maps layer names to how many projections each stacks (1 or more), got {self.svd_parts!r}")
+        if min(self.svd_orth_weight, self.svd_keepsv_weight) < 0:
+            raise ConfigError("model.svd_orth_weight and model.svd_keepsv_weight are loss weights, 0 or more")
         if not isinstance(self.timm_args, dict) or not all(isinstance(k, str) for k in self.timm_args):
             raise ConfigError(f"model.timm_args must be a mapping of timm.create_model's argument names to values, got {self.timm_args!r}")
         # Set elsewhere, or a place to read weights from: a model card (from storage) names its

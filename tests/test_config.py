@@ -58,7 +58,7 @@ def test_bad_overrides_name_the_key(override, message):
     (["model.svd_rank=0"], "model.svd_rank must be at least 1"),
     (["data.pairing=group"], "data.pairing must be none or video"),
     (["data.sbi=1.5"], "data.sbi is a probability"),
-    (["data.fakes=false"], "data.fakes=false trains on real crops only: it needs data.sbi between 0 and 1"),
+    (["data.fakes=false"], "data.fakes=false trains on real crops only: it needs data.sbi above 0"),
     (["data.sbi=0.5", "data.order=resampled"], "need data.order=blocks or permutation"),
     (["data.mean=[0.5, 0.5, 0.5]"], "data.mean and data.std go together"),
     (["data.mean=[0.5, 0.5]", "data.std=[0.2, 0.2]"], "take 3 numbers each"),

@@ -55,24 +55,57 @@ def test_paired_batches_hold_each_real_crop_with_the_crops_of_its_fakes(shards):
                 sorted(rows[k][3] for k in rows if pair_key(rows[k]) == u)
 
 
-def test_self_blended_pseudo_fakes_are_drawn_per_sample_whatever_the_world_size(shards):
+def _pairs(batches) -> list[tuple]:
+    """(key, real image, its pseudo-fake or None) per sample, in order. In a real-only epoch a label-1
+    image is the pseudo-fake of the image before it; the batch's keys name its samples, one each."""
+    out = []
+    for b in batches:
+        keys = iter(b.keys)
+        for image, label in zip(b.images, b.labels):
+            if int(label) == 1:
+                assert out and out[-1][2] is None, "a pseudo-fake without its real counterpart before it"
+                out[-1] = (*out[-1][:2], image)
+            else:
+                out.append((next(keys), image, None))
+        assert next(keys, None) is None
+    return out
+
+
+def _corners(image: torch.Tensor) -> torch.Tensor:
+    """The crop's corners, where the face mask never reaches (a 0.3 margin around the face box)."""
+    k = image.shape[-1] // 8
+    return torch.stack([image[:, :k, :k], image[:, :k, -k:], image[:, -k:, :k], image[:, -k:, -k:]])
+
+
+def test_self_blended_pairs_are_drawn_per_sample_whatever_the_world_size_and_augmented_alike(shards):
     rows = index_rows(shards)
     train = train_set_of(shards, fakes=False)
     assert train.samples == sum(r[3] == 0 for r in rows.values())
     cfg = DataConfig(image_size=32, batch_size=4, num_workers=1, augment=False, fakes=False, sbi=0.5)
-    labels = {}
+    drawn = {}
     for world in (1, 2):
-        got = {k: int(y) for b in one_epoch(train, cfg, world, seed=5) for k, y in zip(b.keys, b.labels)}
-        assert all(rows[k][3] == 0 for k in got), "no fake crop of the dataset in a real-only epoch"
-        labels[world] = got
-    shared = labels[1].keys() & labels[2].keys()
-    assert len(shared) > 20 and all(labels[1][k] == labels[2][k] for k in shared)
-    assert 0.25 < np.mean(list(labels[1].values())) < 0.75  # about half became pseudo-fakes
+        pairs = _pairs(one_epoch(train, cfg, world, seed=5))
+        assert all(rows[k][3] == 0 for k, _, _ in pairs), "no fake crop of the dataset in a real-only epoch"
+        assert len({k for k, _, _ in pairs}) == len(pairs)  # each sample once, its pair with it
+        drawn[world] = {k: fake is not None for k, _, fake in pairs}
+        # The real counterpart and its pseudo-fake differ only under the face mask: same corners
+        assert all(torch.equal(_corners(real), _corners(fake)) and not torch.equal(real, fake)
+                   for _, real, fake in pairs if fake is not None)
+    shared = drawn[1].keys() & drawn[2].keys()
+    assert len(shared) > 20 and all(drawn[1][k] == drawn[2][k] for k in shared)
+    assert 0.25 < np.mean(list(drawn[1].values())) < 0.75  # about half trained as pairs
+    # With augmentation, one draw for both: their corners still agree (but for the noise, drawn per
+    # pixel), while the augmentation differs from pair to pair.
+    augmented = _pairs(one_epoch(train, DataConfig(image_size=32, batch_size=4, num_workers=1, augment=True, fakes=False,
+                                                   sbi=1.0), 1, seed=5))
+    assert all(fake is not None for _, _, fake in augmented)
+    assert all((_corners(real) - _corners(fake)).abs().max() < 0.15 for _, real, fake in augmented)
     gallery = sbi_gallery_rows(train, cfg, seed=5, n=4)
     assert len(gallery) == 4
-    for original, mask, blended in gallery:
-        assert original.shape == blended.shape and mask.shape == original.shape[1:]
-        assert float(mask.max()) > 0 and not torch.equal(original, blended)
+    for real, mask, fake in gallery:
+        assert real.shape == fake.shape and mask.shape == real.shape[1:]
+        assert float(mask.max()) > 0 and not torch.equal(real, fake)
+        assert torch.equal(real[:, mask == 0], fake[:, mask == 0])
 
 
 FROZEN_SVD = ["model.name=test_vit", "model.timm_args={img_size: 48, patch_size: 8}", "model.trainable=svd", "optim.lr=0.01",

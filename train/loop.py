@@ -43,7 +43,8 @@ def plan_epochs(manifest: dict, cfg: Config, world: int, samples: int | None = N
         raise ValueError(f"dataset {cfg.data.dataset} has {samples} train samples in an epoch, fewer than one optimizer step "
                          f"takes (data.batch_size x ray.num_workers x optim.grad_accum = "
                          f"{cfg.data.batch_size * world * cfg.optim.grad_accum})")
-    real, fake = train["real"] * (1 - cfg.data.sbi), (train["fake"] if cfg.data.fakes else 0) + train["real"] * cfg.data.sbi
+    # A real crop drawn for SBI trains as itself (its real counterpart) and its pseudo-fake.
+    real, fake = train["real"], (train["fake"] if cfg.data.fakes else 0) + train["real"] * cfg.data.sbi
     if cfg.data.balance == "loss":
         pos_weight = real / max(1.0, fake)
     elif cfg.data.balance == "none":
@@ -75,6 +76,9 @@ def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: t
     as a device tensor: reading it waits for the accelerator, so callers read it only now and then."""
     logits = engine(images).squeeze(1).float()
     loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+    penalty = trainable.regularisation(engine.module)  # Effort's, when model.svd_*_weight asks for them
+    if penalty is not None:
+        loss = loss + penalty.float()
     engine.backward(loss)
     engine.step()
     return loss.detach()

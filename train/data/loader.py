@@ -212,8 +212,7 @@ class EpochStream(torch.utils.data.IterableDataset):
                         sample = reader.parse(int(sample_id), cache.pop(int(sample_id)))
                         if not isinstance(sample, Exception):
                             try:
-                                image, meta, _ = self_blended(sample, self.cfg.sbi, self.seed, epoch, int(sample_id), self.train.margin)
-                                items.append((*decode_sample(image, meta, self.transform), sample.url, sample.key))
+                                items += self.items(sample, epoch, int(sample_id))
                                 in_a_row = 0
                                 continue
                             except (KeyError, ValueError, TypeError, OSError) as e:  # metadata without a label, an image the transform refuses
@@ -234,6 +233,20 @@ class EpochStream(torch.utils.data.IterableDataset):
                                                   read=read if first else (0, 0))
         finally:  # closed early or failed: do not wait for a fetch nobody will use (it may be sleeping between retries)
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+    def items(self, sample, epoch: int, sample_id: int) -> list[tuple]:
+        """A sample's training items: itself, or with data.sbi its real counterpart and its pseudo-fake,
+        transformed together (one draw of every random augmentation for both). The pair's second item
+        carries no key: the ledger counts samples, and the pair is one."""
+        drawn = self_blended(sample, self.cfg.sbi, self.seed, epoch, sample_id, self.train.margin)
+        if drawn is None:
+            return [(*decode_sample(sample.image, sample.meta, self.transform), sample.url, sample.key)]
+        real, fake, _ = drawn
+        images = self.transform(torch.stack([real, fake]))
+        video = sample.meta["video"]
+        return [(images[0], torch.tensor(0.0), video, sample.url, sample.key),
+                (images[1], torch.tensor(1.0), video, sample.url, None)]
 
 
 class TrainStream(EpochStream):
@@ -288,21 +301,20 @@ def _batches_of(samples: int, batch_size: int, world: int, grad_accum: int, epoc
 
 
 def self_blended(sample, p: float, seed: int, epoch: int, sample_id: int, margin: float):
-    """(image, meta, mask or None): a real sample becomes a self-blended pseudo-fake (label 1) with
-    probability `p` (data.sbi). The draw and the blend's own randomness come from (seed, epoch,
-    sample id) alone, so they are the same for any number of ranks and loader workers, and differ
-    from epoch to epoch. `margin`: the ingest's crop margin, for crops without landmarks."""
+    """(real counterpart, pseudo-fake, mask) when a real sample is drawn for SBI, with probability `p`
+    (data.sbi); else None. The draw and the blend's own randomness come from (seed, epoch, sample id)
+    alone, so they are the same for any number of ranks and loader workers, and differ from epoch to
+    epoch. `margin`: the ingest's crop margin, for crops without landmarks."""
     if not p or sample.meta.get("label") != 0:
-        return sample.image, sample.meta, None
+        return None
     rng = np.random.default_rng([seed, epoch, sample_id])
     if rng.random() >= p:
-        return sample.image, sample.meta, None
-    image, mask = self_blend(sample.image, sample.meta.get("landmarks"), rng, margin)
-    return image, sample.meta | {"label": 1, "sbi": True}, mask
+        return None
+    return self_blend(sample.image, sample.meta.get("landmarks"), rng, margin)
 
 
 def sbi_gallery_rows(train: TrainSet, cfg: DataConfig, seed: int, n: int = 8, scan: int = 512) -> list:
-    """(original, mask, blended) of the first `n` pseudo-fakes epoch 0 makes among its first `scan`
+    """(real counterpart, mask, pseudo-fake) of the first `n` pseudo-fakes epoch 0 makes among its first `scan`
     samples, in its order: what training sees before the other augmentations. Samples that cannot
     be read or blended are passed over here (training counts and names them)."""
     order = epoch_order_of(train, cfg, seed, 0)[0:scan]
@@ -314,12 +326,13 @@ def sbi_gallery_rows(train: TrainSet, cfg: DataConfig, seed: int, n: int = 8, sc
             if isinstance(sample, Exception):
                 continue
             try:
-                image, _, mask = self_blended(sample, cfg.sbi, seed, 0, int(sample_id), train.margin)
+                drawn = self_blended(sample, cfg.sbi, seed, 0, int(sample_id), train.margin)
             except (KeyError, ValueError, TypeError) as e:
                 log.warning("sbi gallery: sample %s not blended: %s", sample.key, e)
                 continue
-            if mask is not None:
-                rows.append((sample.image, mask, image))
+            if drawn is not None:
+                real, fake, mask = drawn
+                rows.append((real, mask, fake))
             if len(rows) == n:
                 return rows
     return rows

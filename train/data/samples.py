@@ -74,7 +74,8 @@ class Decode:
 def collate(samples) -> Batch:
     """(image tensor, label, video, shard URL, key) samples to a Batch."""
     images, labels, videos, urls, keys = zip(*samples)
-    return Batch(torch.stack(images), torch.stack(labels), list(videos), list(urls), keys=list(keys))
+    # A key of None: the second item of a sample that trains as two (SBI's real and pseudo-fake).
+    return Batch(torch.stack(images), torch.stack(labels), list(videos), list(urls), keys=[k for k in keys if k is not None])
 
 
 def decode_sample(image, meta: dict, transform) -> tuple[torch.Tensor, torch.Tensor, str]:

@@ -2,19 +2,27 @@
 CVPR 2022): pseudo-fakes made from a real face crop alone.
 
 Two copies of the crop play source and target. One of them, chosen at random, gets colour and
-frequency changes; the source also moves and scales a little. The source is then pasted into the
-target under a soft face-shaped mask. The result carries the traces a face swap leaves (a blending
-boundary, mismatched colour, resampling, a landmark shift) without any particular generator's
-fingerprint, so a detector trained on it as "fake" has to learn those generic traces.
+frequency changes; the source and the face mask then move and scale a little together (the
+paper's `randaffine` moves both). The source is pasted into the target under the softened mask.
+The result carries the traces a face swap leaves (a blending boundary, mismatched colour,
+resampling, a landmark shift) without any particular generator's fingerprint, so a detector
+trained on it as "fake" has to learn those generic traces.
 
-The paper's mask is the convex hull of 68 facial landmarks (brows to chin, cheek to cheek). Our
+As in the paper, the target itself is the pseudo-fake's real counterpart: the two differ only under
+the mask. When the colour change went to the target, the whole real counterpart carries it too, so
+"globally altered" is no cue for "fake". The loader puts both in the batch (real, then fake) and
+augments them identically (train/data/loader.py).
+
+The paper's mask is the convex hull of dlib's 81 facial landmarks (68 a quarter of the time). Our
 crops carry only MTCNN's five points (eyes, nose, mouth corners), whose hull covers little more than
 the eyes-to-mouth triangle. So the mask here is an ellipse fitted to the five points instead: centred
 a little below the eyes, oriented along the eyes-to-mouth direction, its axes scaled from the eye
 distance and the eyes-to-mouth distance so that it reaches the brows and the chin. Without landmarks
 it is the ellipse inscribed in the face box that the crop's margin implies. Its outline is then
 deformed at random (axis scales, rotation, offset, a low-frequency wobble of the boundary) in place
-of the paper's elastic warp of the hull.
+of the paper's elastic warp of the hull. What that changes: the paper's 81-point hull follows the
+jaw line and the forehead of each face, its mask edge lies on the face's own contour; an ellipse
+from five points lies near it on frontal faces, and crosses cheek or background on turned ones.
 
 Everything random comes from the caller's `numpy.random.Generator`, so a seed reproduces a sample
 byte for byte in any loader worker.
@@ -41,19 +49,23 @@ MIN_MASK_FRACTION = 0.02
 LANDMARK_REACH = 0.75
 
 
-def self_blend(image: torch.Tensor, landmarks, rng: np.random.Generator, margin: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+def self_blend(image: torch.Tensor, landmarks, rng: np.random.Generator,
+               margin: float = 0.3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """image: 3 x H x W uint8 face crop (square, H == W usually). landmarks: None, or MTCNN's five points
     (left eye, right eye, nose, left mouth corner, right mouth corner) as [[x, y], ...] in fractions of the
-    crop's width and height (0..1). Returns (the self-blended image, 3 x H x W uint8; the blending mask,
-    H x W float32 in [0, 1])."""
+    crop's width and height (0..1). Returns (the real counterpart: the target, 3 x H x W uint8; the
+    self-blended pseudo-fake, 3 x H x W uint8; the blending mask, H x W float32 in [0, 1]). Off the mask
+    the pseudo-fake is exactly the real counterpart."""
     _check_image(image)
     height, width = image.shape[1:]
     # The mask first: bad landmarks should fail before any work is done.
     face = mask_from_landmarks((height, width), landmarks, rng, margin)
-    mask = torch.from_numpy(soften_mask(face, rng))
     pixels = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
     source, target = source_and_target(pixels, rng)
-    return blend(_to_tensor(source), _to_tensor(target), mask), mask
+    source, face = move_together(source, face, rng)
+    mask = torch.from_numpy(soften_mask(face, rng))
+    real = _to_tensor(target)
+    return real, blend(_to_tensor(source), real, mask), mask
 
 
 def blend(source: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -99,18 +111,31 @@ def soften_mask(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def source_and_target(pixels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two H x W x 3 uint8 copies of `pixels`: colour and frequency changes go to one of them at random
-    (the paper alters either side so that neither the pasted face nor its surroundings alone betray it);
-    the source also gets a small scale and shift, the landmark mismatch of a face swap."""
+    (the paper alters either side, so that neither the pasted face nor its surroundings alone betray it)."""
     altered = _frequency_change(_colour_change(pixels, rng), rng)
     if rng.random() < 0.5:
-        source, target = altered, pixels
-    else:
-        source, target = pixels, altered
-    return _shift_and_scale(source, rng), target
+        return altered, pixels
+    return pixels, altered
+
+
+def move_together(source: np.ndarray, face: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The source (H x W x 3 uint8) and the hard face mask (H x W, 0 or 1) scaled by 0.95..1/0.95 about
+    the centre and shifted up to 3% across and 1.5% up or down, the same map for both (the paper's
+    `randaffine` ranges): the mask stays on the moved face, and the mismatch with the target is the
+    landmark shift of a face swap. What comes in from outside is black (mask 0)."""
+    height, width = face.shape
+    scale = rng.uniform(0.95, 1 / 0.95)
+    dx, dy = rng.uniform(-0.03, 0.03) * width, rng.uniform(-0.015, 0.015) * height
+    cx, cy = width / 2, height / 2
+    # PIL wants the map from output to input pixels: the inverse of x -> scale (x - c) + c + d.
+    coeffs = (1 / scale, 0, cx - (cx + dx) / scale, 0, 1 / scale, cy - (cy + dy) / scale)
+    moved = np.asarray(Image.fromarray(source).transform((width, height), Image.AFFINE, coeffs, resample=Image.BILINEAR))
+    mask = np.asarray(Image.fromarray(face.astype(np.float32)).transform((width, height), Image.AFFINE, coeffs, resample=Image.BILINEAR))
+    return moved, (mask >= 0.5).astype(np.float32)
 
 
 def gallery(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Image.Image:
-    """(original, mask, blended) per row -> one RGB grid, a row per sample, for a look in MLflow. Tiles
+    """(real counterpart, mask, pseudo-fake) per row -> one RGB grid, a row per sample, for a look in MLflow. Tiles
     are as large as the largest image; smaller ones sit in their tile's top-left corner on black."""
     if not rows:
         raise ValueError("gallery needs at least one row")
@@ -119,7 +144,7 @@ def gallery(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Imag
     canvas = np.zeros((tile_h * len(rows), tile_w * 3, 3), np.uint8)
     for r, row in enumerate(rows):
         if len(row) != 3:
-            raise ValueError(f"gallery row {r} has {len(row)} items, expected (original, mask, blended)")
+            raise ValueError(f"gallery row {r} has {len(row)} items, expected (real, mask, pseudo-fake)")
         for c, item in enumerate(row):
             tile = _as_rgb(item)
             h, w = tile.shape[:2]
@@ -265,19 +290,6 @@ def _frequency_change(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     kernel = [-alpha] * 4 + [1 - alpha + alpha * (8 + lightness)] + [-alpha] * 4
     # PIL divides by the kernel's sum, so sharpening keeps the brightness; brightness is drawn above.
     return np.asarray(image.filter(ImageFilter.Kernel((3, 3), kernel)))
-
-
-def _shift_and_scale(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Scale 0.95..1.05 about the centre, shift up to 3% across and 1.5% down (the paper's ranges),
-    same size out; what comes in from outside is black, far from any face mask."""
-    image = Image.fromarray(pixels)
-    width, height = image.size
-    scale = rng.uniform(0.95, 1.05)
-    dx, dy = rng.uniform(-0.03, 0.03) * width, rng.uniform(-0.015, 0.015) * height
-    cx, cy = width / 2, height / 2
-    # PIL wants the map from output to input pixels: the inverse of x -> scale (x - c) + c + d.
-    coeffs = (1 / scale, 0, cx - (cx + dx) / scale, 0, 1 / scale, cy - (cy + dy) / scale)
-    return np.asarray(image.transform((width, height), Image.AFFINE, coeffs, resample=Image.BILINEAR))
 
 
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:

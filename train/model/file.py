@@ -104,7 +104,8 @@ def card_model_config(card: dict, model_uri: str) -> ModelConfig:
     """The architecture a card names, for weights that come from the model file itself: the card's
     `pretrained` (a URI) is not read, and a timm name that would fetch a config from elsewhere
     (`hf-hub:...`, `local-dir:...`) is refused."""
-    cfg = ModelConfig(**card["model"])
+    # A card written before model.svd_parts existed: its SVD layers were never split.
+    cfg = ModelConfig(**({"svd_parts": {}} | card["model"]))
     try:
         cfg.check()  # model.timm_args may not name a file to read, nor anything else the card should not choose
     except ValueError as e:

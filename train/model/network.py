@@ -19,4 +19,5 @@ def build_model(cfg: ModelConfig, decompose: bool = True) -> torch.nn.Module:
         raise ValueError(f"model.name {cfg.name!r}: {e}") from e
     if cfg.pretrained:
         load_weights(model, cfg.pretrained, cfg.name, cfg.timm_args)
-    return trainable.apply(model, cfg.trainable, cfg.svd_rank, cfg.svd_layers, decompose=decompose)
+    return trainable.apply(model, cfg.trainable, cfg.svd_rank, cfg.svd_layers, decompose=decompose, svd_parts=cfg.svd_parts,
+                           orth_weight=cfg.svd_orth_weight, keepsv_weight=cfg.svd_keepsv_weight)
