@@ -234,6 +234,9 @@ class ModelConfig:
     # What trains (train/model/trainable.py): all | layernorm (normalisation layers and the head) | head |
     # svd (a rank-`svd_rank` residual of each linear layer named by `svd_layers`, and the head).
     trainable: str = "all"
+    # The classifier's input: the features as they are (linear), or L2-normalised first (l2norm:
+    # GenD's head; optim.uniformity_weight and optim.alignment_weight act on those features).
+    head: str = "linear"
     svd_rank: int = 1
     # Linear layers given an SVD residual: module names ending with one of these (timm ViTs'
     # attention projections, as Effort adapts CLIP's).
@@ -249,6 +252,8 @@ class ModelConfig:
     def check(self) -> None:
         if self.trainable not in TRAINABLE:
             raise ConfigError(f"model.trainable must be {', '.join(TRAINABLE[:-1])} or {TRAINABLE[-1]}, got {self.trainable!r}")
+        if self.head not in ("linear", "l2norm"):
+            raise ConfigError(f"model.head must be linear or l2norm, got {self.head!r}")
         if self.svd_rank < 1:
             raise ConfigError(f"model.svd_rank must be at least 1, got {self.svd_rank}")
         if not isinstance(self.svd_parts, dict) or not all(isinstance(n, int) and n >= 1 for n in self.svd_parts.values()):
@@ -283,6 +288,35 @@ class OptimConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     seed: int = 0
+    # After the warm-up: cosine to min_lr over the run (cosine), or restarted every cycle_epochs
+    # (cyclic: GenD's cosine annealing with warm restarts), or held at lr (constant).
+    schedule: str = "cosine"
+    cycle_epochs: int = 10
+    min_lr: float = 0.0
+    # Binary targets pulled towards 0.5 by this much (the DFDC winner's 0.01): y (1 - s) + s / 2.
+    label_smoothing: float = 0.0
+    # GenD's metric-learning terms on the L2-normalised features (model.head: l2norm): weights of
+    # the uniformity and the label-aware alignment losses (Wang & Isola, 2020); GenD uses 0.5 and 0.1.
+    uniformity_weight: float = 0.0
+    alignment_weight: float = 0.0
+
+    def check(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.cycle_epochs < 1:
+            raise ConfigError(f"optim.cycle_epochs must be at least 1, got {self.cycle_epochs}")
+        if not 0.0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"optim.min_lr must be between 0 and optim.lr ({self.lr:g}), got {self.min_lr:g}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if min(self.uniformity_weight, self.alignment_weight) < 0:
+            raise ConfigError("optim.uniformity_weight and optim.alignment_weight are loss weights, 0 or more")
+
+
+SCHEDULES = ("cosine", "cyclic", "constant")
+# eval.select: which checkpoint becomes the run's model -> (report metric, best is "max" or "min")
+SELECT = {"best_video_auc": ("val_video_auc", "max"), "best_video_ap": ("val_video_ap", "max"),
+          "best_video_log_loss": ("val_video_log_loss", "min")}
 
 
 @dataclass
@@ -341,6 +375,10 @@ class EvalConfig:
     gpus_per_task: float = 0.0
     bins: int = 15  # calibration bins (ECE, reliability diagram)
     out: str = "eval"  # local folder for metrics.json and plots (under $DFDC_HOME when relative)
+    # The checkpoint that becomes the run's model file: the last one, or the epoch end with the best
+    # val metric (best_video_auc | best_video_ap | best_video_log_loss; GenD keeps its best val video AP). Ray
+    # keeps ray.num_to_keep checkpoints by that metric, and the latest, for resuming.
+    select: str = "last"
 
 
 @dataclass
@@ -487,6 +525,10 @@ def config_from_dict(data: dict) -> Config:
         check = getattr(getattr(cfg, section.name), "check", None)
         if check:
             check()
+    if cfg.eval.select not in ("last", *SELECT):
+        raise ConfigError(f"eval.select must be last or one of {', '.join(SELECT)}, got {cfg.eval.select!r}")
+    if (cfg.optim.uniformity_weight or cfg.optim.alignment_weight) and cfg.model.head != "l2norm":
+        raise ConfigError("optim.uniformity_weight and optim.alignment_weight act on the L2-normalised features: they need model.head=l2norm")
     if cfg.budget.dollars is not None and not cfg.ray.interrupt_check_steps:
         raise ConfigError("budget.dollars needs ray.interrupt_check_steps above 0: the budget is checked at those steps")
     low, high = cfg.ray.workers()

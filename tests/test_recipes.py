@@ -17,6 +17,7 @@ from tests.test_train import load_fp32, train_cfg
 from train.data import ledger
 from train.data.loader import epoch_loader, sbi_gallery_rows
 from train.model import build_model
+from train.model.file import read_card
 from train.data.order import batches_left
 from train.run import run
 from train.data.index import train_set_of
@@ -113,12 +114,23 @@ FROZEN_SVD = ["model.name=test_vit", "model.timm_args={img_size: 48, patch_size:
 
 
 def test_a_frozen_encoder_trains_only_its_chosen_parameters_through_ray_train(shards, tmp_path, ray_address):
-    """LayerNorm tuning with paired batches. (SVD tuning with SBI on real-only epochs is checked the
-    same way on test_train.py's ZeRO-1 offload run: one Ray Train run fewer.)"""
+    """GenD in miniature: LayerNorm tuning with paired batches, the classifier on L2-normalised
+    features, uniformity and alignment losses, a cyclic schedule, and the model taken from the epoch
+    with the best val log loss (Ray keeps it by that metric beside the latest). (SVD tuning with SBI
+    on real-only epochs is checked the same way on test_train.py's ZeRO-1 offload run.)"""
     cfg = train_cfg(shards, tmp_path, "model.name=test_vit", "model.timm_args={img_size: 48, patch_size: 8}",
-                    "model.trainable=layernorm", "optim.epochs=1", "optim.lr=0.01", "data.ledger=true", "data.pairing=video",
+                    "model.trainable=layernorm", "model.head=l2norm", "optim.uniformity_weight=0.5", "optim.alignment_weight=0.1",
+                    "optim.schedule=cyclic", "optim.cycle_epochs=1", "optim.epochs=3", "optim.lr=0.01", "data.ledger=true",
+                    "data.pairing=video", "eval.select=best_video_log_loss", "ray.num_to_keep=1", "ray.checkpoint_every_steps=3",
                     "eval.fit_temperature=false")
-    check_frozen_run(cfg, run(cfg, tmp_path))
+    out = run(cfg, tmp_path)
+    check_frozen_run(cfg, out)
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    epochs = {m.step: m.value for m in client.get_metric_history(out["mlflow_run_id"], "epoch")}
+    losses = [(m.value, -m.step, epochs[m.step]) for m in client.get_metric_history(out["mlflow_run_id"], "val_video_log_loss")]
+    assert len(losses) == 3
+    best = min(losses)[2]  # the lowest log loss; of a tie, the later epoch
+    assert read_card(out["model"])["epoch"] == best, (read_card(out["model"])["epoch"], losses)
 
 
 def check_frozen_run(cfg, out: dict) -> None:
@@ -141,7 +153,7 @@ def check_frozen_run(cfg, out: dict) -> None:
     assert int(run_info.data.params["total_params"]) > 20 * len(trains)
     artifacts = {a.path for a in mlflow.MlflowClient(cfg.tracking.uri).list_artifacts(out["mlflow_run_id"])}
     assert ("sbi_gallery.png" in artifacts) == (cfg.data.sbi > 0)
-    # The ledger: every sample of the epoch once (with pairs; without the fakes)
+    # The ledger: every sample of each epoch once (with pairs; without the fakes)
     keys = ledger.train_keys(cfg.data.dataset, fakes=cfg.data.fakes)
-    [epoch] = ledger.check(f"s3://test/runs/{cfg.ray.run_name}", keys)
-    assert epoch.ok and epoch.once == epoch.end, epoch
+    epochs = ledger.check(f"s3://test/runs/{cfg.ray.run_name}", keys)
+    assert len(epochs) == cfg.optim.epochs and all(e.ok and e.once == e.end for e in epochs), epochs

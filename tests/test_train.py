@@ -256,6 +256,14 @@ def test_resume_allows_some_changes_and_refuses_others_naming_the_key():
     with pytest.raises(ResumeError, match=r"model[.]trainable was 'all' and is now 'head'"):
         check_resume(TrainState(epoch=1, step=40, world_size=2, config=old),
                      load_config(None, ["data.batch_size=8", "model.trainable=head"]), 2, "ckpt")
+    # ... except model.svd_parts, whose default came in with the split: before it, SVD layers were whole
+    unsplit = saved.config | {"model": {k: v for k, v in saved.config["model"].items() if k != "svd_parts"}}
+    with pytest.raises(ResumeError, match=r"model[.]svd_parts was \{\} and is now \{'attn.qkv': 3\}"):
+        check_resume(TrainState(epoch=1, step=40, world_size=2, config=unsplit), load_config(None, ["data.batch_size=8"]), 2, "ckpt")
+    check_resume(TrainState(epoch=1, step=40, world_size=2, config=unsplit),
+                 load_config(None, ["data.batch_size=8", "model.svd_parts={}"]), 2, "ckpt")
+    with pytest.raises(ResumeError, match=r"model[.]head was 'linear' and is now 'l2norm'"):
+        check_resume(saved, load_config(None, ["data.batch_size=8", "model.head=l2norm"]), 2, "ckpt")
 
 
 @pytest.mark.parametrize("value, expected", [(2, (2, 2)), ("1..3", (1, 3)), ("4", (4, 4))])

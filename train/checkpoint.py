@@ -89,6 +89,8 @@ FIXED_ON_RESUME = {
     "model.trainable": "the checkpoint's optimizer state covers the parameters that trained",
     "model.svd_rank": "the checkpoint holds SVD residuals of that rank",
     "model.svd_layers": "the checkpoint holds SVD residuals of those layers",
+    "model.svd_parts": "the checkpoint holds one SVD residual per block of those layers",
+    "model.head": "the weights learnt with the head's input normalised (l2norm) or not (linear)",
     "model.timm_args": "the checkpoint holds the weights of the model those arguments build",
     "data.pairing": "the saved position is a place in that order",
     "data.fakes": "the saved position counts the samples of an epoch with (or without) the fakes",
@@ -98,6 +100,9 @@ FIXED_ON_RESUME = {
 
 
 _MISSING = object()
+# What a key added later meant in a checkpoint written before it, where that differs from today's
+# default: SVD layers were not split before model.svd_parts.
+_BEFORE_THE_KEY = {"model.svd_parts": {}}
 
 
 def _get(config: dict, key: str, missing=None):
@@ -123,7 +128,7 @@ def check_resume(saved: TrainState, cfg: Config, world_size: int | None, where: 
         # A key added after the checkpoint was written had its default then (model.trainable: all).
         old_value = _get(saved.config, key, _MISSING)
         if old_value is _MISSING:
-            old_value = _get(defaults, key)
+            old_value = _BEFORE_THE_KEY.get(key, _get(defaults, key))
         new_value = _get(new, key)
         if saved.config and old_value != new_value:
             raise ResumeError(f"cannot resume from {where}: {key} was {old_value!r} and is now {new_value!r} ({why}); "

@@ -48,14 +48,21 @@ def deepspeed_config(cfg: Config, world_size: int, universal: bool = False) -> d
     return out
 
 
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up to the base LR, then cosine to zero at `total` optimizer steps."""
+def lr_lambda(warmup: int, total: int, schedule: str = "cosine", cycle: int = 0, floor: float = 0.0):
+    """Linear warm-up to the base LR, then (cosine) cosine to `floor` (a fraction of the base LR) at
+    `total` optimizer steps; (cyclic) cosine to `floor` over every `cycle` steps after the warm-up,
+    then back to the base LR (cosine annealing with warm restarts); (constant) the base LR."""
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if schedule == "constant":
+            return 1.0
+        if schedule == "cyclic":
+            progress = ((step - warmup) % max(1, cycle)) / max(1, cycle)
+        else:
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
 
@@ -80,7 +87,10 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_ste
     else:
         # fused: one kernel for the whole update on CUDA, instead of several per parameter tensor.
         optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=cuda)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.warmup_steps, total_steps))
+    o = cfg.optim
+    cycle = round(total_steps / max(1, o.epochs) * o.cycle_epochs)  # the run's steps per epoch, times the cycle's epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.warmup_steps, total_steps, o.schedule, cycle,
+                                                                       o.min_lr / o.lr if o.lr else 0.0))
     # On a GPU, the device this process uses now (the one Ray Train gave the rank), not DeepSpeed's
     # guess from LOCAL_RANK, which is wrong when workers share a GPU.
     args = types.SimpleNamespace(device_rank=torch.cuda.current_device()) if cuda else None

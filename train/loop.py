@@ -12,12 +12,11 @@ from collections import Counter
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from dfdc import storage
-from dfdc.config import Config, config_from_dict
+from dfdc.config import Config, OptimConfig, config_from_dict
 from data_pipeline import manifest as mf
-from train import checkpoint, cost, tracking
+from train import checkpoint, cost, objective, tracking
 from train.checkpoint import TrainState
 from train.data.loader import resampled_loader, sbi_gallery_rows, train_loader, unreadable_total, val_loader
 from train.data.ledger import Ledger, start_attempt
@@ -70,15 +69,14 @@ def planned_steps(samples: int, cfg: Config, world: int, saved: TrainState | Non
     return max(1, saved.step // accum + left)
 
 
-def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """One micro-batch: forward, loss, backward, and the optimizer step once `optim.grad_accum`
-    micro-batches are in. Inputs already on the engine's device (engine.to_device). Returns the loss
-    as a device tensor: reading it waits for the accelerator, so callers read it only now and then."""
+def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None,
+               optim: OptimConfig | None = None) -> torch.Tensor:
+    """One micro-batch: forward, loss (train/objective.py; `optim` adds a recipe's terms), backward,
+    and the optimizer step once `optim.grad_accum` micro-batches are in. Inputs already on the
+    engine's device (engine.to_device). Returns the loss as a device tensor: reading it waits for the
+    accelerator, so callers read it only now and then."""
     logits = engine(images).squeeze(1).float()
-    loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
-    penalty = trainable.regularisation(engine.module)  # Effort's, when model.svd_*_weight asks for them
-    if penalty is not None:
-        loss = loss + penalty.float()
+    loss = objective.loss(logits, labels, engine.module, optim, pos_weight)
     engine.backward(loss)
     engine.step()
     return loss.detach()
@@ -167,6 +165,7 @@ def val_metrics(videos: list[str], labels: list[int], probs: list[float], rule: 
         "frame_auc": metrics.roc_auc(labels, probs),
         "video_log_loss": metrics.log_loss(y, p, clip),
         "video_auc": metrics.roc_auc(y, p),
+        "video_ap": metrics.average_precision(y, p),
         "videos": float(len(y)),
     }
 
@@ -248,7 +247,7 @@ def train_func(config: dict) -> None:
                                        f"{state.position + rank * cfg.data.batch_size}: the loader's order is broken")
                 window.got_batch()
                 images, labels = to_device(batch.images, batch.labels, engine)
-                loss = train_step(engine, images, labels, weight)
+                loss = train_step(engine, images, labels, weight, cfg.optim)
                 window.add(loss)
                 epoch_loss += loss
                 state.step += 1
@@ -268,7 +267,7 @@ def train_func(config: dict) -> None:
                     if ledger:
                         ledger.flush()  # before the checkpoint: every batch before its position is on record
                     report = {"epoch": epoch, "step": state.step, "position": state.position,
-                              "train_loss": float(epoch_loss) / done, **_cost(meter, state),
+                              "train_loss": float(epoch_loss) / done, **_cost(meter, state), **_unscored(cfg),
                               **({"budget_stopped": 1.0} if over_budget else {})}
                     checkpoint.save(engine, state, report, rank, cfg.data.image_size)
                     window.restart()
@@ -296,6 +295,14 @@ def train_func(config: dict) -> None:
         if rank == 0:
             tracking.log_metrics(meter.metrics(), step=state.step)
             tracking.set_tags({"dfdc.cost": meter.summary()})
+
+
+def _unscored(cfg: Config) -> dict[str, float]:
+    """A mid-epoch checkpoint has no val metric: NaN for the one eval.select ranks checkpoints by, so
+    that Ray ranks it below every epoch end (and logs no missing key)."""
+    from dfdc.config import SELECT  # noqa: PLC0415
+
+    return {SELECT[cfg.eval.select][0]: float("nan")} if cfg.eval.select in SELECT else {}
 
 
 def _meter(cfg: Config, driver: dict | None, state: TrainState, rank: int, world: int) -> cost.Meter | None:

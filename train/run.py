@@ -93,7 +93,7 @@ def run(cfg: Config, home: Path, log=print, callbacks: list | None = None, recla
 
 
 def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
+    from ray.train import FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
 
     from dfdc.ray_tasks import connect, runtime_env  # noqa: PLC0415
@@ -128,7 +128,7 @@ def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
                                      elastic_resize_monitor_interval_s=cfg.ray.elastic_resize_interval_s),
         run_config=RunConfig(
             name=cfg.ray.run_name, storage_path=path, storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
+            checkpoint_config=checkpoint_config(cfg),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures,
                                          max_preemption_failures=cfg.ray.max_preemption_failures),
             worker_runtime_env=runtime_env(),  # the tracking URI travels in the config
@@ -136,7 +136,7 @@ def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
         ),
     )
     result = trainer.fit()
-    final = write_final_model(result.checkpoint, cfg)
+    final = write_final_model(selected_checkpoint(result, cfg), cfg)
     calibration = {}
     if final and cfg.eval.fit_temperature:
         from train.evaluation.calibrate import calibrate  # noqa: PLC0415
@@ -156,8 +156,37 @@ def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
     return out
 
 
+def checkpoint_config(cfg: Config):
+    """Ray keeps ray.num_to_keep checkpoints: the latest ones, or with eval.select the best by its
+    val metric (and always the latest, which a resume starts from)."""
+    from ray.train import CheckpointConfig  # noqa: PLC0415
+
+    from dfdc.config import SELECT  # noqa: PLC0415
+
+    if cfg.eval.select not in SELECT:
+        return CheckpointConfig(num_to_keep=cfg.ray.num_to_keep)
+    metric, mode = SELECT[cfg.eval.select]
+    return CheckpointConfig(num_to_keep=cfg.ray.num_to_keep, checkpoint_score_attribute=metric, checkpoint_score_order=mode)
+
+
+def selected_checkpoint(result, cfg: Config):
+    """The checkpoint that becomes the model: the last, or the best epoch end by eval.select, the later
+    one of a tie (a NaN metric, as a mid-epoch checkpoint or a one-class val split gives, never wins)."""
+    import math  # noqa: PLC0415
+
+    from dfdc.config import SELECT  # noqa: PLC0415
+
+    if cfg.eval.select not in SELECT or not result.best_checkpoints:
+        return result.checkpoint
+    metric, mode = SELECT[cfg.eval.select]
+    sign = 1.0 if mode == "max" else -1.0
+    scored = [(sign * m[metric], m.get("step", 0), c) for c, m in result.best_checkpoints
+              if isinstance(m.get(metric), (int, float)) and not math.isnan(m[metric])]
+    return max(scored, key=lambda x: x[:2])[2] if scored else result.checkpoint  # a tie: the later one
+
+
 def write_final_model(ckpt, cfg: Config) -> dict | None:
-    """The consolidated fp32 weights of the last checkpoint, checked against the engine's probe
+    """The consolidated fp32 weights of `ckpt` (selected_checkpoint's), checked against the engine's probe
     outputs, saved beside the run with their card and logged to MLflow."""
     if ckpt is None:
         return None
