@@ -234,7 +234,6 @@ class EpochStream(torch.utils.data.IterableDataset):
         finally:  # closed early or failed: do not wait for a fetch nobody will use (it may be sleeping between retries)
             pool.shutdown(wait=False, cancel_futures=True)
 
-
     def items(self, sample, epoch: int, sample_id: int) -> list[tuple]:
         """A sample's training items: itself, or with data.sbi its real counterpart and its pseudo-fake,
         transformed together (one draw of every random augmentation for both). The pair's second item
