@@ -34,7 +34,7 @@ class Summary:
 
 def ingest(source: str, dest: str, cfg: Config, dataset: str | None = None, progress: bool = True, log=print) -> Summary:
     existing = mf.read_json(storage.join(dest, mf.MANIFEST))
-    dataset, scan = discover(source, dataset)
+    dataset, scan = discover(source, dataset, cfg.ingest.include)
     records = assign_splits(scan.records, cfg.ingest.seed, cfg.ingest.val_fraction)
     units = make_units(records, cfg.ingest.videos_per_task)
     settings = cfg.digest("ingest", "detector")
@@ -54,6 +54,7 @@ def ingest(source: str, dest: str, cfg: Config, dataset: str | None = None, prog
         "config": {"ingest": dataclasses.asdict(cfg.ingest), "detector": dataclasses.asdict(cfg.detector)},
         "units": [dataclasses.asdict(u) for u in units],
         "scan_quarantine": [dataclasses.asdict(q) for q in scan.quarantine],
+        "left_out": scan.left_out,  # by ingest.include
     }
     plan_uri = storage.join(dest, mf.PLAN)
     old_plan = mf.read_json(plan_uri)
@@ -67,7 +68,8 @@ def ingest(source: str, dest: str, cfg: Config, dataset: str | None = None, prog
     done = {u.name: mf.read_json(storage.join(dest, mf.unit_record_path(u.name))) for u in units if f"{u.name}.json" in done_files}
     todo = [u for u in units if u.name not in done]
     log(f"ingest {source} ({dataset}) -> {dest}: {len(records)} videos in {len(units)} units "
-        f"({len(done)} already done), {len(scan.quarantine)} set aside while listing")
+        f"({len(done)} already done), {len(scan.quarantine)} set aside while listing"
+        + (f", {scan.left_out} left out by ingest.include" if cfg.ingest.include else ""))
 
     by_video = {r.video: r for r in records}
     failed: list[str] = []

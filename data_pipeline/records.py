@@ -72,3 +72,4 @@ class Scan:
 
     records: list[VideoRecord] = field(default_factory=list)
     quarantine: list[Quarantined] = field(default_factory=list)
+    left_out: int = 0  # videos ingest.include did not ask for

@@ -110,6 +110,31 @@ def test_faceforensics(bucket):
     assert reasons(scan) == {("manipulated_sequences/Deepfakes/c23/videos/oops.mp4", "unrecognised_path")}
 
 
+def test_a_subset_of_faceforensics_by_include(bucket):
+    """FF++'s protocol: its c23 videos of the four methods and their YouTube originals; DFD, other
+    compressions and FaceShifter left out and counted, not quarantined."""
+    files = {f"original_sequences/youtube/{c}/videos/{n}.mp4": V for c in ("c23", "c40") for n in ("000", "003")}
+    files |= {f"manipulated_sequences/{m}/{c}/videos/003_000.mp4": V
+              for m in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter") for c in ("c23", "c40")}
+    files["original_sequences/actors/c23/videos/01__walking.mp4"] = V
+    files["manipulated_sequences/DeepFakeDetection/c23/videos/01_02__walking__ABCD1234.mp4"] = V
+    files["manipulated_sequences/Deepfakes/c40/videos/oops.mp4"] = V  # left out, so not quarantined either
+    files["manipulated_sequences/FaceSwap/c23/videos/000_003.mp4"] = V  # its original 000 is kept
+    put(bucket, files)
+    include = ["original_sequences/youtube/c23/*", "manipulated_sequences/Deepfakes/c23/*", "manipulated_sequences/Face2Face/c23/*",
+               "manipulated_sequences/FaceSwap/c23/*", "manipulated_sequences/NeuralTextures/c23/*"]
+    _, scan = discover(bucket, include=include)
+    kept = by_video(scan)
+    assert set(kept) == {"original_sequences/youtube/c23/videos/000.mp4", "original_sequences/youtube/c23/videos/003.mp4",
+                         "manipulated_sequences/FaceSwap/c23/videos/000_003.mp4",
+                         *(f"manipulated_sequences/{m}/c23/videos/003_000.mp4" for m in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"))}
+    assert scan.left_out == len(files) - len(kept) and not scan.quarantine
+    assert kept["manipulated_sequences/Deepfakes/c23/videos/003_000.mp4"].original == "original_sequences/youtube/c23/videos/003.mp4"
+    # a fake kept without its original: nothing to reuse
+    _, fakes_only = discover(bucket, include=["manipulated_sequences/Deepfakes/c23/*"])
+    assert [r.original for r in fakes_only.records] == [None]
+
+
 def test_celebdf(bucket):
     put(bucket, {
         "Celeb-real/id0_0000.mp4": V, "Celeb-real/id1_0001.mp4": V, "YouTube-real/00005.mp4": V,

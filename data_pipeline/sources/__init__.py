@@ -6,6 +6,9 @@ maps every path below the source (relative) to its size.
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+
 from dfdc import storage
 from data_pipeline.records import Scan
 from data_pipeline.sources import celebdf, dfdc, faceforensics
@@ -28,8 +31,10 @@ def detect(files: dict[str, int]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def discover(source: str, dataset: str | None = None) -> tuple[str, Scan]:
-    """List `source` (a folder or an s3:// prefix) and scan it with its layout."""
+def discover(source: str, dataset: str | None = None, include: list[str] | tuple = ()) -> tuple[str, Scan]:
+    """List `source` (a folder or an s3:// prefix) and scan it with its layout. `include`
+    (ingest.include): glob patterns over the videos' paths below the source; when given, only the
+    videos matching one are kept, and the others are counted in `scan.left_out`, not quarantined."""
     if dataset is not None and dataset not in LAYOUTS:
         raise SourceError(f"--dataset {dataset!r} is not one of {', '.join(LAYOUTS)}")
     files = storage.list_files(source)
@@ -50,5 +55,18 @@ def discover(source: str, dataset: str | None = None) -> tuple[str, Scan]:
         if r.video in seen:
             raise SourceError(f"source {source}: two videos map to the same name {r.video!r}")
         seen.add(r.video)
+    if include:
+        _keep_included(scan, include)
     scan.records.sort(key=lambda r: r.video)
     return dataset, scan
+
+
+def _keep_included(scan: Scan, include) -> None:
+    """A subset of the corpus, e.g. FF++'s c23 videos of its four methods: `*` matches across
+    folders (fnmatch). A kept fake whose original was left out has no original to reuse or group by."""
+    wanted = lambda video: any(fnmatch.fnmatchcase(video, p) for p in include)  # noqa: E731
+    kept = [r for r in scan.records if wanted(r.video)]
+    names = {r.video for r in kept}
+    scan.left_out = len(scan.records) - len(kept) + sum(1 for q in scan.quarantine if not wanted(q.video))
+    scan.records = [r if r.original is None or r.original in names else dataclasses.replace(r, original=None) for r in kept]
+    scan.quarantine = [q for q in scan.quarantine if wanted(q.video)]
