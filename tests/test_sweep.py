@@ -201,7 +201,7 @@ def test_a_trial_whose_node_is_lost_resumes_from_its_checkpoint_by_itself(shards
     ids = {n.node_id for n in nodes}
     path = _write(tmp_path, shards, {"model.drop_rate": {"choice": [0.1]}})
     sets = ["sweep.name=hostkill", "sweep.trials=1", "sweep.max_concurrent_trials=1", "sweep.scheduler=none",
-            "sweep.register_as=null", f"sweep.trial_host={host}", "optim.epochs=3", "data.batch_size=2"]  # ~2 s an epoch
+            "sweep.register_as=null", f"sweep.trial_host={host}", "optim.epochs=5", "data.batch_size=2"]  # ~2 s an epoch
     env = dict(os.environ, RAY_ADDRESS=ray_address, DFDC_HOME=str(tmp_path))
     log = open(tmp_path / "sweep.log", "wb")
     dfdc = str(Path(sys.executable).parent / "dfdc")
@@ -229,13 +229,13 @@ def test_a_trial_whose_node_is_lost_resumes_from_its_checkpoint_by_itself(shards
         for n in nodes:
             n.stop()
     result = json.loads(storage.read_bytes(f"s3://test/runs/{runs[0]}/result.json"))
-    assert result["metrics"]["epoch"] == 3, result
+    assert result["metrics"]["epoch"] == 5, result
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     [child] = client.search_runs([client.get_experiment_by_name("dfdc").experiment_id], filter_string=f"attributes.run_name = '{runs[0]}'")
     assert child.data.tags["dfdc.trial_status"] == "finished", child.data.tags
     # the second attempt went on from the first one's checkpoint, before the last epoch, in the same MLflow run
     [resumed] = [m.value for m in client.get_metric_history(child.info.run_id, "resumed_at_step")]
-    assert 0 < resumed < result["metrics"]["step"] * 2 / 3, (resumed, result["metrics"])
+    assert 0 < resumed < result["metrics"]["step"] * 4 / 5, (resumed, result["metrics"])
 
     from ray.util.state import list_tasks
 
