@@ -298,6 +298,29 @@ def test_the_loaders_jpeg_decoder_gives_pils_pixels():
         decode_jpeg(b"not a jpeg at all")
 
 
+def test_a_decoder_missing_from_the_environment_fails_the_read_instead_of_skipping_samples(monkeypatch):
+    """Only a sample's own bytes may make the loader skip it. A decoder the machine lacks (simplejpeg
+    was missing from a GPU machine's packages: every sample was skipped as unreadable until
+    data.max_failed_reads ended the run) is the environment's fault: it raises at the first sample."""
+    import io
+    import tarfile
+
+    from data_pipeline.crops import encode_jpeg
+    from train.data.reader import _parse
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in [("k.jpg", encode_jpeg(np.zeros((16, 16, 3), np.uint8), 90)), ("k.json", b'{"label": 0}')]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert _parse(buf.getvalue(), "s3://b/x.tar").key == "k"
+    assert isinstance(_parse(b"not a tar", "s3://b/x.tar"), Exception)  # the sample's own bytes: skipped, named
+    monkeypatch.setitem(__import__("sys").modules, "simplejpeg", None)  # `import simplejpeg` now raises ImportError
+    with pytest.raises(ImportError):
+        _parse(buf.getvalue(), "s3://b/x.tar")
+
+
 def test_the_curl_client_answers_several_threads_at_once(shards):
     """One CurlRangeReads per process, shared by whatever thread fetches: concurrent calls each get
     their own bytes (a curl handle is not for two threads; the client serialises calls)."""
