@@ -3,15 +3,20 @@ by side in one run on this machine's accelerator (a GPU if there is one, else th
 
   in-memory  the step on one batch already on the device, over and over: the compute limit
              (on a GPU also with NCHW inputs instead of channels-last, to show what the layout buys)
-  streamed   the same step fed by the training loader (`train.data.batches`, in --order, by default the
-             epoch permutation) from face-crop shards on S3: images/s, its ratio to in-memory, and the fraction of wall time the rank
-             waited for the next batch
+  streamed   the same step fed by the training loader (`train.data.batches`, in --order) from
+             face-crop shards on S3: images/s, its ratio to in-memory, and the fraction of wall time
+             the rank waited for the next batch
+  plain      (--plain) a bare PyTorch step of the same model, trainable parts, loss and batch, with
+             no DeepSpeed: autocast, fused AdamW and channels-last weights on a GPU
+
+With --config, a recipe's own model, trainable parts, head, losses, size, batch, ZeRO stage and
+precision (random weights). On a GPU, the peak memory torch held in each part.
 
 One process, one rank (world size 1, gloo on CPU or NCCL on GPU), the DeepSpeed engine the config
 builds. Without --dataset, a synthetic corpus is ingested (crops at --size) onto a throwaway local S3
 server first.
 
-Usage: python bench/train_step.py [--model efficientnet_b0] [--size 128] [--batch 8] [--steps 20]
+Usage: python bench/train_step.py [--config configs/NAME.yaml] [--set KEY=VALUE] [--plain] [--model efficientnet_b0] [--size 128] [--batch 8] [--steps 20]
            [--precision fp32] [--zero 2] [--workers 2] [--order permutation] [--dataset s3://bucket/faces]
 GPU:   python bench/train_step.py --model efficientnet_b4 --size 380 --batch 32 --precision bf16 --workers 8
 """
@@ -22,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import time
 
 import torch
@@ -38,19 +44,25 @@ def device_name() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+def step_images(cfg) -> int:
+    """Images in one step's batch: with data.sbi 1.0 (the SBI recipe) every real crop trains beside
+    its pseudo-fake, so twice data.batch_size."""
+    return cfg.data.batch_size * (2 if cfg.data.sbi == 1.0 else 1)
+
+
 def in_memory(engine, cfg, steps: int, warmup: int, channels_last: bool = True) -> float:
     """Images/s of train_step on one batch that stays on the device."""
     from train.engine import to_device  # noqa: PLC0415
     from train.loop import train_step  # noqa: PLC0415
 
-    size, batch = cfg.data.image_size, cfg.data.batch_size
+    size, batch = cfg.data.image_size, step_images(cfg)
     images, labels = to_device(torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,)).float(), engine, channels_last)
     for _ in range(warmup):
-        train_step(engine, images, labels)
+        train_step(engine, images, labels, optim=cfg.optim)
     sync()
     t = time.perf_counter()
     for _ in range(steps):
-        train_step(engine, images, labels)
+        train_step(engine, images, labels, optim=cfg.optim)
     sync()
     return steps * batch / (time.perf_counter() - t)
 
@@ -68,20 +80,21 @@ def streamed(engine, cfg, root: str, steps: int, warmup: int) -> tuple[float, fl
     urls = mf.shard_urls(root, mf.load(root), "train")
     shard_index.ensure(urls, log=lambda *_: None)  # a dataset ingested before shards had indexes
     train = train_set_of(root)
-    wait = 0.0
+    wait, images_seen = 0.0, 0
     it = iter(batches(train, urls, cfg.data, warmup + steps))
     for i in range(warmup + steps):
         if i == warmup:
             sync()
-            t0, wait = time.perf_counter(), 0.0
+            t0, wait, images_seen = time.perf_counter(), 0.0, 0
         t = time.perf_counter()
         batch = next(it)
         wait += time.perf_counter() - t
+        images_seen += len(batch.images)
         images, labels = to_device(batch.images, batch.labels, engine)
-        train_step(engine, images, labels)
+        train_step(engine, images, labels, optim=cfg.optim)
     sync()
     wall = time.perf_counter() - t0
-    return steps * cfg.data.batch_size / wall, wait / wall
+    return images_seen / wall, wait / wall
 
 
 @contextlib.contextmanager
@@ -104,17 +117,80 @@ def dataset(args, cfg):
         yield "s3://bench/faces"
 
 
+def plain(cfg, steps: int, warmup: int) -> float:
+    """Images/s of a plain PyTorch step on the same model, trainable parts, loss and batch as the
+    engine's (autocast in the config's precision, fused AdamW, channels-last inputs and weights): what
+    the GPU gives without DeepSpeed. On a CPU, fp32 and the unfused AdamW."""
+    from train import objective  # noqa: PLC0415
+    from train.model import build_model  # noqa: PLC0415
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device).train()
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
+                            weight_decay=cfg.optim.weight_decay, fused=cuda)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision)
+    size, batch = cfg.data.image_size, step_images(cfg)
+    x = torch.rand(batch, 3, size, size, device=device)
+    if cuda:
+        x = x.to(dtype or torch.float32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch,), device=device).float()
+    autocast = torch.autocast(device, dtype=dtype) if (cuda and dtype) else contextlib.nullcontext()
+
+    def step():
+        with autocast:
+            logits = model(x).squeeze(1).float()
+        loss = objective.loss(logits, y, model, cfg.optim)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    rate = steps * batch / (time.perf_counter() - t)
+    del model, opt, x
+    return rate
+
+
+def say(what: str) -> None:
+    """Each part's figure as soon as it is measured (stderr, unbuffered): a run cut short by a time
+    limit, as GPU time often is, still leaves what it measured."""
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
+def peak_gib() -> float | None:
+    """The most GPU memory torch held since the last reset, in GiB (None on a CPU)."""
+    if not torch.cuda.is_available():
+        return None
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    torch.cuda.reset_peak_memory_stats()
+    return round(peak, 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="efficientnet_b0")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--config", help="a recipe (configs/NAME.yaml): its model, trainable parts, head, losses, size, batch, "
+                                     "ZeRO stage and precision; the flags below override it. Its pretrained weights are not loaded")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a config override, repeatable")
+    ap.add_argument("--model", help="model.name (default efficientnet_b0 without --config)")
+    ap.add_argument("--size", type=int, help="data.image_size (default 128 without --config)")
+    ap.add_argument("--batch", type=int, help="data.batch_size, per rank (default 8 without --config)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    ap.add_argument("--zero", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    ap.add_argument("--order", default="permutation", choices=("permutation", "resampled"), help="data.order of the streamed run")
+    ap.add_argument("--stream-steps", type=int, help="timed steps of the streamed run (default --steps), e.g. an epoch's")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="deepspeed.precision (default fp32 without --config)")
+    ap.add_argument("--zero", type=int, help="deepspeed.zero_stage (default 2 without --config)")
+    ap.add_argument("--workers", type=int, help="data.num_workers, DataLoader workers (default 2 without --config)")
+    ap.add_argument("--order", default="permutation", choices=("blocks", "permutation", "resampled"), help="data.order of the streamed run")
+    ap.add_argument("--plain", action="store_true", help="also time a plain PyTorch step of the same model, loss and batch")
     ap.add_argument("--dataset", help="an ingested dataset (with manifest.json) to stream instead of a synthetic one")
     args = ap.parse_args()
 
@@ -125,41 +201,74 @@ def main() -> None:
     from train.engine import build_engine  # noqa: PLC0415
     from train.model import build_model  # noqa: PLC0415
 
-    cfg = load_config(None, [
-        f"model.name={args.model}", f"data.image_size={args.size}", f"data.batch_size={args.batch}",
-        f"data.num_workers={args.workers}", f"data.order={args.order}", f"deepspeed.precision={args.precision}", f"deepspeed.zero_stage={args.zero}",
+    defaults = {} if args.config else {"model": "efficientnet_b0", "size": 128, "batch": 8, "precision": "fp32", "zero": 2, "workers": 2}
+    flags = {k: getattr(args, k) if getattr(args, k) is not None else defaults.get(k)
+             for k in ("model", "size", "batch", "precision", "zero", "workers")}
+    keys = {"model": "model.name", "size": "data.image_size", "batch": "data.batch_size", "precision": "deepspeed.precision",
+            "zero": "deepspeed.zero_stage", "workers": "data.num_workers"}
+    cfg = load_config(args.config, [
+        *(f"{keys[k]}={v}" for k, v in flags.items() if v is not None), f"data.order={args.order}",
+        "model.pretrained=",  # random weights: the bench times the step, not what it learns
         "optim.warmup_steps=1",
         # the synthetic corpus: crops at the model's size, several shards
-        "synth.videos=24", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", f"ingest.crop_size={args.size}",
-        "ingest.videos_per_task=4", "ingest.val_fraction=0", "ingest.shard_bytes=2000000",
+        "synth.videos=24", "ingest.frames_per_video=8", "ingest.faces_per_frame=1", "ingest.videos_per_task=4",
+        "ingest.val_fraction=0", "ingest.shard_bytes=2000000", *args.overrides,
     ])
+    cfg.ingest.crop_size = cfg.data.image_size
+    d, m = cfg.data, cfg.model
     with dataset(args, cfg) as root:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
         if torch.cuda.is_available():
             torch.cuda.set_device(0)
+        say("started")
+        plain_rate = plain(cfg, args.steps, args.warmup) if args.plain else None
+        peak_plain = peak_gib()
+        if plain_rate is not None:
+            say(f"plain: {plain_rate:.1f} images/s, peak {peak_plain} GiB")
         torch.manual_seed(0)
         engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10**6)
+        say("engine built")
         # In-memory before and after streaming; the faster counts as the limit (whatever else ran on
         # the machine just before, e.g. the ingest's Ray workers shutting down, slows one of them).
         before = in_memory(engine, cfg, args.steps, args.warmup)
-        rate, wait = streamed(engine, cfg, root, args.steps, args.warmup)
+        peak_engine = peak_gib()
+        say(f"in-memory: {before:.1f} images/s, peak {peak_engine} GiB")
+        rate, wait = streamed(engine, cfg, root, args.stream_steps or args.steps, args.warmup)
+        peak_streamed = peak_gib()
+        say(f"streamed: {rate:.1f} images/s, data-wait {wait:.1%}, peak {peak_streamed} GiB")
         after = in_memory(engine, cfg, args.steps, args.warmup)
+        say(f"in-memory again: {after:.1f} images/s")
         nchw = in_memory(engine, cfg, args.steps, args.warmup, channels_last=False) if torch.cuda.is_available() else None
         compute = max(before, after)
         dist.destroy_process_group()
-    print(f"{args.model} at {args.size}px, batch {args.batch}, {args.precision}, ZeRO-{args.zero}, 1 rank on {device_name()}, "
-          f"{args.workers} loader workers ({args.order} order), {args.steps} timed steps after {args.warmup}")
+    trained = sum(p.numel() for p in engine.module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in engine.module.parameters())
+    print(f"{m.name} at {d.image_size}px ({m.trainable} trainable: {trained / 1e6:.1f} M of {total / 1e6:.1f} M parameters, head {m.head}), "
+          f"batch {step_images(cfg)}, {cfg.deepspeed.precision}, ZeRO-{cfg.deepspeed.zero_stage}, 1 rank on {device_name()}, "
+          f"{d.num_workers} loader workers ({args.order} order), {args.steps} timed steps after {args.warmup} "
+          f"({args.stream_steps or args.steps} streamed)"
+          + (f", config {args.config}" if args.config else ""))
     print(f"{'step fed by':12} {'images/s':>9} {'vs in-memory':>13}")
     print(f"{'in-memory':12} {compute:9.1f} {1.0:12.2f}x   (runs before and after streaming: {before:.1f}, {after:.1f})")
     print(f"{'streamed':12} {rate:9.1f} {rate / compute:12.2f}x   data-wait fraction {wait:.1%}")
     if nchw is not None:
         print(f"{'NCHW inputs':12} {nchw:9.1f} {nchw / compute:12.2f}x   (in-memory, inputs not channels-last)")
-    print(json.dumps({"device": device_name(), "model": args.model, "size": args.size, "batch": args.batch,
-                      "precision": args.precision, "zero": args.zero, "workers": args.workers, "order": args.order,
+    if plain_rate is not None:
+        print(f"{'plain torch':12} {plain_rate:9.1f} {plain_rate / compute:12.2f}x   (no DeepSpeed; the engine in-memory is "
+              f"{compute / plain_rate:.2f}x of it, streamed {rate / plain_rate:.2f}x)")
+    if peak_engine is not None:
+        print(f"peak GPU memory, GiB: engine in-memory {peak_engine}, streamed {peak_streamed}, plain {peak_plain}")
+    print(json.dumps({"device": device_name(), "config": args.config, "model": m.name, "trainable": m.trainable, "head": m.head,
+                      "trainable_params": trained, "params": total, "size": d.image_size, "batch": step_images(cfg), "stream_steps": args.stream_steps or args.steps,
+                      "precision": cfg.deepspeed.precision, "zero": cfg.deepspeed.zero_stage, "workers": d.num_workers, "order": args.order,
                       "in_memory_images_per_s": round(compute, 2), "in_memory_runs": [round(before, 2), round(after, 2)], "streamed_images_per_s": round(rate, 2),
                       "streamed_vs_in_memory": round(rate / compute, 3), "data_wait_fraction": round(wait, 3),
-                      "in_memory_nchw_images_per_s": None if nchw is None else round(nchw, 2)}))
+                      "in_memory_nchw_images_per_s": None if nchw is None else round(nchw, 2),
+                      "plain_images_per_s": None if plain_rate is None else round(plain_rate, 2),
+                      "engine_vs_plain": None if plain_rate is None else round(compute / plain_rate, 3),
+                      "streamed_vs_plain": None if plain_rate is None else round(rate / plain_rate, 3),
+                      "peak_gib": {"engine_in_memory": peak_engine, "streamed": peak_streamed, "plain": peak_plain}}))
 
 
 if __name__ == "__main__":
