@@ -211,9 +211,51 @@ def latest_complete(ckpt):
     return None
 
 
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def has_every_rank(files: list[str], world_size: int) -> bool:
+    """Whether a checkpoint's DeepSpeed files (names under its tag folder) hold every rank's part:
+    with ZeRO each rank writes its own zero_pp_rank_<r>_* files; without, rank 0 writes the model
+    states alone. Each file is one object, written whole or not at all."""
+    per_rank = [f for f in files if "zero_pp_rank_" in f]
+    if per_rank:
+        return all(any(f"zero_pp_rank_{r}_" in f for f in per_rank) for r in range(max(1, world_size)))
+    return "mp_rank_00_model_states.pt" in files
+
+
+def newest_stored(cfg: Config):
+    """The newest checkpoint in the run's folder with its state and every rank's files (a
+    ray.train.Checkpoint), read from storage rather than from Ray Train's record; None if none."""
+    import pyarrow.fs as pafs  # noqa: PLC0415
+    import ray.train  # noqa: PLC0415
+
+    from train.run import storage_for_ray  # noqa: PLC0415
+
+    root, fs = storage_for_ray(cfg.ray.storage_path)
+    fs = fs or pafs.LocalFileSystem()
+    folder = f"{root.rstrip('/')}/{cfg.ray.run_name}"
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(folder))
+    except (FileNotFoundError, OSError):
+        return None
+    for path in sorted((i.path for i in entries if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")),
+                       reverse=True):
+        if fs.get_file_info(f"{path}/{STATE}").type != pafs.FileType.File:
+            continue
+        with fs.open_input_stream(f"{path}/{STATE}") as f:
+            state = TrainState.from_json(f.read().decode())
+        tagged = fs.get_file_info(pafs.FileSelector(f"{path}/{TAG}", allow_not_found=True))
+        if has_every_rank([i.base_name for i in tagged], state.world_size):
+            return ray.train.Checkpoint(path, filesystem=fs)
+    return None
+
+
 def latest_state(run_uri: str) -> tuple[TrainState, str] | None:
-    """The state of the newest complete checkpoint under a run's folder (local or s3://) and that
-    checkpoint's URI, read by the driver before any worker starts; None for a new run."""
+    """The state of the newest complete checkpoint under a run's folder (local or s3://: its state
+    and every rank's files, as the workers' `find` requires) and that checkpoint's URI, read by the
+    driver before any worker starts; None for a new run."""
     fs, root = storage.filesystem(run_uri)
     with storage.named(run_uri):
         try:
@@ -224,9 +266,16 @@ def latest_state(run_uri: str) -> tuple[TrainState, str] | None:
     for name in (n for n in names if n.startswith("checkpoint_")):
         uri = storage.join(run_uri, name)
         try:
-            return TrainState.from_json(storage.read_bytes(storage.join(uri, STATE))), uri
+            state = TrainState.from_json(storage.read_bytes(storage.join(uri, STATE)))
         except FileNotFoundError:
             continue
+        try:
+            with storage.named(uri):
+                tagged = fs.ls(f"{root.rstrip('/')}/{name}/{TAG}", detail=False, refresh=True)  # not a listing cached mid-upload
+        except FileNotFoundError:
+            tagged = []
+        if has_every_rank([posixpath.basename(t.rstrip("/")) for t in tagged], state.world_size):
+            return state, uri
     return None
 
 
@@ -247,6 +296,15 @@ def find(cfg: Config, world_size: int, dataset_digest: str | None = None) -> Fou
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         ckpt = latest_complete(ckpt)
+    stored = newest_stored(cfg)
+    if stored is not None and (ckpt is None or _name(stored.path) > _name(ckpt.path)):
+        # Ray Train records a checkpoint only after every rank has uploaded its files; a controller
+        # lost in between (its node died) leaves a whole checkpoint in the run's folder that Ray's
+        # record does not name, and the driver, reading the folder, said it resumes from it.
+        log.warning("Ray Train's record of run %s ends at %s, but the run's folder holds the newer complete checkpoint "
+                    "%s (the record was lost with its controller): resuming from that", cfg.ray.run_name,
+                    ckpt.path if ckpt is not None else "no checkpoint", stored.path)
+        ckpt = stored
     if ckpt is None:
         return None
     with ckpt.as_directory() as d, open(os.path.join(d, STATE)) as f:
