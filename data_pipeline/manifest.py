@@ -124,6 +124,22 @@ def _check_shard(where: str, shard: dict) -> None:
         raise ManifestError(f"{where}: shard url {url!r} is not a .tar file")
 
 
+def crop_margin(manifest: dict) -> float:
+    """The margin the dataset's crops were cut with around each face box (ingest.margin): where the
+    box lies in a crop. Manifests that do not record it were ingested at the default, 0.3."""
+    return float(manifest.get("config", {}).get("ingest", {}).get("margin", 0.3))
+
+
+def check_face_margin(widest: float, manifest: dict, dataset: str, what: str) -> None:
+    """Crops hold `margin` of the face box's longer side beyond the box on every side (a square of
+    side x (1 + 2 margin)): a cut with a wider margin than that would be clipped, so it is refused."""
+    margin = crop_margin(manifest)
+    if widest > margin + 1e-9:
+        raise ManifestError(f"{what} asks for up to {widest:g} of the face box around it, but {dataset} was ingested with "
+                            f"ingest.margin={margin:g}: its crops hold no more. Ingest with ingest.margin >= {widest:g} "
+                            f"or lower {what}")
+
+
 def shard_urls(dataset_uri: str, manifest: dict, split: str) -> list[str]:
     """The URLs of a split's shards ("all": every shard), each checked to lie below `dataset_uri`."""
     return [storage.child(dataset_uri, s["url"]) for s in manifest["shards"] if split == "all" or s["split"] == split]

@@ -194,8 +194,22 @@ class DataConfig:
     sbi: float = 0.0
     # false: the epoch holds the dataset's real crops only (with data.sbi: the SBI paper's setting).
     fakes: bool = True
+    # [low, high]: in training, each crop is cut again around its face box (each sample's metadata),
+    # each side with its own random margin in this range, a fraction of the box's width or height
+    # (SBI's [0.05, 0.2]); then resized to data.image_size. None: the ingested square crop as it is.
+    face_margin: list[float] | None = None
+    # The same cut with one margin on every side for validation, `dfdc evaluate` and `dfdc score`
+    # (SBI's 0.125); kept in the model card. None: the ingested crop.
+    eval_face_margin: float | None = None
 
     def check(self) -> None:
+        if self.face_margin is not None and (len(self.face_margin) != 2 or not 0 <= self.face_margin[0] <= self.face_margin[1] <= 1):
+            raise ConfigError(f"data.face_margin takes [low, high] with 0 <= low <= high <= 1 (fractions of the face box), "
+                              f"got {self.face_margin}")
+        if self.eval_face_margin is not None and not 0 <= self.eval_face_margin <= 1:
+            raise ConfigError(f"data.eval_face_margin is a fraction of the face box (0 to 1), got {self.eval_face_margin}")
+        if self.face_margin is not None and self.order == "resampled":
+            raise ConfigError("data.face_margin needs data.order=blocks or permutation (the resampled stream does not cut crops again)")
         if self.pairing not in ("none", "video"):
             raise ConfigError(f"data.pairing must be none or video, got {self.pairing!r}")
         if not 0.0 <= self.sbi <= 1.0:

@@ -121,7 +121,7 @@ def sync_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buf, 0)
 
 
-def validate(engine, shards: dict[str, int], cfg: Config, rank: int, world: int) -> dict[str, float]:
+def validate(engine, shards: dict[str, int], cfg: Config, rank: int, world: int, crop_margin: float = 0.3) -> dict[str, float]:
     """Video-level log loss and AUC on the val split, the same on every rank, and how many val
     shards (and samples) could not be read: each shard's samples are counted against the manifest's
     `shards` ({url: samples}). Ranks with fewer batches run dummy ones, so that every collective
@@ -130,7 +130,7 @@ def validate(engine, shards: dict[str, int], cfg: Config, rank: int, world: int)
     device = engine.device
     dummy = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size, device=device, dtype=input_dtype(engine))
     videos, labels, probs, seen = [], [], [], Counter()
-    it = iter(val_loader(list(shards), cfg.data, rank, world, pin_memory=device.type == "cuda"))
+    it = iter(val_loader(list(shards), cfg.data, rank, world, pin_memory=device.type == "cuda", crop_margin=crop_margin))
     with torch.no_grad():
         while True:
             batch = next(it, None)
@@ -282,7 +282,7 @@ def train_func(config: dict) -> None:
             if ledger:
                 ledger.flush()
             sync_buffers(engine.module)
-            val = validate(engine, val_shards, cfg, rank, world)
+            val = validate(engine, val_shards, cfg, rank, world, mf.crop_margin(manifest))
             state.epoch, state.position = epoch + 1, 0
             report = {"epoch": epoch + 1, "step": state.step, "position": 0,
                       "train_loss": float(epoch_loss) / batches if batches else float("nan"),

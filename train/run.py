@@ -100,11 +100,17 @@ def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
     from train import tracking  # noqa: PLC0415
     from train.loop import train_func  # noqa: PLC0415
 
+    from data_pipeline import manifest as mf  # noqa: PLC0415
+
+    manifest = mf.load(cfg.data.dataset)
+    for widest, what in ((cfg.data.face_margin and cfg.data.face_margin[1], "data.face_margin"),
+                         (cfg.data.eval_face_margin, "data.eval_face_margin")):
+        if widest is not None:
+            mf.check_face_margin(widest, manifest, cfg.data.dataset, what)
     if cfg.data.order != "resampled":  # the loader reads samples by their byte ranges
-        from data_pipeline import manifest as mf  # noqa: PLC0415
         from data_pipeline import shard_index  # noqa: PLC0415
 
-        shard_index.ensure(mf.shard_urls(cfg.data.dataset, mf.load(cfg.data.dataset), "train"), log=log)
+        shard_index.ensure(mf.shard_urls(cfg.data.dataset, manifest, "train"), log=log)
     connect(cfg.ray.address, log_to_driver=True)
     from cluster import placement  # noqa: PLC0415
 

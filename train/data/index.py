@@ -156,7 +156,7 @@ def train_set_of(dataset: str, manifest: dict | None = None, pairing: str = "non
         folder = node_index(Path(cache or Path(tempfile.gettempdir()) / "dfdc-index") / key,
                             lambda: index_arrays(urls, counts, pairing, fakes))
         train = TrainSet(urls, counts, *_map(folder), paired=pairing != "none", folder=str(folder))
-    train.margin = float(manifest.get("config", {}).get("ingest", {}).get("margin", train.margin))
+    train.margin = mf.crop_margin(manifest)
     return train
 
 

@@ -37,7 +37,7 @@ from train.data.index import TrainSet, node_order
 from train.data.reader import DataUnavailable, SampleReader
 from train.data.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
 from train.data.sbi import self_blend
-from train.data.transforms import image_transform
+from train.data.transforms import face_margin_crop, image_transform
 from train.data.workers import fork_server
 
 log = logging.getLogger(__name__)
@@ -113,9 +113,10 @@ def resampled_loader(urls: list[str], cfg: DataConfig, batches: int, seed: int, 
     return loader.with_epoch(batches)
 
 
-def val_loader(urls: list[str], cfg: DataConfig, rank: int, world: int, pin_memory: bool = False):
+def val_loader(urls: list[str], cfg: DataConfig, rank: int, world: int, pin_memory: bool = False, crop_margin: float = 0.3):
     """This rank's share of the val shards (every sample once across ranks), in order. Unreadable
-    shards are skipped here; validation counts them against the manifest."""
+    shards are skipped here; validation counts them against the manifest. `crop_margin`: the
+    ingest's (for data.eval_face_margin)."""
     mine = urls[rank::world]
     if not mine:  # fewer val shards than ranks: this rank validates nothing (the loop keeps it in step)
         return []
@@ -126,7 +127,7 @@ def val_loader(urls: list[str], cfg: DataConfig, rank: int, world: int, pin_memo
         wds.tarfile_to_samples(handler=errors),
         wds.decode("pil", only=DECODED, handler=errors),
         wds.to_tuple("jpg", "json", "__url__", "__key__", handler=errors),
-        wds.map(Decode(image_transform(cfg.image_size, False, cfg.mean, cfg.std)), handler=errors),
+        wds.map(Decode(image_transform(cfg.image_size, False, cfg.mean, cfg.std), cfg.eval_face_margin, crop_margin), handler=errors),
         wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
     )
     return _loader(pipeline, min(cfg.num_workers, max(1, len(mine))), pin_memory)
@@ -240,12 +241,24 @@ class EpochStream(torch.utils.data.IterableDataset):
         carries no key: the ledger counts samples, and the pair is one."""
         drawn = self_blended(sample, self.cfg.sbi, self.seed, epoch, sample_id, self.train.margin)
         if drawn is None:
-            return [(*decode_sample(sample.image, sample.meta, self.transform), sample.url, sample.key)]
+            image = self.recrop(sample.image, sample.meta, epoch, sample_id)
+            return [(*decode_sample(image, sample.meta, self.transform), sample.url, sample.key)]
         real, fake, _ = drawn
-        images = self.transform(torch.stack([real, fake]))
+        images = self.transform(self.recrop(torch.stack([real, fake]), sample.meta, epoch, sample_id))
         video = sample.meta["video"]
         return [(images[0], torch.tensor(0.0), video, sample.url, sample.key),
                 (images[1], torch.tensor(1.0), video, sample.url, None)]
+
+
+    def recrop(self, image: torch.Tensor, meta: dict, epoch: int, sample_id: int) -> torch.Tensor:
+        """With data.face_margin, the crop cut again around its face box, each side's margin drawn
+        from (seed, epoch, sample id) alone (any number of ranks and workers draws the same), the
+        real and pseudo-fake of an SBI pair cut alike; else the crop as ingested."""
+        if self.cfg.face_margin is None:
+            return image
+        low, high = self.cfg.face_margin
+        sides = np.random.default_rng([self.seed, epoch, sample_id, 1]).uniform(low, high, 4)
+        return face_margin_crop(image, meta["box"], self.train.margin, sides)
 
 
 class TrainStream(EpochStream):

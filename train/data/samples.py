@@ -60,14 +60,20 @@ class Batch(NamedTuple):
 
 class Decode:
     """(PIL image, meta JSON, shard URL, key) -> (image tensor, label, video, shard URL, key). A
-    class, not a closure: DataLoader workers get the pipeline pickled."""
+    class, not a closure: DataLoader workers get the pipeline pickled. `face_margin`: the crop cut
+    again around its face box with that margin on every side (data.eval_face_margin), from a crop
+    ingested with `crop_margin`."""
 
-    def __init__(self, transform):
-        self.transform = transform
+    def __init__(self, transform, face_margin: float | None = None, crop_margin: float = 0.3):
+        self.transform, self.face_margin, self.crop_margin = transform, face_margin, crop_margin
 
     def __call__(self, sample):
         image, meta, url, key = sample
         meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
+        if self.face_margin is not None:
+            from train.data.transforms import face_margin_crop  # noqa: PLC0415
+
+            image = face_margin_crop(image, meta["box"], self.crop_margin, (self.face_margin,) * 4)
         return *decode_sample(image, meta, self.transform), url, key
 
 

@@ -37,8 +37,8 @@ def calibrate(model_uri: str, cfg: Config, log=print) -> dict:
     if "val" not in mf.load(cfg.data.dataset)["splits"]:
         log(f"{cfg.data.dataset} has no val split: temperature left at 1")
         return {}
-    urls, missing, _ = split_of(cfg.data.dataset, "val")
-    rows, failed = predict(model_uri, urls, cfg, progress=False, label="calibrate")
+    urls, missing, manifest = split_of(cfg.data.dataset, "val")
+    rows, failed = predict(model_uri, urls, cfg, progress=False, label="calibrate", crop_margin=mf.crop_margin(manifest))
     if not rows["video"]:
         log(f"no val predictions ({len(failed)} unreadable shards): temperature left at 1")
         return {}

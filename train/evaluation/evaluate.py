@@ -22,19 +22,22 @@ from train.evaluation import table as cross_dataset
 FIELDS = ("video", "label", "logit", "dataset", "method", "t", "face")
 
 
-def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu", torchscript: bool = False) -> dict[str, list]:
+def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu", torchscript: bool = False,
+                crop_margin: float = 0.3) -> dict[str, list]:
     """Logits of every face crop in one shard, with what each belongs to. Raises on a shard that
-    cannot be read; the driver counts it and goes on."""
+    cannot be read; the driver counts it and goes on. `crop_margin`: the shard's dataset's
+    ingest.margin, for a model card's face_margin."""
     import torch  # noqa: PLC0415
     import webdataset as wds  # noqa: PLC0415
 
     from train.model.file import load_cached  # noqa: PLC0415
     from train.data.samples import register_s3  # noqa: PLC0415
+    from train.data.samples import Decode  # noqa: PLC0415
     from train.data.transforms import image_transform  # noqa: PLC0415
 
     register_s3()
     model, card = load_cached(model_uri, device, torchscript)
-    tf = image_transform(card["image_size"], False, card.get("mean"), card.get("std"))
+    tf = Decode(image_transform(card["image_size"], False, card.get("mean"), card.get("std")), card.get("face_margin"), crop_margin)
     rows: dict[str, list] = {k: [] for k in FIELDS}
     images: list = []
 
@@ -46,7 +49,7 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu", 
 
     pipeline = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(), wds.decode("pil", only=DECODED), wds.to_tuple("jpg", "json"))
     for image, meta in pipeline:
-        images.append(tf(image))
+        images.append(tf((image, meta, url, None))[0])
         for k in ("video", "label", "dataset", "method", "t", "face"):
             rows[k].append(meta.get(k))
         if len(images) == batch_size:
@@ -55,8 +58,10 @@ def score_shard(model_uri: str, url: str, batch_size: int, device: str = "cpu", 
     return rows
 
 
-def predict(model_uri: str, urls: list[str], cfg: Config, progress: bool = True, label: str = "evaluate") -> tuple[dict[str, list], list[dict]]:
-    """Every shard scored by a Ray task; (rows of all readable shards, [{shard, error}] for the others)."""
+def predict(model_uri: str, urls: list[str], cfg: Config, progress: bool = True, label: str = "evaluate",
+            crop_margin: float = 0.3) -> tuple[dict[str, list], list[dict]]:
+    """Every shard scored by a Ray task; (rows of all readable shards, [{shard, error}] for the others).
+    `crop_margin`: the shards' dataset's ingest.margin."""
     from dfdc.ray_tasks import RayTasks  # noqa: PLC0415
 
     device = "cuda" if cfg.eval.gpus_per_task > 0 else "cpu"
@@ -64,7 +69,7 @@ def predict(model_uri: str, urls: list[str], cfg: Config, progress: bool = True,
     failed = []
     with RayTasks(score_shard, label, "shards", len(urls), address=cfg.ray.address, cpus=cfg.eval.cpus_per_task,
                   gpus=cfg.eval.gpus_per_task, progress=progress, faces=0, unreadable=0) as work:
-        for url, got, error in work.map({url: (model_uri, url, cfg.eval.batch_size, device, cfg.eval.torchscript) for url in urls}):
+        for url, got, error in work.map({url: (model_uri, url, cfg.eval.batch_size, device, cfg.eval.torchscript, crop_margin) for url in urls}):
             if error is not None:
                 failed.append({"shard": url, "error": f"{type(error).__name__}: {error}"})
                 work.note(f"[red]shard {url} unreadable[/red]: {failed[-1]['error']}")
@@ -162,9 +167,11 @@ def evaluate(model_uri: str, datasets: list[str], cfg: Config, out_dir: Path, pr
     names = dataset_names(datasets)
     for uri in datasets:
         split = cfg.eval.splits.get(uri, cfg.eval.split)
-        urls, missing, _ = split_of(uri, split)
+        urls, missing, manifest = split_of(uri, split)
+        if card.get("face_margin") is not None:
+            mf.check_face_margin(card["face_margin"], manifest, uri, "the model card's face_margin (data.eval_face_margin)")
         t0 = time.monotonic()
-        rows, failed = predict(model_uri, urls, cfg, progress, label=f"evaluate {names[uri]}")
+        rows, failed = predict(model_uri, urls, cfg, progress, label=f"evaluate {names[uri]}", crop_margin=mf.crop_margin(manifest))
         summary = summarize(rows, missing, cfg.eval.aggregate, temperature, cfg.eval.clip)
         summary |= {"split": split, "shards": len(urls), "unreadable_shards": failed, "seconds": round(time.monotonic() - t0, 1)}
         report["datasets"][uri] = summary

@@ -37,6 +37,7 @@ def make_card(cfg: Config, **extra) -> dict:
         "model": dataclasses.asdict(cfg.model) | {"pretrained": None},
         "image_size": cfg.data.image_size,
         "mean": cfg.data.mean, "std": cfg.data.std,  # input normalisation (None: [0, 1] pixels)
+        "face_margin": cfg.data.eval_face_margin,  # crops cut again around the face box (None: as ingested)
         "trained_precision": cfg.deepspeed.precision,
         "temperature": 1.0,
         "aggregate": cfg.eval.aggregate,

@@ -38,12 +38,15 @@ def _setup(model_uri: str, device: str, plugins: tuple[str, ...] = (), torchscri
 
     from data_pipeline.faces import build_detector  # noqa: PLC0415
     from train.model import file as model_file  # noqa: PLC0415
+    from train.data.samples import Decode  # noqa: PLC0415
     from train.data.transforms import image_transform  # noqa: PLC0415
 
     if (model_uri, device, torchscript) not in _LOADED:
         model, card = model_file.load_cached(model_uri, device, torchscript)
         faces = build_detector(dataclasses.replace(model_file.detector_config(card), device=device), plugins=plugins)
-        tf = image_transform(card["image_size"], False, card.get("mean"), card.get("std"))
+        # the crops are cut as the card's ingest cut them, then again around the face as validation did
+        tf = Decode(image_transform(card["image_size"], False, card.get("mean"), card.get("std")), card.get("face_margin"),
+                    model_file.ingest_config(card).margin)
         _LOADED[(model_uri, device, torchscript)] = (model, card, faces, tf)
     return _LOADED[(model_uri, device, torchscript)]
 
@@ -81,7 +84,7 @@ def score_video(uri: str, model_uri: str, rule: str | None = None, device: str =
         return {"video": uri, "p_fake": None, "error": str(e)}, []
     except Exception as e:  # noqa: BLE001  whatever the file is, the other videos go on
         return {"video": uri, "p_fake": None, "error": f"unreadable_video: {type(e).__name__}: {e}"}, []
-    batch = torch.stack([tf(Image.open(io.BytesIO(s.jpg)).convert("RGB")) for s in result.samples])
+    batch = torch.stack([tf((Image.open(io.BytesIO(s.jpg)).convert("RGB"), s.meta, uri, None))[0] for s in result.samples])
     with torch.no_grad():
         p = model_file.probabilities(model(batch.to(device)).squeeze(1), card.get("temperature", 1.0)).cpu().tolist()
     frames = [{"t": s.meta["t"], "face": s.meta["face"], "p": round(q, 6)} for s, q in zip(result.samples, p)]
@@ -104,11 +107,15 @@ def score(videos: list[str], model_uri: str, cfg: Config, use_ray: bool, progres
     from train.model.file import read_card  # noqa: PLC0415
 
     from data_pipeline.faces import check_allowed  # noqa: PLC0415
-    from train.model.file import detector_config  # noqa: PLC0415
+    from train.model.file import detector_config, ingest_config  # noqa: PLC0415
 
     card = read_card(model_uri)  # a wrong --checkpoint fails here, once, not once per video
     plugins = tuple(cfg.detector.plugins)
     check_allowed(detector_config(card).name, plugins)  # and so does a card's detector this command does not allow
+    margin = card.get("face_margin")
+    if margin is not None and margin > ingest_config(card).margin + 1e-9:
+        raise ValueError(f"model card of {model_uri}: face_margin {margin:g} is wider than its ingest.margin "
+                         f"{ingest_config(card).margin:g}: the crops scoring cuts could not hold it")
     device = "cuda" if cfg.eval.gpus_per_task > 0 else "cpu"
     rule = cfg.eval.aggregate
     if not use_ray:
