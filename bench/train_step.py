@@ -19,6 +19,7 @@ server first.
 Usage: python bench/train_step.py [--config configs/NAME.yaml] [--set KEY=VALUE] [--plain] [--model efficientnet_b0] [--size 128] [--batch 8] [--steps 20]
            [--precision fp32] [--zero 2] [--workers 2] [--order permutation] [--dataset s3://bucket/faces]
 GPU:   python bench/train_step.py --model efficientnet_b4 --size 380 --batch 32 --precision bf16 --workers 8
+       python bench/train_step.py --config configs/gend_clip_vitl14_ffpp.yaml --plain --order blocks --dataset s3://bench/faces224
 """
 
 from __future__ import annotations
