@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -502,6 +503,20 @@ class Config:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading numbers as YAML 1.2 and people do: YAML 1.1 wants a dot in a
+    float, so `3e-4` (how timm and Ray users write learning rates) came back as a string."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: str):
+    """A YAML document as the project reads every config and price table."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506  a SafeLoader: no Python objects
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
     """The embedded defaults, then the YAML file at `path`, then `key.sub=value` overrides."""
     data: dict = {}
@@ -510,7 +525,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = load_yaml(path.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if loaded is not None and not isinstance(loaded, dict):
@@ -532,7 +547,7 @@ def with_overrides(data: dict, overrides: typing.Iterable[str]) -> Config:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        node[parts[-1]] = load_yaml(raw) if raw.strip() else None
     return config_from_dict(data)
 
 

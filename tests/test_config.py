@@ -25,6 +25,21 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.ray.address == "auto"
 
 
+def test_numbers_are_read_as_people_write_them(tmp_path):
+    """YAML 1.1 (PyYAML's) reads 3e-4, an exponent without a dot, as a string: `lr: 3e-4` and
+    `--set optim.lr=3e-4` were refused ("must be float, got '3e-4'"). They are floats, in files,
+    overrides and a sweep's space alike; plain words stay strings."""
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 3e-4\n  min_lr: 1E-6\n  weight_decay: 5.0e-2\n"
+                    "sweep:\n  space:\n    optim.lr: {loguniform: [1e-5, 1e-2]}\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 3e-4 and cfg.optim.min_lr == 1e-6 and cfg.optim.weight_decay == 0.05
+    assert cfg.sweep.space["optim.lr"] == {"loguniform": [1e-5, 1e-2]}
+    cfg = load_config(None, ["optim.lr=3e-4", "optim.min_lr=+1e-7", "data.dataset=s3://b/e5", "ray.run_name=e10"])
+    assert cfg.optim.lr == 3e-4 and cfg.optim.min_lr == 1e-7
+    assert cfg.data.dataset == "s3://b/e5" and cfg.ray.run_name == "e10"
+
+
 def test_int_is_accepted_for_float_and_null_for_optional():
     cfg = load_config(None, ["ingest.margin=1", "ray.address=null"])
     assert cfg.ingest.margin == 1.0 and isinstance(cfg.ingest.margin, float)

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from dfdc import imds, storage
+from dfdc.config import load_yaml
 
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "cluster" / "aws" / "prices.yaml"
 MARKETS = ("spot", "on_demand")
@@ -62,7 +63,7 @@ def load_prices(uri: str | None) -> Prices:
     """The price table at `uri` (a path or s3://), or the one shipped; errors name the file and the entry."""
     where = uri or str(DEFAULT_PRICES)
     try:
-        data = yaml.safe_load(storage.read_bytes(where) if uri else DEFAULT_PRICES.read_bytes())
+        data = load_yaml(storage.read_bytes(where) if uri else DEFAULT_PRICES.read_bytes())
     except yaml.YAMLError as e:
         raise ValueError(f"price table {where} is not valid YAML: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("instances"), dict) or not data.get("date"):
