@@ -140,6 +140,13 @@ def check_face_margin(widest: float, manifest: dict, dataset: str, what: str) ->
                             f"or lower {what}")
 
 
+def face_cut_pixels(manifest: dict, face_margin: float) -> float:
+    """The side, in pixels, of the cut that `face_margin` a side makes around the face box's longer
+    side in the dataset's crops (ingest.crop_size pixels for the box's side x (1 + 2 ingest.margin))."""
+    crop = float(manifest.get("config", {}).get("ingest", {}).get("crop_size", 256))
+    return crop * (1 + 2 * face_margin) / (1 + 2 * crop_margin(manifest))
+
+
 def shard_urls(dataset_uri: str, manifest: dict, split: str) -> list[str]:
     """The URLs of a split's shards ("all": every shard), each checked to lie below `dataset_uri`."""
     return [storage.child(dataset_uri, s["url"]) for s in manifest["shards"] if split == "all" or s["split"] == split]

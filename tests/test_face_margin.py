@@ -110,5 +110,10 @@ def test_settings_are_checked_and_a_margin_wider_than_the_crops_is_refused():
     manifest = {"config": {"ingest": {"margin": 0.15}}}
     assert mf.crop_margin(manifest) == 0.15 and mf.crop_margin({}) == 0.3
     mf.check_face_margin(0.15, manifest, "s3://b/ffpp", "data.face_margin")
+    # the SBI recipe's crops: 560 px at margin 0.3 hold 385 px at the narrowest cut, 490 px at the widest
+    sbi = load_config("configs/sbi_effnet_b4.yaml")
+    made = {"config": {"ingest": {"margin": sbi.ingest.margin, "crop_size": sbi.ingest.crop_size}}}
+    assert round(mf.face_cut_pixels(made, sbi.data.face_margin[0])) == 385 >= sbi.data.image_size
+    assert round(mf.face_cut_pixels(made, sbi.data.face_margin[1])) == 490
     with pytest.raises(mf.ManifestError, match=r"s3://b/ffpp was ingested with ingest.margin=0.15.*data.face_margin"):
         mf.check_face_margin(0.2, manifest, "s3://b/ffpp", "data.face_margin")
