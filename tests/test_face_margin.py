@@ -2,6 +2,7 @@
 the box a side in training and 12.5% at test, cut from the square crops ingest wrote."""
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_settings_are_checked_and_a_margin_wider_than_the_crops_is_refused():
     assert mf.crop_margin(manifest) == 0.15 and mf.crop_margin({}) == 0.3
     mf.check_face_margin(0.15, manifest, "s3://b/ffpp", "data.face_margin")
     # the SBI recipe's crops: 560 px at margin 0.3 hold 385 px at the narrowest cut, 490 px at the widest
-    sbi = load_config("configs/sbi_effnet_b4.yaml")
+    sbi = load_config(Path(__file__).resolve().parent.parent / "configs" / "sbi_effnet_b4.yaml")
     made = {"config": {"ingest": {"margin": sbi.ingest.margin, "crop_size": sbi.ingest.crop_size}}}
     assert round(mf.face_cut_pixels(made, sbi.data.face_margin[0])) == 385 >= sbi.data.image_size
     assert round(mf.face_cut_pixels(made, sbi.data.face_margin[1])) == 490
