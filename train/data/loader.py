@@ -249,7 +249,6 @@ class EpochStream(torch.utils.data.IterableDataset):
         return [(images[0], torch.tensor(0.0), video, sample.url, sample.key),
                 (images[1], torch.tensor(1.0), video, sample.url, None)]
 
-
     def recrop(self, image: torch.Tensor, meta: dict, epoch: int, sample_id: int) -> torch.Tensor:
         """With data.face_margin, the crop cut again around its face box, each side's margin drawn
         from (seed, epoch, sample id) alone (any number of ranks and workers draws the same), the

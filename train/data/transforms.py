@@ -52,4 +52,3 @@ def face_margin_crop(image, box, margin: float, sides):
     a, b = max(0, int((x0 - left * w) * width)), min(width, int((x1 + right * w) * width) + 1)
     c, d = max(0, int((y0 - top * h) * height)), min(height, int((y1 + bottom * h) * height) + 1)
     return image[..., c:d, a:b] if isinstance(image, torch.Tensor) else image.crop((a, c, b, d))
-
