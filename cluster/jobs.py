@@ -15,9 +15,10 @@ def client(dashboard_url: str):
     return JobSubmissionClient(dashboard_url)
 
 
-def submit_job(client, wait_s: float = 90.0, **job) -> str:
+def submit_job(client, wait_s: float = 240.0, **job) -> str:
     """`client.submit_job(**job)`. A head that has just started answers "No available agent to submit
-    job, please try again later" until its dashboard agent is up: that is retried for `wait_s`."""
+    job, please try again later" until its dashboard agent is up: that is retried for `wait_s` (90 s
+    was once too short for the demo's head on this 2-core machine, in a fresh clone's `make test`)."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
