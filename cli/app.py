@@ -454,16 +454,20 @@ def plan(
     ingest = cap.Rate(ingest_rate, "given") if ingest_rate else cap.INGEST_PER_VCPU
     train = cap.Rate(gpu_rate, "given") if gpu_rate else cap.IMAGES_PER_GPU
     gets = cap.gets_per_sample(cfg.data.order, cfg.data.block_samples)
-    spread = cfg.ingest.key_prefixes
+    spread, per_epoch = cfg.ingest.key_prefixes, cfg.data.samples_per_epoch
     try:
         plans = [(f"ingest on {cpu_node} spot nodes", cap.ingest_plan(corpus, ingest, table_prices, cpu_node, sizes)),
-                 (f"one epoch on {gpu_node} spot nodes", cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes, 1, gets, spread)),
+                 (f"one epoch on {gpu_node} spot nodes", cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes, 1, gets, spread,
+                                                                        per_epoch)),
                  (f"the recipe ({cfg.optim.epochs} epochs) on {gpu_node} spot nodes",
-                  cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes, cfg.optim.epochs, gets, spread))]
+                  cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes, cfg.optim.epochs, gets, spread, per_epoch))]
     except ValueError as e:
         raise fail(str(e), 2) from e
     console.print(f"{corpus.name}: {corpus.videos:,} videos x {corpus.frames_per_video} frames, "
                   f"{corpus.crops_per_frame:g} face crop a frame (assumed), {corpus.raw_bytes / 1e9:,.0f} GB raw", highlight=False)
+    crops, in_epoch = corpus.videos * corpus.frames_per_video * corpus.crops_per_frame, cap.epoch_samples(corpus, per_epoch)
+    console.print(f"an epoch: {in_epoch:,.0f} crops" + (f", a pass cut in {crops / in_epoch:.0f} (data.samples_per_epoch={per_epoch:,})"
+                                                        if in_epoch < crops else " (a pass)"), highlight=False)
     console.print(f"ingest rate: {ingest.value:g} sampled frames/s per vCPU ({ingest.measured})", highlight=False)
     console.print(f"training rate: {train.value:g} images/s per GPU ({train.measured})", highlight=False)
     console.print(f"spot prices of {table_prices.date} ({table_prices.source}); throughput assumed linear in nodes, "
@@ -583,6 +587,7 @@ def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (
         raise fail(f"{run_dir} has no ledger (ledger/attempt-*.json): was it trained with data.ledger=true?")
     info = attempts[max(attempts)]
     dataset, fakes = info["dataset"], info.get("fakes", True)
+    sliced = info.get("samples_per_epoch") is not None  # an epoch is a slice of a pass: its samples are its order's
     try:
         keys = ledger.train_keys(dataset, fakes)
         order_of = ledger.order_keys(info) if "seed" in info else None
@@ -590,12 +595,13 @@ def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (
         raise fail(str(e)) from e
     state = latest_state(run_dir)
     through = (state[0].epoch, state[0].position) if state else None
-    table = Table(title=f"ledger of {run_dir} ({len(attempts)} attempt(s); {len(keys)} train samples in {dataset})")
+    per_epoch = f", epochs of ~{info['samples_per_epoch']} (data.samples_per_epoch)" if sliced else ""
+    table = Table(title=f"ledger of {run_dir} ({len(attempts)} attempt(s); {len(keys)} train samples in {dataset}{per_epoch})")
     for col in ("epoch", "attempts", "once", "never", "more than once", "unreadable", "out of order", "left at the end", "verdict"):
         table.add_column(col, justify="left" if col in ("attempts", "verdict") else "right")
-    results = ledger.check(run_dir, keys, order_of, allow_skipped, through)
+    results = ledger.check(run_dir, None if sliced else keys, order_of, allow_skipped, through)
     for r in results:
-        why = ([f"gaps {r.gaps[:3]}"] if r.gaps else []) + ([f"{r.unknown} keys not in the train split"] if r.unknown else []) \
+        why = ([f"gaps {r.gaps[:3]}"] if r.gaps else []) + ([f"{r.unknown} keys not among the epoch's train samples"] if r.unknown else []) \
             + (["not in the ledger"] if r.missing else []) + ([f"{r.misplaced} batches not in the epoch's order"] if r.misplaced else []) \
             + ([f"{r.skipped} samples skipped (--allow-skipped)"] if r.skipped and not allow_skipped else [])
         verdict = "exactly once" if r.ok else "FAILED" + (": " + "; ".join(why) if why else "")

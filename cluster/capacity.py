@@ -93,18 +93,28 @@ def ingest_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, node
     return rows
 
 
-def epoch_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int], epochs: int = 1,
-               gets: Rate = Rate(1.0, "one GET per sample"), key_prefixes: int = 1) -> list[Row]:
-    """`epochs` epochs on N spot GPU nodes at `rate` images/s per GPU. The training loader issues
-    `gets` GETs per sample (`gets_per_sample`), spread over the dataset's `key_prefixes`."""
-    gpus = _size(prices, node_type, "gpus")
+def epoch_samples(corpus: Corpus, samples_per_epoch: int | None = None) -> float:
+    """Crops in one epoch: the corpus's, or with data.samples_per_epoch the share of a pass that
+    training cuts into epochs (train/data/order.py slices_per_pass)."""
+    from train.data.order import slices_per_pass  # noqa: PLC0415
+
     crops = corpus.videos * corpus.frames_per_video * corpus.crops_per_frame
+    return crops / slices_per_pass(int(crops), samples_per_epoch, 1)
+
+
+def epoch_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int], epochs: int = 1,
+               gets: Rate = Rate(1.0, "one GET per sample"), key_prefixes: int = 1, samples_per_epoch: int | None = None) -> list[Row]:
+    """`epochs` epochs (`epoch_samples` each) on N spot GPU nodes at `rate` images/s per GPU. The
+    training loader issues `gets` GETs per sample (`gets_per_sample`), spread over the dataset's
+    `key_prefixes`."""
+    gpus = _size(prices, node_type, "gpus")
+    samples = epoch_samples(corpus, samples_per_epoch) * epochs
     rows = []
     for n in nodes:
         per_s = rate.value * gpus * n
-        seconds = crops * epochs / per_s
+        seconds = samples / per_s
         gets_per_s = per_s * gets.value
         rows.append(Row(n, seconds / 3600, seconds / 3600 * n * prices.per_hour[node_type]["spot"], gets_per_s,
                         max(1, math.ceil(gets_per_s / S3_GETS_PER_PREFIX)), gets_per_s / key_prefixes,
-                        crops * epochs * gets.value / 1000 * GET_DOLLARS_PER_1000))
+                        samples * gets.value / 1000 * GET_DOLLARS_PER_1000))
     return rows

@@ -153,6 +153,10 @@ class DataConfig:
     # block) or permutation (one GET a sample: small datasets); resampled: shards drawn with
     # replacement (no exact epochs).
     order: str = "blocks"
+    # Train samples per epoch, when a paper's "epoch" is less than a pass (the DFDC winner's: 2,500
+    # iterations of 48): each pass (one order) is cut into round(pass / samples_per_epoch) epochs of
+    # whole batches, so every sample still trains once a pass (train/data/order.py). None: an epoch is a pass.
+    samples_per_epoch: int | None = None
     # The block order: samples per block (one GET), blocks per window (a batch draws from that many
     # blocks at most) and canonical streams. The world size must divide `streams` (each rank then
     # reads its own streams' blocks whole); a loader worker holds a window of each of its streams.
@@ -204,6 +208,9 @@ class DataConfig:
     eval_face_margin: float | None = None
 
     def check(self) -> None:
+        if self.samples_per_epoch is not None and self.samples_per_epoch < self.batch_size:
+            raise ConfigError(f"data.samples_per_epoch must be at least data.batch_size ({self.batch_size}), "
+                              f"got {self.samples_per_epoch}")
         if self.face_margin is not None and (len(self.face_margin) != 2 or not 0 <= self.face_margin[0] <= self.face_margin[1] <= 1):
             raise ConfigError(f"data.face_margin takes [low, high] with 0 <= low <= high <= 1 (fractions of the face box), "
                               f"got {self.face_margin}")

@@ -32,6 +32,13 @@ def test_epochs_time_cost_gets_and_prefixes():
     assert one.get_dollars == pytest.approx(15_000 * 4 / 1000 * 0.0004)
 
 
+def test_an_epoch_cut_from_a_pass_prices_its_share_of_the_corpus():
+    """data.samples_per_epoch: 4 epochs of ~4,000 of the 15,000 crops cost one pass (k = 4)."""
+    [whole] = epoch_plan(CORPUS, Rate(100.0, "x"), PRICES, "gpu.node", [1], epochs=4)
+    [cut] = epoch_plan(CORPUS, Rate(100.0, "x"), PRICES, "gpu.node", [1], epochs=4, samples_per_epoch=4_000)
+    assert cut.hours == pytest.approx(whole.hours / 4) and cut.get_dollars == pytest.approx(whole.get_dollars / 4)
+
+
 def test_the_block_orders_gets_per_sample_and_key_prefixes_divide_the_request_rate():
     from cluster.capacity import gets_per_sample
 
@@ -53,7 +60,8 @@ def test_dfdc_plan_prints_the_three_tables_with_their_sources():
     out = CliRunner().invoke(app, ["plan", "--nodes", "1,4"])
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
-    for part in ("119,154 videos x 32 frames", "ingest on c7i.8xlarge", "one epoch on p5.48xlarge",
+    for part in ("119,154 videos x 32 frames", "an epoch: 119,154 crops, a pass cut in 32 (data.samples_per_epoch=120,000)",
+                 "ingest on c7i.8xlarge", "one epoch on p5.48xlarge",
                  "the recipe (40 epochs)", "183.7 images/s per GPU (one H100", "prefixes needed", "spot prices of 2026-11-29",
                  "0.03125 GETs per sample (the block order", "GET/s per prefix", "GET $"):
         assert part in text, part

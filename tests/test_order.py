@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from train.data import ledger
-from train.data.order import BlockOrder, batches_left, block_reads, epoch_order, locate, rank_slice, sample_units
+from train.data.order import (BlockOrder, batches_left, block_reads, epoch_order, epoch_sizes, locate, make_order, rank_slice,
+                              sample_units, slices_per_pass)
 
 
 def test_an_epoch_is_a_permutation_fixed_by_seed_and_epoch_only():
@@ -119,6 +120,12 @@ def test_ledger_keeps_each_attempts_batches_below_the_next_resume(tmp_path):
     # Epochs up to the run's last checkpoint (epoch 2, position 5: epochs 0, 1 and 2) that the ledger lacks.
     checked = ledger.check(run, keys, allow_skipped=True, through=(2, 5))
     assert [(r.epoch, r.missing, r.ok) for r in checked] == [(0, False, True), (1, True, False), (2, True, False)]
+    # An epoch that is part of a pass (data.samples_per_epoch): its samples are its order's, not every train key.
+    part = keys[:8] + keys[10:]
+    [sliced] = ledger.check(run, None, order_of=lambda epoch: part, allow_skipped=True)
+    assert not sliced.ok and sliced.samples == 10 and sliced.unknown == 2, sliced  # k8, k9 belong to another epoch
+    [sliced] = ledger.check(run, None, order_of=lambda epoch: keys, allow_skipped=True, through=(2, 5))[1:2]
+    assert sliced.missing and sliced.samples == 12
     # Without its resume line, attempt 1 reads as a start of the epoch over: attempt 0's batches are
     # dropped and positions 0..3 are a gap.
     path = tmp_path / "run/ledger/epoch-0/attempt-1-rank-0.jsonl"
@@ -249,3 +256,50 @@ def test_block_order_keeps_pairs_together_and_real_only_epochs_read_runs_of_real
                        units=sample_units(labels, None, fakes=False))
     assert sorted(reals.all().tolist()) == [i for i, y in enumerate(labels) if y == 0]
     assert all(labels[i] == 0 for f, n in zip(reals.first, reals.size) for i in range(f, f + n))
+
+
+def test_a_pass_is_cut_into_the_nearest_whole_number_of_epochs():
+    """data.samples_per_epoch: k = round(pass / samples_per_epoch) epochs a pass, whatever the world size."""
+    for samples, per_epoch, k in [(1000, 100, 10), (1049, 100, 10), (1050, 100, 11), (3_810_000, 120_000, 32), (105, 70, 2),
+                                  (149, 100, 1), (500, None, 1), (500, 500, 1), (500, 900, 1)]:
+        assert slices_per_pass(samples, per_epoch, 4) == k
+        if per_epoch and k > 1:
+            assert abs(samples / k - per_epoch) <= per_epoch / (2 * k) + 1e-9
+    assert slices_per_pass(50, 4, 8) == 6  # no epoch below a batch
+
+
+def test_epochs_of_a_pass_are_its_blocks_in_parts_each_block_read_whole_and_every_sample_once_a_pass():
+    """The block order with data.samples_per_epoch: a pass's k epochs hold every sample once
+    between them, each epoch a part of the pass's permuted blocks that it reads as a whole epoch
+    reads its blocks (one GET a block at world sizes that divide the stream count), batches as
+    mixed as a whole epoch's; the next pass is another permutation; the sizes come without
+    building the orders, and the ledger's recomputed order is the loader's."""
+    counts = [20000, 12400, 28000, 3108, 18000]
+    per_epoch, b = 16000, 32
+    k = slices_per_pass(sum(counts), per_epoch, b)
+    assert k == 5
+    epochs = [BlockOrder(counts, seed=5, epoch=e, batch_size=b, block=32, window=32, streams=8, per_epoch=per_epoch) for e in range(2 * k)]
+    for p in range(2):
+        ids = np.concatenate([o.all() for o in epochs[p * k:(p + 1) * k]])
+        assert np.array_equal(np.sort(ids), np.arange(sum(counts)))
+    assert not np.array_equal(epochs[0].all()[:500], epochs[k].all()[:500])
+    assert [o.samples for o in epochs] == epoch_sizes("blocks", counts, 5, range(2 * k), b, 32, 32, 8, per_epoch=per_epoch)
+    assert all(abs(o.samples - sum(counts) / k) < 0.05 * per_epoch for o in epochs)
+    assert np.array_equal(make_order("blocks", counts, 5, 7, b, 32, 32, 8, per_epoch=per_epoch).all(), epochs[7].all())
+    whole = BlockOrder(counts, seed=5, epoch=0, batch_size=b, block=32, window=32, streams=8)
+    mixed = np.mean([len(np.unique(whole.block_of(whole[p:p + b]))) for p in range(0, whole.samples - b, b)])
+    for o in epochs[:k]:
+        assert o.block == 32 and o.streams == 8
+        blocks_read = np.unique(o.block_of(o.all())).size
+        for world, workers in [(1, 1), (4, 2), (8, 1)]:
+            taken = _worker_ids(o, 0, world, workers, b, o.samples)
+            gets = sum(block_reads(o, v) for v in taken.values())
+            assert gets <= blocks_read + 2 * o.streams, (world, gets, blocks_read)
+        distinct = [len(np.unique(o.block_of(o[p:p + b]))) for p in range(0, o.samples - b, b)]
+        assert np.mean(distinct) >= 0.95 * mixed, (np.mean(distinct), mixed)
+    # The permutation order: the pass's permutation in k parts
+    perm = [make_order("permutation", counts, 5, e, b, 32, 8, 16, per_epoch=per_epoch) for e in range(k)]
+    assert np.array_equal(np.concatenate([o.all() for o in perm]), epoch_order(counts, 5, 0))
+    assert [o.samples for o in perm] == epoch_sizes("permutation", counts, 5, range(k), b, 32, 8, 16, per_epoch=per_epoch)
+    # Unsliced epochs are what they were before the setting existed
+    assert np.array_equal(make_order("blocks", counts, 5, 3, b, 32, 8, 16).all(), BlockOrder(counts, 5, 3, b, 32, 8, 16).all())

@@ -320,6 +320,10 @@ def test_lr_schedule_ends_at_the_last_step_after_a_change_of_world_size():
     # 30 steps on 1 rank (position 120 of epoch 0 would be past the end: use epoch 1, position 20).
     saved = TrainState(epoch=1, position=20, step=30, world_size=1)
     assert planned_steps(100, cfg, 2, saved) == 30 + (100 - 20) // 8
+    # data.samples_per_epoch: epochs of their own sizes (a pass's parts)
+    cfg = load_config(None, ["data.batch_size=4", "optim.epochs=3", "data.samples_per_epoch=33"])
+    assert planned_steps([33, 31, 36], cfg, 2, None) == 4 + 3 + 4
+    assert planned_steps([33, 31, 36], cfg, 1, TrainState(epoch=1, position=8, step=10, world_size=2)) == 10 + 23 // 4 + 9
 
 
 def test_checkpoints_from_before_the_epoch_order_read_as_resampled():

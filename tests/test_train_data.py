@@ -165,6 +165,29 @@ def test_an_epoch_is_every_sample_once_in_the_same_order_for_any_world_size(shar
         assert stream == by_epoch and len(stream) == 6 + 7  # (62 - 8) // 8, then 62 // 8
 
 
+def test_epochs_shorter_than_a_pass_train_each_sample_once_a_pass_from_one_stream(shards):
+    """data.samples_per_epoch: the loader's stream over two passes of 3 epochs each (62 samples,
+    ~20 an epoch) on 2 ranks, from a position in the first epoch, is the epochs one by one; every
+    pass trains each sample at most once, leaving fewer than a global batch an epoch."""
+    from train.data.loader import sizes_of_epochs
+
+    urls = [f"{shards}/a.tar", f"{shards}/b.tar", f"{shards}/c.tar"]
+    shard_index.ensure(urls, log=lambda *_: None)
+    train = load_train_set(urls, [5, 17, 40])
+    cfg = DataConfig(image_size=24, batch_size=4, num_workers=2, augment=False, samples_per_epoch=20)
+    sizes = sizes_of_epochs(train, cfg, 3, range(6))
+    assert sum(sizes[:3]) == sum(sizes[3:]) == 62 and all(18 <= n <= 23 for n in sizes), sizes
+    streams = {rank: [(b.position, b.keys) for b in train_loader(train, cfg, 3, 0, 8, 6, rank, 2)] for rank in (0, 1)}
+    for rank in (0, 1):
+        by_epoch = [(b.position, b.keys) for e in range(6) for b in _epoch(train, cfg, 2, position=8 if e == 0 else 0, epoch=e,
+                                                                          batches=(sizes[e] - (8 if e == 0 else 0)) // 8)[rank]]
+        assert streams[rank] == by_epoch
+    for first in (0, 3):
+        once = [k for e in range(first, first + 3) for batches in _epoch(train, cfg, 2, epoch=e, batches=sizes[e] // 8).values()
+                for b in batches for k in b.keys]
+        assert len(set(once)) == len(once) > 62 - 3 * 8
+
+
 def test_a_sample_whose_bytes_are_bad_is_skipped_and_named_a_missing_shard_fails_the_step(shards):
     buf = io.BytesIO()
     with wds.TarWriter(buf) as w:

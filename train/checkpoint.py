@@ -77,6 +77,7 @@ FIXED_ON_RESUME = {
     "data.block_samples": "the saved position is a place in the block order those blocks make",
     "data.window_blocks": "the saved position is a place in the block order those windows make",
     "data.streams": "the saved position is a place in the block order those streams make",
+    "data.samples_per_epoch": "the saved epoch and position are a place in the slices of a pass that size makes",
     "data.ledger": "the ledger proves an epoch only when every attempt of the run wrote it",
     "optim.grad_accum": "the saved steps count micro-batches of that accumulation",
     "optim.seed": "the saved position is a place in the order that seed draws",

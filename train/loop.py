@@ -18,7 +18,7 @@ from dfdc.config import Config, OptimConfig, config_from_dict
 from data_pipeline import manifest as mf
 from train import checkpoint, cost, objective, tracking
 from train.checkpoint import TrainState
-from train.data.loader import resampled_loader, sbi_gallery_rows, train_loader, unreadable_total, val_loader
+from train.data.loader import resampled_loader, sbi_gallery_rows, sizes_of_epochs, train_loader, unreadable_total, val_loader
 from train.data.ledger import Ledger, start_attempt
 from train.data.order import batches_left
 from train.data.index import train_set_of
@@ -28,20 +28,21 @@ from train.evaluation import aggregate, metrics
 from train.model import build_model, trainable
 
 
-def plan_epochs(manifest: dict, cfg: Config, world: int, samples: int | None = None) -> tuple[int, float | None]:
-    """Batches per rank in a whole epoch (one pass over the epoch's `samples`, by default every
-    train sample, in whole optimizer steps: an epoch, and its checkpoint, never ends inside a
-    gradient accumulation), and the fake-class loss weight that balances real and fake (None when
-    not balancing), counting the expected self-blended pseudo-fakes (data.sbi) as fakes."""
+def plan_epochs(manifest: dict, cfg: Config, world: int, sizes: list[int] | None = None) -> tuple[int, float | None]:
+    """Batches per rank in the shortest epoch (`sizes`: samples in each epoch of the run; by default
+    one pass over every train sample; in whole optimizer steps: an epoch, and its checkpoint, never
+    ends inside a gradient accumulation), and the fake-class loss weight that balances real and fake
+    (None when not balancing), counting the expected self-blended pseudo-fakes (data.sbi) as fakes."""
     train = manifest["splits"].get("train")
     if not train or not train["samples"]:
         raise ValueError(f"dataset {cfg.data.dataset} has no train samples")
-    samples = train["samples"] if samples is None else samples
-    batches = batches_left(samples, 0, cfg.data.batch_size, world, cfg.optim.grad_accum)
+    shortest = min(sizes) if sizes else train["samples"]
+    batches = batches_left(shortest, 0, cfg.data.batch_size, world, cfg.optim.grad_accum)
     if not batches:
-        raise ValueError(f"dataset {cfg.data.dataset} has {samples} train samples in an epoch, fewer than one optimizer step "
+        raise ValueError(f"dataset {cfg.data.dataset} has {shortest} train samples in an epoch, fewer than one optimizer step "
                          f"takes (data.batch_size x ray.num_workers x optim.grad_accum = "
-                         f"{cfg.data.batch_size * world * cfg.optim.grad_accum})")
+                         f"{cfg.data.batch_size * world * cfg.optim.grad_accum})"
+                         + (f" (data.samples_per_epoch={cfg.data.samples_per_epoch})" if cfg.data.samples_per_epoch else ""))
     # A real crop drawn for SBI trains as itself (its real counterpart) and its pseudo-fake.
     real, fake = train["real"], (train["fake"] if cfg.data.fakes else 0) + train["real"] * cfg.data.sbi
     if cfg.data.balance == "loss":
@@ -53,20 +54,17 @@ def plan_epochs(manifest: dict, cfg: Config, world: int, samples: int | None = N
     return batches, pos_weight
 
 
-def planned_steps(samples: int, cfg: Config, world: int, saved: TrainState | None) -> int:
+def planned_steps(sizes: list[int] | int, cfg: Config, world: int, saved: TrainState | None) -> int:
     """Optimizer steps of the whole run, for the learning-rate schedule: the steps a resumed run
     already took (at whatever world size) plus those left at this world size. The scheduler's step
     count comes back from the checkpoint, so after a change of world size the cosine still ends at
-    the last step."""
+    the last step. `sizes`: samples in each epoch of the run (an int: the same in every epoch)."""
     accum = cfg.optim.grad_accum
-    per_epoch = batches_left(samples, 0, cfg.data.batch_size, world, accum) // accum
-    if saved is None:
-        return max(1, per_epoch * cfg.optim.epochs)
-    left = 0
-    if saved.epoch < cfg.optim.epochs:
-        left = (batches_left(samples, saved.position, cfg.data.batch_size, world, accum) // accum
-                + per_epoch * (cfg.optim.epochs - saved.epoch - 1))
-    return max(1, saved.step // accum + left)
+    sizes = [sizes] * cfg.optim.epochs if isinstance(sizes, int) else sizes
+    first, position, done = (saved.epoch, saved.position, saved.step // accum) if saved else (0, 0, 0)
+    left = sum(batches_left(sizes[e], position if e == first else 0, cfg.data.batch_size, world, accum) // accum
+               for e in range(first, cfg.optim.epochs))
+    return max(1, done + left)
 
 
 def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None,
@@ -195,14 +193,17 @@ def train_func(config: dict) -> None:
     counts = [s["samples"] for s in manifest["shards"] if s["split"] == "train"]
     train_set = (train_set_of(cfg.data.dataset, manifest, cfg.data.pairing, cfg.data.fakes, cfg.data.index_cache) if cfg.data.order != "resampled"
                  else None)
-    samples = train_set.samples if train_set else sum(counts)  # in an epoch
+    samples = train_set.samples if train_set else sum(counts)  # in a pass
+    # Samples in each epoch: a pass, or with data.samples_per_epoch its part (train/data/order.py)
+    epoch_samples = (sizes_of_epochs(train_set, cfg.data, cfg.optim.seed, range(cfg.optim.epochs)) if train_set
+                     else [min(samples, cfg.data.samples_per_epoch or samples)] * cfg.optim.epochs)
     val_shards = {storage.child(cfg.data.dataset, s["url"]): s["samples"] for s in manifest["shards"] if s["split"] == "val"}
-    batches, pos_weight = plan_epochs(manifest, cfg, world, samples)
+    batches, pos_weight = plan_epochs(manifest, cfg, world, epoch_samples)
     global_batch = cfg.data.batch_size * world
 
     digest = mf.digest(manifest)
     found = checkpoint.find(cfg, world, digest)  # before the engine: a checkpoint of another world size changes its config
-    total_steps = planned_steps(samples, cfg, world, found.state if found else None)
+    total_steps = planned_steps(epoch_samples, cfg, world, found.state if found else None)
     model = build_model(cfg.model)
     sizes = trainable.counts(model)  # before the engine: ZeRO-3 partitions the parameters
     engine, ds_config = build_engine(model, cfg, world, total_steps, universal=found is not None and found.universal)
@@ -232,7 +233,7 @@ def train_func(config: dict) -> None:
         for epoch in range(state.epoch, cfg.optim.epochs):
             start = state.position if epoch == state.epoch else 0
             state.epoch, state.position = epoch, start
-            batches = batches_left(samples, start, cfg.data.batch_size, world, cfg.optim.grad_accum)
+            batches = batches_left(epoch_samples[epoch], start, cfg.data.batch_size, world, cfg.optim.grad_accum)
             if ledger:  # an attempt that loaded a checkpoint says where it took the epoch up
                 ledger.begin_epoch(epoch, resumed_from=start if first and reload else None)
             first = False
@@ -357,7 +358,8 @@ def _open_ledger(cfg: Config, rank: int, world: int, state: TrainState, reload: 
             "world_size": world, "batch_size": cfg.data.batch_size, "grad_accum": cfg.optim.grad_accum,
             "seed": cfg.optim.seed, "dataset": cfg.data.dataset, "fakes": cfg.data.fakes, "pairing": cfg.data.pairing,
             "order": cfg.data.order, "block_samples": cfg.data.block_samples, "window_blocks": cfg.data.window_blocks,
-            "streams": cfg.data.streams, "epoch": state.epoch, "position": state.position,
+            "streams": cfg.data.streams, "samples_per_epoch": cfg.data.samples_per_epoch, "epoch": state.epoch,
+            "position": state.position,
             "resumed_from": reload["resumed_from"] if reload else None})
     dist.broadcast_object_list(info, src=0)
     return Ledger(checkpoint.run_uri(cfg), info[0], rank)

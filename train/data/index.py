@@ -196,18 +196,18 @@ def _map(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 
 def node_order(train: TrainSet, seed: int, epoch: int, batch_size: int, block: int, window: int, streams: int,
-               keep_epochs: int = 3) -> BlockOrder:
+               per_epoch: int | None = None, keep_epochs: int = 3) -> BlockOrder:
     """The block order of `epoch`, computed once per node beside the node's index (a folder per
     epoch, ~30 MB at 30 M samples) and memory-mapped by every rank and loader worker, which then
     compute only the windows they read. Folders of epochs `keep_epochs` or more before this one
     are removed when a new one is built (a loader worker is at most one epoch off its rank)."""
     index = Path(train.folder)
-    settings = hashlib.sha256(json.dumps([seed, batch_size, block, window, streams]).encode()).hexdigest()[:12]
+    settings = hashlib.sha256(json.dumps([seed, batch_size, block, window, streams] + ([per_epoch] if per_epoch else [])).encode()).hexdigest()[:12]
     name = f"{index.name}.order-{settings}-"
     folder = index.with_name(f"{name}{epoch}")
 
     def build() -> dict:
-        order = BlockOrder(train.counts, seed, epoch, batch_size, block, window, streams, train.units, train.paired)
+        order = BlockOrder(train.counts, seed, epoch, batch_size, block, window, streams, train.units, train.paired, per_epoch)
         for old in index.parent.glob(f"{name}*"):
             tail = old.name[len(name):].split(".")[0]
             if tail.isdigit() and int(tail) <= epoch - keep_epochs:

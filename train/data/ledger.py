@@ -65,7 +65,7 @@ class Ledger:
 @dataclass
 class EpochCheck:
     epoch: int
-    samples: int  # train samples in the manifest
+    samples: int  # train samples in the epoch: the manifest's, or its slice's (data.samples_per_epoch)
     once: int = 0
     never: int = 0
     more_than_once: int = 0
@@ -156,28 +156,37 @@ def order_keys(info: dict):
     def of(epoch: int) -> list[str]:
         order = make_order(info.get("order", "permutation"), train.counts, info["seed"], epoch, info["batch_size"],
                            info.get("block_samples", 32), info.get("window_blocks", 32), info.get("streams", 64),
-                           train.units, train.paired)
+                           train.units, train.paired, info.get("samples_per_epoch"))
         return [keys[i] for i in order.all()]
 
     return of
 
 
-def check(run_uri: str, train_keys: list[str], order_of=None, allow_skipped: bool = False,
+def check(run_uri: str, train_keys: list[str] | None, order_of=None, allow_skipped: bool = False,
           through: tuple[int, int] | None = None) -> list[EpochCheck]:
     """Per epoch in the ledger: how many train samples were seen once, never, more than once, and
     (with `order_of`, epoch -> keys in order: `order_keys`) how many batches hold other samples than
-    the epoch's order has at their position. `through`: (epoch, position) of the run's last
-    checkpoint; epochs up to it that the ledger lacks are reported as missing."""
+    the epoch's order has at their position. `train_keys` None: an epoch is a slice of a pass
+    (data.samples_per_epoch), its samples those of its order (`order_of`, then required).
+    `through`: (epoch, position) of the run's last checkpoint; epochs up to it that the ledger lacks
+    are reported as missing."""
     attempts = read_attempts(run_uri)
     epochs = {int(m.group(1)) for name in storage.list_files(storage.join(run_uri, DIR))
               if (m := re.fullmatch(r"epoch-(\d+)/.*", name))}
-    known = set(train_keys)
+    if train_keys is None and order_of is None:
+        raise ValueError("an epoch that is a slice of a pass has its samples from its order: give order_of")
+
+    def population(epoch: int) -> set[str]:
+        return set(order_of(epoch)) if train_keys is None else set(train_keys)
+
     out = []
     if through is not None:
         for epoch in sorted(set(range(through[0] + (1 if through[1] else 0))) - epochs):
-            out.append(EpochCheck(epoch, len(known), never=len(known), missing=True))
+            n = len(population(epoch))
+            out.append(EpochCheck(epoch, n, never=n, missing=True))
     for epoch in sorted(epochs):
         batches, wrote = kept_batches(run_uri, epoch)
+        known = population(epoch)
         result = EpochCheck(epoch, len(known), attempts=wrote, allow_skipped=allow_skipped)
         if order_of is not None:
             expected = order_of(epoch)

@@ -32,7 +32,7 @@ import webdataset as wds
 
 from dfdc import storage
 from dfdc.config import DataConfig
-from train.data.order import make_order, rank_slice
+from train.data.order import batches_left, epoch_sizes, make_order, rank_slice
 from train.data.index import TrainSet, node_order
 from train.data.reader import DataUnavailable, SampleReader
 from train.data.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
@@ -141,12 +141,20 @@ def unreadable_total(seen: dict[int, int], batch: Batch) -> int:
 
 
 def epoch_order_of(train: TrainSet, cfg: DataConfig, seed: int, epoch: int):
-    """The epoch's order as `cfg.order` (blocks or permutation) draws it (train/data/order.py); the
-    block order of a train set mapped from a node's index is computed once per node and mapped."""
+    """The epoch's order as `cfg.order` (blocks or permutation) draws it (train/data/order.py), a
+    whole pass or, with data.samples_per_epoch, its part of one; the block order of a train set
+    mapped from a node's index is computed once per node and mapped."""
     if cfg.order == "blocks" and train.folder:
-        return node_order(train, seed, epoch, cfg.batch_size, cfg.block_samples, cfg.window_blocks, cfg.streams)
+        return node_order(train, seed, epoch, cfg.batch_size, cfg.block_samples, cfg.window_blocks, cfg.streams,
+                          cfg.samples_per_epoch)
     return make_order(cfg.order, train.counts, seed, epoch, cfg.batch_size, cfg.block_samples, cfg.window_blocks,
-                      cfg.streams, train.units, train.paired)
+                      cfg.streams, train.units, train.paired, cfg.samples_per_epoch)
+
+
+def sizes_of_epochs(train: TrainSet, cfg: DataConfig, seed: int, epochs: range) -> list[int]:
+    """Samples in each of `epochs`' orders (train/data/order.py epoch_sizes)."""
+    return epoch_sizes(cfg.order, train.counts, seed, epochs, cfg.batch_size, cfg.block_samples, cfg.window_blocks, cfg.streams,
+                       train.units, train.paired, cfg.samples_per_epoch)
 
 
 class EpochStream(torch.utils.data.IterableDataset):
@@ -290,7 +298,8 @@ def train_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, positi
     """This rank's batches of the rest of the run, epoch after epoch, from one set of loader
     workers that lives as long as the loader's iterator: `data.num_workers`, or fewer so that each
     of the order's streams is read by one."""
-    batches_of = functools.partial(_batches_of, train.samples, cfg.batch_size, world, grad_accum)
+    sizes = dict(zip(range(epoch, epochs), sizes_of_epochs(train, cfg, seed, range(epoch, epochs))))
+    batches_of = functools.partial(_batches_of, sizes, cfg.batch_size, world, grad_accum)
     stream = TrainStream(train, cfg, seed, epoch, position, epochs, rank, world, batches_of)
     # The generator seeds the workers' torch RNG (random augmentations) per run seed, epoch, position and rank.
     base = ((seed * 1_000_003 + epoch) * 10_007 + rank) * 1_000_003 + position
@@ -304,11 +313,9 @@ def train_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, positi
     return _loader(stream, workers, pin_memory, generator=torch.Generator().manual_seed(base))
 
 
-def _batches_of(samples: int, batch_size: int, world: int, grad_accum: int, epoch: int, position: int) -> int:
-    """A rank's batches of an epoch from `position` (the same for every epoch: a picklable function)."""
-    from train.data.order import batches_left  # noqa: PLC0415
-
-    return batches_left(samples, position, batch_size, world, grad_accum)
+def _batches_of(sizes: dict[int, int], batch_size: int, world: int, grad_accum: int, epoch: int, position: int) -> int:
+    """A rank's batches of an epoch from `position` (a picklable function); `sizes`: samples per epoch."""
+    return batches_left(sizes[epoch], position, batch_size, world, grad_accum)
 
 
 def self_blended(sample, p: float, seed: int, epoch: int, sample_id: int, margin: float):
@@ -364,9 +371,11 @@ def epoch_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, positi
 def batches(train: TrainSet, urls: list[str], cfg: DataConfig, n: int, rank: int = 0, world: int = 1, seed: int = 0):
     """`n` batches of one rank from epoch 0 on, epochs chained as training runs them, in `cfg.order`
     (for bench/, which times the loader and the step outside Ray Train)."""
-    from train.data.order import batches_left  # noqa: PLC0415
-
-    per_epoch = batches_left(train.samples, 0, cfg.batch_size, world)
+    size = min(sizes_of_epochs(train, cfg, seed, range(64)))  # data.samples_per_epoch: epochs differ by a block or so
+    per_epoch = batches_left(size, 0, cfg.batch_size, world)
+    if not per_epoch:
+        raise ValueError(f"the train set's epoch holds {size} samples, fewer than one batch "
+                         f"of {cfg.batch_size} x {world} rank(s) (data.fakes=false or ingest.include leave out the rest?)")
     if cfg.order != "resampled":  # one stream across epochs, as training reads it
         yield from itertools.islice(train_loader(train, cfg, seed, 0, 0, -(-n // per_epoch), rank, world), n)
         return
