@@ -206,6 +206,9 @@ class DataConfig:
     # The same cut with one margin on every side for validation, `dfdc evaluate` and `dfdc score`
     # (SBI's 0.125); kept in the model card. None: the ingested crop.
     eval_face_margin: float | None = None
+    # Probability that a train crop with landmarks loses its eyes, mouth or nose to a black band (the
+    # DFDC winner's landmark cutout, his 0.7; train/data/cutout.py). 0: off.
+    landmark_cutout: float = 0.0
 
     def check(self) -> None:
         if self.samples_per_epoch is not None and self.samples_per_epoch < self.batch_size:
@@ -216,6 +219,10 @@ class DataConfig:
                               f"got {self.face_margin}")
         if self.eval_face_margin is not None and not 0 <= self.eval_face_margin <= 1:
             raise ConfigError(f"data.eval_face_margin is a fraction of the face box (0 to 1), got {self.eval_face_margin}")
+        if not 0.0 <= self.landmark_cutout <= 1.0:
+            raise ConfigError(f"data.landmark_cutout is a probability (0 to 1), got {self.landmark_cutout}")
+        if self.landmark_cutout and self.order == "resampled":
+            raise ConfigError("data.landmark_cutout needs data.order=blocks or permutation (the resampled stream does not cut crops)")
         if self.face_margin is not None and self.order == "resampled":
             raise ConfigError("data.face_margin needs data.order=blocks or permutation (the resampled stream does not cut crops again)")
         if self.pairing not in ("none", "video"):

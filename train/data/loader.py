@@ -36,6 +36,7 @@ from train.data.order import batches_left, epoch_sizes, make_order, rank_slice
 from train.data.index import TrainSet, node_order
 from train.data.reader import DataUnavailable, SampleReader
 from train.data.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
+from train.data.cutout import landmark_cutout
 from train.data.sbi import self_blend
 from train.data.transforms import face_margin_crop, image_transform
 from train.data.workers import fork_server
@@ -249,13 +250,24 @@ class EpochStream(torch.utils.data.IterableDataset):
         carries no key: the ledger counts samples, and the pair is one."""
         drawn = self_blended(sample, self.cfg.sbi, self.seed, epoch, sample_id, self.train.margin)
         if drawn is None:
-            image = self.recrop(sample.image, sample.meta, epoch, sample_id)
+            image = self.recrop(self.cutout(sample.image, sample.meta, epoch, sample_id), sample.meta, epoch, sample_id)
             return [(*decode_sample(image, sample.meta, self.transform), sample.url, sample.key)]
         real, fake, _ = drawn
-        images = self.transform(self.recrop(torch.stack([real, fake]), sample.meta, epoch, sample_id))
+        pair = self.cutout(torch.stack([real, fake]), sample.meta, epoch, sample_id)
+        images = self.transform(self.recrop(pair, sample.meta, epoch, sample_id))
         video = sample.meta["video"]
         return [(images[0], torch.tensor(0.0), video, sample.url, sample.key),
                 (images[1], torch.tensor(1.0), video, sample.url, None)]
+
+    def cutout(self, image: torch.Tensor, meta: dict, epoch: int, sample_id: int) -> torch.Tensor:
+        """With data.landmark_cutout, the winner's landmark cutout (train/data/cutout.py) on a crop
+        with landmarks, drawn from (seed, epoch, sample id) alone; an SBI pair loses the same band."""
+        if not self.cfg.landmark_cutout or meta.get("landmarks") is None:
+            return image
+        rng = np.random.default_rng([self.seed, epoch, sample_id, 2])
+        if rng.random() >= self.cfg.landmark_cutout:
+            return image
+        return landmark_cutout(image, meta["landmarks"], rng)
 
     def recrop(self, image: torch.Tensor, meta: dict, epoch: int, sample_id: int) -> torch.Tensor:
         """With data.face_margin, the crop cut again around its face box, each side's margin drawn

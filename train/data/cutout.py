@@ -1,0 +1,60 @@
+"""The DFDC winner's landmark cutout (selimsef/dfdc_deepfake_challenge, `remove_landmark` in
+training/datasets/classifier_dataset.py): a train crop loses its eyes, its mouth or its nose to a
+black band, so the detector cannot lean on one part of the face. His landmarks were MTCNN's five
+points, as ingest stores them (eyes, nose, mouth corners, fractions of the crop).
+
+Per crop drawn for it (data.landmark_cutout, his 0.7 for crops with landmarks): the eyes with
+probability 1/2, else the mouth with 1/2, else the nose with 1/2 (so 1/8 of the draws change
+nothing), as his code draws. The band: the segment between the eyes (between the mouth corners;
+from the nose to the eyes' midpoint), 2 px thick, dilated by a quarter of the eye distance (a third
+of the mouth's width), his `cv2.line` and `binary_dilation`, whose cross-shaped step makes the band
+the pixels within that L1 distance of the segment. His other two cutouts are not built: the convex
+hull needs dlib's 68 landmarks (weights not shipped in a package), the difference mask needs each
+fake's pixel difference from its original, which ingest does not store."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def landmark_cutout(image: torch.Tensor, landmarks, rng: np.random.Generator) -> torch.Tensor:
+    """`image` (C x H x W, or N x C x H x W for an SBI pair: one band for all) with a band over its
+    eyes, mouth or nose, blacked out; the same tensor when the draw changes nothing. `landmarks`:
+    five [x, y] fractions of the crop."""
+    points = np.asarray(landmarks, dtype=np.float64) * [image.shape[-1], image.shape[-2]]
+    if points.shape != (5, 2) or not np.isfinite(points).all():
+        raise ValueError(f"landmarks must be 5 finite [x, y] pairs (eyes, nose, mouth corners), got {landmarks!r}")
+    eyes, nose, mouth = points[:2], points[2], points[3:]
+    eye_gap = float(np.hypot(*(eyes[1] - eyes[0])))
+    if rng.random() > 0.5:
+        a, b, reach = eyes[0], eyes[1], eye_gap // 4
+    elif rng.random() > 0.5:
+        a, b, reach = mouth[0], mouth[1], float(np.hypot(*(mouth[1] - mouth[0]))) // 3
+    elif rng.random() > 0.5:
+        a, b, reach = nose, eyes.mean(axis=0), eye_gap // 4
+    else:
+        return image
+    out = image.clone()
+    out[..., band(image.shape[-2], image.shape[-1], a, b, reach + 1)] = 0
+    return out
+
+
+def band(height: int, width: int, a, b, reach: float) -> torch.Tensor:
+    """H x W mask of the pixels within L1 distance `reach` of the segment a-b (pixel coordinates) drawn
+    as raster pixels: a raster line dilated `reach` times by a cross."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    x0, x1 = max(0, int(min(a[0], b[0]) - reach)), min(width, int(max(a[0], b[0]) + reach) + 1)
+    y0, y1 = max(0, int(min(a[1], b[1]) - reach)), min(height, int(max(a[1], b[1]) + reach) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return mask
+    # The segment as raster pixels (a point per pixel of its longer side, rounded), as his line was drawn
+    steps = max(2, int(max(abs(b[0] - a[0]), abs(b[1] - a[1]))) + 1)
+    along = np.linspace(0.0, 1.0, steps)
+    sx, sy = np.rint(a[0] + along * (b[0] - a[0])), np.rint(a[1] + along * (b[1] - a[1]))
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    near = np.full(xs.shape, np.inf)
+    for px, py in zip(sx, sy):
+        np.minimum(near, np.abs(xs - px) + np.abs(ys - py), out=near)
+    mask[y0:y1, x0:x1] = torch.from_numpy(near <= reach)
+    return mask
