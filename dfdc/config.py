@@ -52,10 +52,6 @@ class IngestConfig:
     # serves ~5,500 GET/s per prefix, so a cluster that reads faster wants more (`dfdc plan` says
     # how many). 1: shards/<split>/... Recorded in the manifest with the rest of this section.
     key_prefixes: int = 1
-
-    def check(self) -> None:
-        if self.key_prefixes < 1:
-            raise ConfigError(f"ingest.key_prefixes must be at least 1, got {self.key_prefixes}")
     val_fraction: float = 0.1
     seed: int = 0
     # Work unit of a Ray task: whole groups (an original and its fakes) up to this many videos.
@@ -134,9 +130,6 @@ class RayConfig:
 
     def check(self) -> None:
         self.workers()
-        if self.interrupt_check_steps < 0 or self.checkpoint_every_steps < 0:
-            raise ConfigError("ray.interrupt_check_steps and ray.checkpoint_every_steps must be 0 or more, got "
-                              f"{self.interrupt_check_steps} and {self.checkpoint_every_steps}")
 
 
 @dataclass
@@ -217,18 +210,12 @@ class DataConfig:
         if self.face_margin is not None and (len(self.face_margin) != 2 or not 0 <= self.face_margin[0] <= self.face_margin[1] <= 1):
             raise ConfigError(f"data.face_margin takes [low, high] with 0 <= low <= high <= 1 (fractions of the face box), "
                               f"got {self.face_margin}")
-        if self.eval_face_margin is not None and not 0 <= self.eval_face_margin <= 1:
-            raise ConfigError(f"data.eval_face_margin is a fraction of the face box (0 to 1), got {self.eval_face_margin}")
-        if not 0.0 <= self.landmark_cutout <= 1.0:
-            raise ConfigError(f"data.landmark_cutout is a probability (0 to 1), got {self.landmark_cutout}")
         if self.landmark_cutout and self.order == "resampled":
             raise ConfigError("data.landmark_cutout needs data.order=blocks or permutation (the resampled stream does not cut crops)")
         if self.face_margin is not None and self.order == "resampled":
             raise ConfigError("data.face_margin needs data.order=blocks or permutation (the resampled stream does not cut crops again)")
         if self.pairing not in ("none", "video"):
             raise ConfigError(f"data.pairing must be none or video, got {self.pairing!r}")
-        if not 0.0 <= self.sbi <= 1.0:
-            raise ConfigError(f"data.sbi is a probability (0 to 1), got {self.sbi}")
         if not self.fakes and not self.sbi > 0.0:
             raise ConfigError(f"data.fakes=false trains on real crops only: it needs data.sbi above 0 to make "
                               f"pseudo-fakes of them, got data.sbi={self.sbi}")
@@ -245,9 +232,6 @@ class DataConfig:
             raise ConfigError(f"data.range_reads must be curl, presigned or s3fs, got {self.range_reads!r}")
         if self.order not in ("blocks", "permutation", "resampled"):
             raise ConfigError(f"data.order must be blocks, permutation or resampled, got {self.order!r}")
-        if min(self.block_samples, self.window_blocks, self.streams) < 1:
-            raise ConfigError(f"data.block_samples, data.window_blocks and data.streams must be at least 1, got "
-                              f"{self.block_samples}, {self.window_blocks} and {self.streams}")
         if self.ledger and self.order == "resampled":
             raise ConfigError("data.ledger needs data.order=blocks or permutation (a resampled stream has no positions to prove)")
 
@@ -286,12 +270,8 @@ class ModelConfig:
             raise ConfigError(f"model.trainable must be {', '.join(TRAINABLE[:-1])} or {TRAINABLE[-1]}, got {self.trainable!r}")
         if self.head not in ("linear", "l2norm"):
             raise ConfigError(f"model.head must be linear or l2norm, got {self.head!r}")
-        if self.svd_rank < 1:
-            raise ConfigError(f"model.svd_rank must be at least 1, got {self.svd_rank}")
         if not isinstance(self.svd_parts, dict) or not all(isinstance(n, int) and n >= 1 for n in self.svd_parts.values()):
             raise ConfigError(f"model.svd_parts maps layer names to how many projections each stacks (1 or more), got {self.svd_parts!r}")
-        if min(self.svd_orth_weight, self.svd_keepsv_weight) < 0:
-            raise ConfigError("model.svd_orth_weight and model.svd_keepsv_weight are loss weights, 0 or more")
         if not isinstance(self.timm_args, dict) or not all(isinstance(k, str) for k in self.timm_args):
             raise ConfigError(f"model.timm_args must be a mapping of timm.create_model's argument names to values, got {self.timm_args!r}")
         # Set elsewhere, or a place to read weights from: a model card (from storage) names its
@@ -335,14 +315,8 @@ class OptimConfig:
     def check(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.cycle_epochs < 1:
-            raise ConfigError(f"optim.cycle_epochs must be at least 1, got {self.cycle_epochs}")
         if not 0.0 <= self.min_lr <= self.lr:
             raise ConfigError(f"optim.min_lr must be between 0 and optim.lr ({self.lr:g}), got {self.min_lr:g}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if min(self.uniformity_weight, self.alignment_weight) < 0:
-            raise ConfigError("optim.uniformity_weight and optim.alignment_weight are loss weights, 0 or more")
 
 
 SCHEDULES = ("cosine", "cyclic", "constant")
@@ -360,8 +334,6 @@ class DeepSpeedSection:
     precision: str = "fp32"
 
     def check(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"deepspeed.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.offload and self.zero_stage == 0:
@@ -431,11 +403,7 @@ class CostConfig:
 @dataclass
 class BudgetConfig:
     # Stop the run (after a checkpoint) once its estimated cost passes this many dollars. None: no limit.
-    dollars: float | None = None
-
-    def check(self) -> None:
-        if self.dollars is not None and self.dollars <= 0:
-            raise ConfigError(f"budget.dollars must be above 0 (or null for no budget), got {self.dollars}")
+    dollars: float | None = None  # above 0 (RANGES)
 
 
 @dataclass
@@ -464,10 +432,6 @@ class SweepConfig:
     trial_retries: int = 3
 
     def check(self) -> None:
-        if self.trial_retries < 0:
-            raise ConfigError(f"sweep.trial_retries must be 0 or more, got {self.trial_retries}")
-        if self.trials < 1 or self.max_concurrent_trials < 1:
-            raise ConfigError(f"sweep.trials and sweep.max_concurrent_trials must be at least 1, got {self.trials}, {self.max_concurrent_trials}")
         if self.mode not in ("min", "max"):
             raise ConfigError(f"sweep.mode must be min or max, got {self.mode!r}")
         if self.scheduler not in ("asha", "none"):
@@ -517,6 +481,59 @@ class Config:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# The range of every numeric key, checked at load (`check_ranges`): "lo..hi" closed, "[lo, hi)" half
+# open, ">= x", "> x". Keys with rules of their own across keys (ray.num_workers, optim.min_lr,
+# data.samples_per_epoch's lower bound, ...) also keep those in their section's check().
+RANGES = {
+    "ingest.frames_per_video": ">= 1", "ingest.faces_per_frame": ">= 1", "ingest.margin": ">= 0", "ingest.crop_size": ">= 1",
+    "ingest.jpeg_quality": "1..100", "ingest.shard_bytes": ">= 1", "ingest.key_prefixes": ">= 1", "ingest.val_fraction": "[0, 1)",
+    "ingest.seed": ">= 0", "ingest.videos_per_task": ">= 1", "ingest.track_iou": "0..1",
+    "detector.batch_size": ">= 1", "detector.max_side": ">= 1", "detector.min_face_size": ">= 1", "detector.min_score": "0..1",
+    "synth.videos": ">= 1", "synth.seed": ">= 0", "synth.parts": ">= 1", "synth.fakes_per_real": ">= 0", "synth.identities": ">= 1",
+    "synth.width": ">= 16", "synth.height": ">= 16", "synth.fps": ">= 1", "synth.seconds": "> 0", "synth.keyframe_interval": ">= 1",
+    "ray.cpus_per_task": ">= 0", "ray.gpus_per_task": ">= 0", "ray.cpus_per_worker": ">= 0", "ray.gpus_per_worker": ">= 0",
+    "ray.lock_lease_s": "> 0", "ray.num_to_keep": ">= 1", "ray.checkpoint_every_steps": ">= 0", "ray.max_failures": ">= -1",
+    "ray.max_preemption_failures": ">= -1", "ray.elastic_resize_interval_s": "> 0", "ray.interrupt_check_steps": ">= 0",
+    "data.image_size": ">= 8", "data.batch_size": ">= 1", "data.num_workers": ">= 0", "data.shuffle_buffer": ">= 0",
+    "data.samples_per_epoch": ">= 1", "data.block_samples": ">= 1", "data.window_blocks": ">= 1", "data.streams": ">= 1",
+    "data.max_failed_reads": ">= 0", "data.read_retries": ">= 0", "data.slowdown_timeout_s": "> 0", "data.merge_gap_bytes": ">= 0",
+    "data.sbi": "0..1", "data.eval_face_margin": "0..1", "data.landmark_cutout": "0..1",
+    "model.drop_rate": "[0, 1)", "model.svd_rank": ">= 1", "model.svd_orth_weight": ">= 0", "model.svd_keepsv_weight": ">= 0",
+    "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.epochs": ">= 1", "optim.warmup_steps": ">= 0", "optim.grad_clip": ">= 0",
+    "optim.grad_accum": ">= 1", "optim.seed": ">= 0", "optim.cycle_epochs": ">= 1", "optim.min_lr": ">= 0",
+    "optim.label_smoothing": "[0, 1)", "optim.uniformity_weight": ">= 0", "optim.alignment_weight": ">= 0",
+    "deepspeed.zero_stage": "0..3", "tracking.log_every": ">= 1",
+    "eval.clip": "[0, 0.5)", "eval.batch_size": ">= 1", "eval.cpus_per_task": ">= 0", "eval.gpus_per_task": ">= 0", "eval.bins": ">= 1",
+    "budget.dollars": "> 0",
+    "sweep.trials": ">= 1", "sweep.max_concurrent_trials": ">= 1", "sweep.grace_period": ">= 1", "sweep.reduction_factor": ">= 2",
+    "sweep.seed": ">= 0", "sweep.trial_retries": ">= 0",
+}
+
+
+def _in_range(value: float, rule: str) -> bool:
+    if rule.startswith(">= "):
+        return value >= float(rule[3:])
+    if rule.startswith("> "):
+        return value > float(rule[2:])
+    if rule.startswith("["):
+        low, high = (float(x) for x in rule[1:-1].split(","))
+        return low <= value < high
+    low, high = (float(x) for x in rule.split(".."))
+    return low <= value <= high
+
+
+def check_ranges(cfg: Config, sources: dict[str, str] | None = None) -> None:
+    """Every numeric key within its range (RANGES); the error names the key, the rule, the value and
+    where the value came from (`sources`: key -> the file or the --set that gave it)."""
+    for key, rule in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and not _in_range(value, rule):
+            origin = (sources or {}).get(key)
+            shown = f"in [{rule.replace('..', ', ')}]" if ".." in rule else f"in {rule}" if rule[0] == "[" else rule
+            raise ConfigError(f"config key {key} must be {shown}, got {value!r}" + (f" (from {origin})" if origin else ""))
+
+
 class _YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader reading numbers as YAML 1.2 and people do: YAML 1.1 wants a dot in a
     float, so `3e-4` (how timm and Ray users write learning rates) came back as a string."""
@@ -545,12 +562,15 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
         data = loaded or {}
-    return with_overrides(data, overrides)
+    sources = {f"{section}.{key}": str(path) for section, keys in data.items() if isinstance(keys, dict) for key in keys}
+    return with_overrides(data, overrides, sources)
 
 
-def with_overrides(data: dict, overrides: typing.Iterable[str]) -> Config:
+def with_overrides(data: dict, overrides: typing.Iterable[str], sources: dict[str, str] | None = None) -> Config:
     """The config of the mapping `data` (a YAML file's, or Config.to_dict()) with `key.sub=value`
-    overrides applied (in place) and every rule checked."""
+    overrides applied (in place) and every rule checked. `sources`: where each key of `data` came
+    from, for the errors (the overrides add theirs)."""
+    sources = dict(sources or {})
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -562,11 +582,13 @@ def with_overrides(data: dict, overrides: typing.Iterable[str]) -> Config:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node[parts[-1]] = load_yaml(raw) if raw.strip() else None
-    return config_from_dict(data)
+        sources[key.strip()] = f"--set {item}"
+    return config_from_dict(data, sources)
 
 
-def config_from_dict(data: dict) -> Config:
+def config_from_dict(data: dict, sources: dict[str, str] | None = None) -> Config:
     cfg = _build(Config, data, "")
+    check_ranges(cfg, sources)
     for section in dataclasses.fields(cfg):  # rules across keys, once, at load
         check = getattr(getattr(cfg, section.name), "check", None)
         if check:

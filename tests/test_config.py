@@ -1,3 +1,4 @@
+import dataclasses
 import re
 from pathlib import Path
 
@@ -70,9 +71,9 @@ def test_bad_overrides_name_the_key(override, message):
 
 @pytest.mark.parametrize("sets, message", [
     (["model.trainable=lora"], "model.trainable must be all, layernorm, head or svd, got 'lora'"),
-    (["model.svd_rank=0"], "model.svd_rank must be at least 1"),
+    (["model.svd_rank=0"], "model.svd_rank must be >= 1, got 0"),
     (["data.pairing=group"], "data.pairing must be none or video"),
-    (["data.sbi=1.5"], "data.sbi is a probability"),
+    (["data.sbi=1.5"], "data.sbi must be in [0, 1], got 1.5"),
     (["data.fakes=false"], "data.fakes=false trains on real crops only: it needs data.sbi above 0"),
     (["data.sbi=0.5", "data.order=resampled"], "need data.order=blocks or permutation"),
     (["data.mean=[0.5, 0.5, 0.5]"], "data.mean and data.std go together"),
@@ -131,3 +132,31 @@ def test_digest_tracks_settings():
     b.ingest.margin = 0.5
     assert a.digest("ingest") != b.digest("ingest")
     assert a.digest("detector") == b.digest("detector")
+
+
+@pytest.mark.parametrize("key, bad, rule", [
+    ("optim.epochs", "-1", ">= 1"), ("optim.lr", "-1", "> 0"), ("ingest.val_fraction", "2", "in [0, 1)"),
+    ("ingest.crop_size", "0", ">= 1"), ("data.batch_size", "0", ">= 1"), ("eval.clip", "0.6", "in [0, 0.5)"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_key_and_where_it_came_from(tmp_path, key, bad, rule):
+    """Every numeric key has a range (RANGES), checked at load; the error names the key, the rule,
+    the value and the file or --set that gave it."""
+    with pytest.raises(ConfigError, match=re.escape(f"config key {key} must be {rule}, got ") + r".*\(from --set " + re.escape(f"{key}={bad})")):
+        load_config(None, [f"{key}={bad}"])
+    section, name = key.split(".")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"{section}:\n  {name}: {bad}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"config key {key} must be {rule}") + r".*\(from " + re.escape(f"{recipe})")):
+        load_config(recipe)
+
+
+def test_every_numeric_key_has_a_range():
+    """A numeric key added without a range would take any value: RANGES must name each one (lists of
+    numbers and ray.num_workers, a number or min..max, have checks of their own)."""
+    from dfdc.config import RANGES, Config
+
+    cfg = Config()
+    numeric = {f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))
+               if str(f.type) in ("int", "float", "int | None", "float | None")}
+    assert numeric == set(RANGES), (numeric - set(RANGES), set(RANGES) - numeric)
+    load_config(None)  # every default is inside its range

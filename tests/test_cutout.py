@@ -53,7 +53,7 @@ def test_the_cutout_takes_the_eyes_mouth_or_nose_as_often_as_the_winners_draws()
 def test_bad_landmarks_and_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="5 finite"):
         landmark_cutout(torch.zeros(3, 8, 8, dtype=torch.uint8), [[0.1, 0.2]] * 4, np.random.default_rng(0))
-    with pytest.raises(ConfigError, match="data.landmark_cutout is a probability"):
+    with pytest.raises(ConfigError, match=r"data.landmark_cutout must be in \[0, 1\], got 1.5"):
         load_config(None, ["data.landmark_cutout=1.5"])
     with pytest.raises(ConfigError, match="data.landmark_cutout needs data.order"):
         load_config(None, ["data.landmark_cutout=0.7", "data.order=resampled"])

@@ -118,7 +118,7 @@ def test_the_best_validation_checkpoint_is_the_model():
     (["model.head=cosine"], "model.head must be linear or l2norm"),
     (["optim.schedule=step"], "optim.schedule must be one of cosine, cyclic, constant"),
     (["optim.min_lr=1"], "optim.min_lr must be between 0 and optim.lr"),
-    (["optim.label_smoothing=1"], r"optim.label_smoothing must be in \[0, 1\)"),
+    (["optim.label_smoothing=1"], r"optim.label_smoothing must be in \[0, 1\), got 1.0"),
 ])
 def test_bad_settings_are_named(sets, message):
     with pytest.raises(ConfigError, match=message):

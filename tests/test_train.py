@@ -227,7 +227,7 @@ def test_deepspeed_config_is_derived():
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["deepspeed.zero_stage=4"], "deepspeed.zero_stage must be 0, 1, 2 or 3"),
+    (["deepspeed.zero_stage=4"], r"deepspeed.zero_stage must be in \[0, 3\], got 4"),
     (["deepspeed.precision=fp8"], "deepspeed.precision must be fp32, bf16 or fp16"),
     (["deepspeed.zero_stage=0", "deepspeed.offload=true"], "deepspeed.offload needs deepspeed.zero_stage 1, 2 or 3"),
 ])
