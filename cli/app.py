@@ -49,9 +49,11 @@ def _config(path: Path | None, sets: list[str] | None) -> Config:
 
 def main() -> None:
     """The `dfdc` script."""
+    from dfdc.reach import Unreachable  # noqa: PLC0415
+
     try:
         app()
-    except StorageError as e:
+    except (StorageError, Unreachable) as e:  # storage or a Ray cluster that does not answer: one line, not a traceback
         fail(str(e))
         sys.exit(1)
 
@@ -147,7 +149,10 @@ def submit(
 
     if not address:
         raise fail("no cluster: give --address (the dashboard URL, http://127.0.0.1:8265 through `ray dashboard`) or set RAY_ADDRESS", 2)
+    from dfdc import reach  # noqa: PLC0415
+
     if stop:
+        reach.dashboard(address)
         client = jobs.client(address)
         client.stop_job(stop)
         status = jobs.follow(client, stop, poll_s=1.0, timeout_s=60)
@@ -160,6 +165,7 @@ def submit(
     if print_only:
         typer.echo(spec.ray_command(address))
         return
+    reach.dashboard(address)
     client = jobs.client(address)
     jobs.submit_job(client, entrypoint=spec.entrypoint, runtime_env=spec.runtime_env, submission_id=spec.submission_id)
     console.print(f"submitted job {spec.submission_id}: {escape(spec.entrypoint)}", highlight=False)

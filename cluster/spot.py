@@ -53,6 +53,9 @@ def this_node(address: str, attempts: int = 30, wait_s: float = 10.0, log=print)
     this node may not have registered; then a RuntimeError names what was last seen."""
     import ray  # noqa: PLC0415
 
+    from dfdc import reach  # noqa: PLC0415
+
+    reach.gcs(address)  # nothing answers there at all: say so now, not after 30 of Ray's minute-long waits
     why = ""
     for attempt in range(1, attempts + 1):
         try:

@@ -21,6 +21,9 @@ def connect(address: str | None, log_to_driver: bool = False) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        from dfdc import reach  # noqa: PLC0415
+
+        reach.gcs(address)  # one line in seconds, not Ray's minute of warnings and a traceback
         ray.init(address=address, log_to_driver=log_to_driver)
     else:  # this machine is the whole cluster: it also hosts sweep trials' processes (cluster/sweep.py)
         from cluster.local.ray_head import TRIAL_HOSTS  # noqa: PLC0415

@@ -37,3 +37,57 @@ def test_score_with_a_missing_checkpoint_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["score", str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "model_fp32.pt"), "--no-progress"])
     assert result.exit_code == 1
     assert "model_fp32.json does not exist" in result.output
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound and closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv", [
+    ["submit", "--address", "http://127.0.0.1:{port}", "--", "train"],
+    ["submit", "--address", "http://127.0.0.1:{port}", "--stop", "raysubmit_x"],
+    ["spot", "watch", "--address", "127.0.0.1:{port}"],
+])
+def test_an_unreachable_ray_cluster_is_one_line_naming_the_address_in_seconds(argv):
+    """Before: submit printed a 118-line traceback (ConnectionError from Ray's job client); spot watch
+    waited for Ray's GCS timeouts (~40 s an attempt, 30 attempts), printing warnings that named the
+    node's IP instead of the address given."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    port = _closed_port()
+    start = time.monotonic()
+    done = subprocess.run([str(Path(sys.executable).parent / "dfdc"), *(a.format(port=port) for a in argv)],
+                          capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "RAY_ADDRESS" in lines[0], lines
+    assert took < 30, took  # imports included; the check itself is one refused connection
+
+
+def test_reach_checks_the_address_form_and_a_listening_port():
+    import socket
+
+    from dfdc import reach
+
+    reach.gcs("auto")  # Ray finds the cluster itself
+    with pytest.raises(reach.Unreachable, match="is not HOST:PORT"):
+        reach.gcs("head-node")
+    with pytest.raises(reach.Unreachable, match="is not a URL"):
+        reach.dashboard("http://:x")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        reach.gcs(f"127.0.0.1:{port}")
+        reach.gcs(f"ray://127.0.0.1:{port}")
+        reach.dashboard(f"http://127.0.0.1:{port}")
+    with pytest.raises(reach.Unreachable, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+        reach.gcs(f"127.0.0.1:{port}")

@@ -90,6 +90,10 @@ class RunLock:
         a live holder has renewed it by then (still RunLocked), a dead one has not (taken over)."""
         if not self.uri.startswith("s3://"):
             return self  # a local run directory: one machine, nothing to race over S3
+        with storage.named(self.uri):  # no credentials, no server: one line naming the lock's URI and the fix
+            return self._acquire(wait_s)
+
+    def _acquire(self, wait_s: float) -> RunLock:
         try:
             self.etag = self._put(IfNoneMatch="*")
         except Exception as e:  # noqa: BLE001
