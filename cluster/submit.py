@@ -13,6 +13,7 @@ import secrets
 import shlex
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from dfdc import storage
@@ -38,20 +39,36 @@ class JobSpec:
                            "--", *shlex.split(self.entrypoint)])
 
 
-def _training_config(args: list[str]):
-    """The config `dfdc train ARGS` will run with: its arguments parsed by that command's own parser
-    (`-c X`, `--config=X`, `--set k=v`, `--set=k=v` alike), then loaded as it loads them."""
+def _checked(command: list[str], working_dir: str = "."):
+    """`dfdc COMMAND ARGS` parsed here by that command's own parser, as the job will parse it, and
+    its config loaded when it takes one (`-c X`, `--config=X`, `--set k=v`, `--set=k=v` alike): a
+    command that does not exist, an option it does not take or a bad config fails before anything
+    is uploaded. Returns the config (None for a command without one)."""
     import typer  # noqa: PLC0415
 
     from cli.app import app  # noqa: PLC0415
     from dfdc.config import load_config  # noqa: PLC0415
 
-    command = typer.main.get_command(app).commands["train"]
+    group, path, args = typer.main.get_command(app), [], list(command)
+    while hasattr(group, "commands"):  # a group (`ledger check`, `spot watch`): down to the command itself
+        if not args or args[0] not in group.commands:
+            known = ", ".join(sorted(group.commands))
+            raise SubmitError(f"dfdc {' '.join(path + args[:1])}: no such command (dfdc {' '.join(path)}{' ' if path else ''}"
+                              f"takes {known})")
+        path.append(args[0])
+        group = group.commands[args.pop(0)]
     try:
-        params = command.make_context("train", list(args), resilient_parsing=False).params
-    except Exception as e:  # click's usage errors: an option train does not take, a missing value
-        raise SubmitError(f"dfdc train {shlex.join(args)}: {e}") from e
-    return load_config(params["config"], list(params["set_"] or []))
+        params = group.make_context(" ".join(path), list(args), resilient_parsing=False).params
+    except Exception as e:  # click's (typer's own copy of it) usage errors: an option the command lacks, a missing value
+        if type(e).__name__ == "Exit":  # --help: fine, the job prints it
+            return None
+        raise SubmitError(f"dfdc {shlex.join(command)}: {e}") from e
+    if "set_" not in params:
+        return None
+    config = params.get("config")
+    if config is not None and not config.is_absolute():  # the job runs in the uploaded working_dir
+        config = Path(working_dir) / config
+    return load_config(config, list(params["set_"] or []))
 
 
 def build(command: list[str], working_dir: str = ".", mlflow_uri: str | None = None, python: str = "python",
@@ -64,8 +81,8 @@ def build(command: list[str], working_dir: str = ".", mlflow_uri: str | None = N
         raise SubmitError(f"dfdc {command[0]} runs on your machine, not as a job")
     args = list(command)
     name = command[0]
+    cfg = _checked(args, working_dir)
     if name == "train":
-        cfg = _training_config(args[1:])
         run = cfg.ray.run_name
         if not run:
             from train.run import new_run_name  # noqa: PLC0415

@@ -16,6 +16,7 @@ import pytest
 
 from cluster.submit import SubmitError, build
 from dfdc import storage
+from dfdc.config import ConfigError
 
 ROOT = Path(__file__).parent.parent
 
@@ -36,11 +37,11 @@ def test_the_job_spec_names_the_run_ships_the_project_and_holds_no_secret(monkey
     assert "AKIAEXAMPLEKEYID" not in text and "example-secret" not in text
 
     assert build(["train", "--set", "ray.run_name=mine"]).submission_id == "dfdc-train-mine"
-    assert build(["ingest", "--source", "s3://b/raw"]).submission_id.startswith("dfdc-ingest-")
+    assert build(["ingest", "--source", "s3://b/raw", "--dest", "s3://b/faces"]).submission_id.startswith("dfdc-ingest-")
     with pytest.raises(SubmitError, match="password"):
-        build(["synth"], mlflow_uri="http://user:pw@10.0.0.5:5000")
+        build(["synth", "--out", "x"], mlflow_uri="http://user:pw@10.0.0.5:5000")
     with pytest.raises(SubmitError, match="AWS_SECRET_ACCESS_KEY"):
-        build(["synth"], env={"AWS_SECRET_ACCESS_KEY": "x"})
+        build(["synth", "--out", "x"], env={"AWS_SECRET_ACCESS_KEY": "x"})
     with pytest.raises(SubmitError, match="which dfdc command"):
         build([])
 
@@ -64,6 +65,24 @@ def test_the_run_name_is_the_one_dfdc_train_will_use_however_it_is_given(tmp_pat
 def test_a_bad_training_config_is_refused_before_anything_is_submitted():
     bad = _dfdc("submit", "--address", "http://127.0.0.1:1", "--print", "--", "train", "--set", "optim.no_such_key=1")
     assert bad.returncode == 2 and "optim.no_such_key" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("command, message", [
+    (["bogus"], "dfdc bogus: no such command (dfdc takes evaluate, export"),
+    (["ledger", "nope"], "dfdc ledger nope: no such command (dfdc ledger takes check)"),
+    (["train", "--bogus"], "No such option: --bogus"),
+    (["ingest", "--source", "s3://b/raw"], "Missing parameter: dest"),
+    (["ingest", "--source", "a", "--dest", "b", "--set", "ingest.crop_size=0"], "ingest.crop_size must be >= 1"),
+    (["synth", "--out", "x", "-c", "configs/no-such.yaml"], "configs/no-such.yaml does not exist"),
+])
+def test_any_command_and_its_config_are_checked_here_before_upload(command, message):
+    """Before, only `train`'s config was checked: `dfdc submit -- bogus` was uploaded and failed on
+    the cluster. Now the command's own parser and config loading run here first."""
+    with pytest.raises((SubmitError, ConfigError), match=re.escape(message)):
+        build(command)
+    assert build(["ledger", "check", "s3://b/runs/x"]).submission_id.startswith("dfdc-ledger-")
+    # a relative config is the uploaded project's: looked up in --working-dir
+    assert build(["synth", "--out", "x", "-c", "demo.yaml"], working_dir="configs").entrypoint.endswith("demo.yaml")
 
 
 def _dfdc(*args: str) -> subprocess.CompletedProcess:
@@ -101,8 +120,8 @@ def test_jobs_run_from_the_uploaded_project_and_stop(ray_dashboard, bucket):
     stopped = _dfdc("submit", "--address", ray_dashboard, "--stop", job)
     assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
 
-    failed = _dfdc("submit", *common, "--", "synth", "--out", f"{bucket}/x", "-c", "configs/no-such.yaml")
-    assert failed.returncode == 1 and "FAILED" in failed.stdout
+    failed = _dfdc("submit", *common, "--", "ingest", "--source", f"{bucket}/nothing-here", "--dest", f"{bucket}/x")
+    assert failed.returncode == 1 and "FAILED" in failed.stdout, failed.stdout[-2000:]
 
 
 def test_mlflow_serve_refuses_every_interface_and_artifacts_off_s3():
