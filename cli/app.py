@@ -36,6 +36,12 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+# Two kinds of Ray address, named apart as Ray's own CLI has them: the GCS (HEAD_IP:6379: `ray start
+# --address`, ray.init; RAY_ADDRESS) that stages and the spot watcher join, and the dashboard URL
+# (http://HEAD_IP:8265: `ray job submit --address`; RAY_API_SERVER_ADDRESS, else RAY_ADDRESS) that
+# jobs go through.
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="The Ray cluster's GCS address, HEAD_IP:6379 (default: RAY_ADDRESS, else a Ray of this process's own).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/); embedded defaults otherwise.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key, e.g. --set ingest.frames_per_video=16. Repeatable.")]
 
@@ -85,7 +91,7 @@ def ingest(
     source: Annotated[str, typer.Option(help="Corpus root: a folder or s3:// prefix (DFDC parts or zips, FaceForensics++, Celeb-DF).")],
     dest: Annotated[str, typer.Option(help="Where shards and manifest.json go: a folder or s3:// prefix.")],
     dataset: Annotated[Optional[str], typer.Option(help="dfdc | faceforensics | celebdf; detected from the layout if left out.")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to run on (default: RAY_ADDRESS, else a local Ray).")] = None,
+    ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
@@ -114,7 +120,7 @@ def ingest(
 def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
+    ray_address: RayAddressOpt = None,
 ):
     """Train a detector on an ingested dataset: Ray Train workers, DeepSpeed, MLflow, checkpoints on S3.
 
@@ -133,7 +139,10 @@ def train(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    address: Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", help="The cluster's dashboard URL; through `ray dashboard CLUSTER.yaml`: http://127.0.0.1:8265.")] = None,
+    address: Annotated[Optional[str], typer.Option(
+        "--dashboard", "--address", envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"],
+        help="The cluster's dashboard URL, what `ray job submit --address` takes; through `ray dashboard CLUSTER.yaml`: "
+             "http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, as Ray's job client reads them).")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job's log until it ends (default), or return once it is submitted.")] = True,
     stop: Annotated[Optional[str], typer.Option(help="Stop the job with this id instead of submitting one.")] = None,
     working_dir: Annotated[str, typer.Option(help="The project folder the job runs in (uploaded without .venv, .dfdc, .git, caches).")] = ".",
@@ -143,12 +152,13 @@ def submit(
 ):
     """Run a dfdc command (train, ingest, evaluate, score, ...) as a Ray job on a cluster.
 
-    Example: dfdc submit --address http://127.0.0.1:8265 -- train --config configs/dfdc_b7.yaml --set data.dataset=s3://b/faces
+    Example: dfdc submit --dashboard http://127.0.0.1:8265 -- train --config configs/dfdc_b7.yaml --set data.dataset=s3://b/faces
     """
     from cluster import jobs, submit as sub  # noqa: PLC0415
 
     if not address:
-        raise fail("no cluster: give --address (the dashboard URL, http://127.0.0.1:8265 through `ray dashboard`) or set RAY_ADDRESS", 2)
+        raise fail("no cluster: give --dashboard (the dashboard URL, http://127.0.0.1:8265 through `ray dashboard`) or set "
+                   "RAY_API_SERVER_ADDRESS or RAY_ADDRESS", 2)
     from dfdc import reach  # noqa: PLC0415
 
     if stop:
@@ -171,7 +181,7 @@ def submit(
     console.print(f"submitted job {spec.submission_id}: {escape(spec.entrypoint)}", highlight=False)
     if not wait:
         console.print(f"follow it: ray job logs --follow {spec.submission_id} --address {address}; "
-                      f"stop it: dfdc submit --address {address} --stop {spec.submission_id}", highlight=False)
+                      f"stop it: dfdc submit --dashboard {address} --stop {spec.submission_id}", highlight=False)
         return
     status = jobs.follow(client, spec.submission_id, lambda line: console.print(escape(line), highlight=False))
     console.print(f"job {spec.submission_id}: {status}")
@@ -182,6 +192,7 @@ def submit(
 def sweep(
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    ray_address: RayAddressOpt = None,
 ):
     """Search hyperparameters with Ray Tune: every trial a whole distributed training of the config's
     recipe with values drawn from sweep.space, ASHA stopping bad trials early, MLflow runs nested under
@@ -192,9 +203,10 @@ def sweep(
     """
     from cluster.sweep import sweep as run, table  # noqa: PLC0415
 
+    sets = (set_ or []) + ([f"ray.address={ray_address}"] if ray_address else [])
     try:
-        cfg = load_config(config, set_ or [])
-        summary = run(config, set_ or [], _home(), log=console.print)
+        cfg = load_config(config, sets)
+        summary = run(config, sets, _home(), log=console.print)
     except ConfigError as e:
         raise fail(str(e), 2) from e
     console.print(table(summary, cfg.sweep.metric))
@@ -207,7 +219,8 @@ def sweep(
 
 @spot_app.command("watch")
 def spot_watch(
-    address: Annotated[str, typer.Option(envvar="RAY_ADDRESS", help="The Ray cluster's GCS address (HEAD_IP:6379).")],
+    address: Annotated[str, typer.Option("--ray-address", "--address", envvar="RAY_ADDRESS",
+                                         help="The Ray cluster's GCS address, HEAD_IP:6379 (default: RAY_ADDRESS).")],
     node_id: Annotated[Optional[str], typer.Option(help="The Ray node to drain (default: the one with this machine's address).")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls of the instance metadata service.")] = 5.0,
     max_errors: Annotated[int, typer.Option(help="Give up after this many failed polls in a row.")] = 60,
@@ -217,7 +230,7 @@ def spot_watch(
     preemption. Runs until a notice comes. The metadata endpoint is AWS_EC2_METADATA_SERVICE_ENDPOINT
     (default http://169.254.169.254).
 
-    Example (on each worker node, after ray start): dfdc spot watch --address $RAY_HEAD_IP:6379
+    Example (on each worker node, after ray start): dfdc spot watch --ray-address $RAY_HEAD_IP:6379
     """
     from cluster import spot  # noqa: PLC0415
     from dfdc.imds import MetadataUnavailable  # noqa: PLC0415
@@ -290,7 +303,7 @@ def evaluate(
     data: Annotated[Optional[list[str]], typer.Option("--data", help="Dataset root with manifest.json; repeat for several (cross-dataset). Default: the one trained on, plus eval.datasets.")] = None,
     split: Annotated[Optional[str], typer.Option(help="val | train | test | all (default: eval.split).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, cross_dataset.csv and the plots (default: $DFDC_HOME/eval).")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
+    ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
@@ -358,7 +371,7 @@ def score(
     report: Annotated[Optional[Path], typer.Option(help="Write an HTML page per video: per-frame scores, top face crops.")] = None,
     use_ray: Annotated[Optional[bool], typer.Option("--ray/--no-ray", help="Score in Ray tasks (default: when there are more videos than one task takes).")] = None,
     videos_per_task: Annotated[int, typer.Option(help="Videos per Ray task.")] = 4,
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
+    ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar (on stderr).")] = True,

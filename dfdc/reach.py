@@ -51,4 +51,4 @@ def dashboard(url: str, timeout_s: float = 3.0) -> None:
     why = _connect(host, port, timeout_s)
     if why:
         raise Unreachable(f"no Ray dashboard answers at {url} ({why}): start the cluster, or open its tunnel (`ray dashboard "
-                          f"CLUSTER.yaml`), or give the dashboard's URL (http://HOST:8265) in --address or RAY_ADDRESS")
+                          f"CLUSTER.yaml`), or give the dashboard's URL (http://HOST:8265) in --dashboard, RAY_API_SERVER_ADDRESS or RAY_ADDRESS")

@@ -48,9 +48,9 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("argv", [
-    ["submit", "--address", "http://127.0.0.1:{port}", "--", "train"],
+    ["submit", "--dashboard", "http://127.0.0.1:{port}", "--", "train"],
     ["submit", "--address", "http://127.0.0.1:{port}", "--stop", "raysubmit_x"],
-    ["spot", "watch", "--address", "127.0.0.1:{port}"],
+    ["spot", "watch", "--ray-address", "127.0.0.1:{port}"],
 ])
 def test_an_unreachable_ray_cluster_is_one_line_naming_the_address_in_seconds(argv):
     """Before: submit printed a 118-line traceback (ConnectionError from Ray's job client); spot watch
@@ -91,3 +91,25 @@ def test_reach_checks_the_address_form_and_a_listening_port():
         reach.dashboard(f"http://127.0.0.1:{port}")
     with pytest.raises(reach.Unreachable, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
         reach.gcs(f"127.0.0.1:{port}")
+
+
+def test_the_two_kinds_of_ray_address_have_their_own_names_and_rays_fallbacks(monkeypatch):
+    """GCS addresses are --ray-address on every command that joins a cluster (RAY_ADDRESS); the job
+    dashboard is submit's --dashboard (--address, as `ray job submit` names it, still works), read
+    from RAY_API_SERVER_ADDRESS before RAY_ADDRESS as Ray's job client does. Before: submit and spot
+    watch both said --address for different things, train/ingest/evaluate/score --ray-address, sweep none."""
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    joins = {name: cmd for name, cmd in [*commands.items(), ("spot watch", commands["spot"].commands["watch"])]
+             if name in ("ingest", "train", "evaluate", "score", "sweep", "spot watch")}
+    for name, cmd in joins.items():
+        assert any("--ray-address" in p.opts for p in cmd.params), name
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://10.0.0.5:8265")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    printed = runner.invoke(app, ["submit", "--print", "--", "synth", "--out", "x"])
+    assert printed.exit_code == 0 and "--address http://10.0.0.5:8265 " in printed.output, printed.output
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
+    monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.6:8265")
+    printed = runner.invoke(app, ["submit", "--print", "--", "synth", "--out", "x"])
+    assert "--address http://10.0.0.6:8265 " in printed.output, printed.output

@@ -88,7 +88,7 @@ def test_every_node_names_its_security_group_profile_and_imdsv2(path):
 def test_every_worker_node_runs_the_spot_watcher_after_ray_start(path):
     config = load(path)
     worker = commands(config, "worker_start_ray_commands")
-    assert worker.index("ray start") < worker.index("dfdc spot watch --address=$RAY_HEAD_IP:6379")
+    assert worker.index("ray start") < worker.index("dfdc spot watch --ray-address=$RAY_HEAD_IP:6379")
     assert "spot watch" not in commands(config, "head_start_ray_commands")  # the head is on-demand
     # Supervised: a watcher that fails (the head not up at boot) is started again; no `nohup ... &`.
     [line] = [x for x in config["worker_start_ray_commands"] if "dfdc spot watch" in x]

@@ -46,7 +46,7 @@ def test_a_spot_notice_checkpoints_at_once_drains_the_node_and_the_run_resumes_a
         watch_log = tmp_path / "watch.log"
         with open(watch_log, "wb") as out:
             watcher = subprocess.Popen(
-                [str(Path(sys.executable).parent / "dfdc"), "spot", "watch", "--address", ray_address, "--node-id", nodes[0].node_id],
+                [str(Path(sys.executable).parent / "dfdc"), "spot", "watch", "--ray-address", ray_address, "--node-id", nodes[0].node_id],
                 env={**os.environ, "AWS_EC2_METADATA_SERVICE_ENDPOINT": standins[0].endpoint},
                 stdout=out, stderr=out)
         cfg = load_config(None, train_sets(

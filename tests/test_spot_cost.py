@@ -161,7 +161,7 @@ def test_budget_and_market_are_checked_at_load():
 
 def test_the_watcher_finds_its_node_without_node_id_and_only_logs_a_rebalance_recommendation(ray_address, ray_dashboard,
                                                                                              tmp_path):
-    """What the cluster configs run on each worker: `dfdc spot watch --address` without --node-id.
+    """What the cluster configs run on each worker: `dfdc spot watch --ray-address` without --node-id.
     On the local cluster (one machine, so one alive node when only the head runs) it finds the head
     by this machine's address; a rebalance recommendation is logged, nothing is drained, and it goes
     on polling."""

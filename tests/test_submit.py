@@ -95,7 +95,7 @@ def _synth(out: str, videos: int) -> list[str]:
 
 
 def test_jobs_run_from_the_uploaded_project_and_stop(ray_dashboard, bucket):
-    common = ["--address", ray_dashboard, "--python", sys.executable]
+    common = ["--dashboard", ray_dashboard, "--python", sys.executable]
 
     # dfdc submit follows the job to its end (waiting out a head whose job agent is not up yet).
     done = _dfdc("submit", *common, "--", *_synth(f"{bucket}/raw-dfdc", 1))
