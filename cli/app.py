@@ -275,6 +275,18 @@ TorchScriptOpt = Annotated[bool, typer.Option("--torchscript", help="Load a Torc
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), its TorchScript export (with --torchscript), or models:/NAME/VERSION from MLflow's registry.")]
 
 
+def _existing(checkpoint: str) -> str:
+    """The --checkpoint as given, once it exists (models:/ names are resolved later): checked before
+    the commands import torch, so a wrong path is named at once, as the user wrote it."""
+    if not checkpoint.startswith("models:/"):
+        from dfdc import storage  # noqa: PLC0415
+
+        if not storage.exists(checkpoint):
+            raise fail(f"--checkpoint {checkpoint} does not exist (give a model_fp32.pt a training run wrote, its TorchScript "
+                       f"export, or models:/NAME/VERSION)")
+    return checkpoint
+
+
 def _model(checkpoint: str, cfg: Config) -> str:
     """A registered model (models:/...) as the model file it stands for; other URIs as they are."""
     from train import tracking  # noqa: PLC0415
@@ -315,6 +327,7 @@ def evaluate(
 
     Example: dfdc evaluate --checkpoint s3://dfdc/runs/demo/model_fp32.pt --data s3://dfdc/faces/celebdf --split all
     """
+    _existing(checkpoint)
     from data_pipeline.manifest import ManifestError  # noqa: PLC0415
     from train import tracking  # noqa: PLC0415
     from train.evaluation.evaluate import evaluate as run  # noqa: PLC0415
@@ -383,6 +396,7 @@ def score(
 
     Example: dfdc score s3://my-bucket/raw/incoming/ clip.mp4 --checkpoint s3://dfdc/runs/demo/model_fp32.pt --report scores.html
     """
+    _existing(checkpoint)
     from train.model.file import ModelFileError  # noqa: PLC0415
     from train.scoring import report as html_report  # noqa: PLC0415
     from train.scoring.score import expand, is_scored, score as run  # noqa: PLC0415
@@ -428,6 +442,7 @@ def export(
 
     Example: dfdc export --checkpoint s3://dfdc/runs/demo/model_fp32.pt --out model_ts.pt
     """
+    _existing(checkpoint)
     from train.model.file import ModelFileError, export_torchscript  # noqa: PLC0415
 
     checkpoint = _model(checkpoint, load_config())
@@ -596,6 +611,10 @@ def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (
     optimizer step at its end; samples skipped as unreadable fail it unless --allow-skipped.
     Example: dfdc ledger check s3://dfdc/runs/demo-20261122-...
     """
+    from dfdc import storage  # noqa: PLC0415
+
+    if not storage.exists(run_dir):
+        raise fail(f"{run_dir} does not exist: give the run's folder, <ray.storage_path>/<ray.run_name>")
     from rich.table import Table  # noqa: PLC0415
 
     from train.checkpoint import latest_state  # noqa: PLC0415

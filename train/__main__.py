@@ -18,12 +18,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", "-c", type=Path, help="YAML config; embedded defaults otherwise")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override a key, e.g. optim.lr=3e-4")
     args = ap.parse_args(argv)
+    try:  # before the imports of torch, DeepSpeed and Ray: a bad config answers at once
+        cfg = load_config(args.config, args.sets)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from dfdc.reach import Unreachable  # noqa: PLC0415
     from train.checkpoint import ResumeError  # noqa: PLC0415
     from train.run import RESULT_FILE, run, run_uri  # noqa: PLC0415
 
     try:
-        cfg = load_config(args.config, args.sets)
         out = run(cfg, Path(os.environ.get("DFDC_HOME", ".dfdc")))
     except (ConfigError, ResumeError, StorageError, Unreachable) as e:
         print(f"error: {e}", file=sys.stderr)
