@@ -15,7 +15,8 @@ from rich.markup import escape
 from dfdc.config import Config, ConfigError, load_config
 from dfdc.storage import StorageError
 
-app = typer.Typer(help="Train deepfake-video detectors at scale: synthesize or ingest corpora, run the local stack.",
+app = typer.Typer(help="Train deepfake-video detectors at scale: ingest corpora into face-crop shards, train, evaluate, "
+                       "score and sweep on Ray, submit jobs to a cluster, plan their cost, run the local stack.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 local_app = typer.Typer(help="The local stack: an S3 server on 127.0.0.1 with its data in ./.dfdc (or $DFDC_HOME).",
                         no_args_is_help=True)
@@ -124,7 +125,7 @@ def train(
 ):
     """Train a detector on an ingested dataset: Ray Train workers, DeepSpeed, MLflow, checkpoints on S3.
 
-    The same as `python -m train`, which is what `ray job submit` runs on a cluster.
+    The same as `python -m train`; `dfdc submit -- train ...` runs `python -m cli train ...` as a Ray job on a cluster.
 
     Example: dfdc train --config configs/demo.yaml --set data.dataset=s3://dfdc/faces/demo-synth
     """
@@ -248,7 +249,7 @@ def spot_watch(
 def mlflow_serve(
     artifacts_destination: Annotated[str, typer.Option(help="s3:// prefix the server stores artifacts under (clients upload through it).")],
     host: Annotated[str, typer.Option(help="127.0.0.1, or the head's private address for the cluster's nodes; never 0.0.0.0 nor a public address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 5000,
+    port: Annotated[int, typer.Option(help="The port the server listens on.")] = 5000,
     backend_store_uri: Annotated[Optional[str], typer.Option(help="Where runs are kept (default: sqlite in $DFDC_HOME).")] = None,
     workers: Annotated[int, typer.Option(help="The server's request-handling processes (MLflow's default).")] = 4,
     allowed_hosts: Annotated[Optional[str], typer.Option(help="Host headers MLflow accepts, comma-separated (MLflow's default: localhost and private IPs), e.g. ip-10-0-1-5.ec2.internal:5000.")] = None,
@@ -272,7 +273,7 @@ def mlflow_serve(
 
 
 TorchScriptOpt = Annotated[bool, typer.Option("--torchscript", help="Load a TorchScript model file (what `dfdc export` writes). Loading one runs the code inside it: only for files you trust.")]
-CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), its TorchScript export (with --torchscript), or models:/NAME/VERSION from MLflow's registry.")]
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), its TorchScript export (with --torchscript), or models:/NAME/VERSION or models:/NAME@ALIAS from MLflow's registry.")]
 
 
 def _existing(checkpoint: str) -> str:
@@ -462,6 +463,7 @@ def plan(
     ingest_rate: Annotated[Optional[float], typer.Option(help="Sampled frames/s per vCPU of the ingest (default: measured, see the output).")] = None,
     gpu_rate: Annotated[Optional[float], typer.Option(help="Training images/s per GPU (default: measured, see the output).")] = None,
     prices: Annotated[Optional[str], typer.Option(help="Price table (default: cluster/aws/prices.yaml).")] = None,
+    set_: SetOpt = None,
 ):
     """A capacity plan for the full DFDC training set: ingest time and cost on N spot CPU nodes, one
     epoch and the whole recipe on N spot GPU nodes, and the S3 GETs/s and prefixes that implies.
@@ -476,7 +478,7 @@ def plan(
     from cluster import capacity as cap  # noqa: PLC0415
     from train.cost import load_prices  # noqa: PLC0415
 
-    cfg = _config(config, [])
+    cfg = _config(config, set_)
     try:
         sizes = [int(n) for n in nodes.split(",")]
         if not sizes or min(sizes) < 1:
