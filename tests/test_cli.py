@@ -172,3 +172,15 @@ def test_every_flag_in_the_readme_and_docs_exists():
     assert len(lines) > 30
     for where, words in lines:
         _check_flags(words, where)
+
+
+def test_help_imports_no_stage():
+    """`dfdc --help` and every group's help import the commands' modules but no stage (no torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cli.app import main; sys.argv = ['dfdc'] + sys.argv[1:]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules, 'ray' in sys.modules)")
+    for argv in (["--help"], ["train", "--help"], ["spot", "--help"]):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip().endswith("exit 0 False False"), (argv, done.stdout[-500:], done.stderr[-1000:])

@@ -165,10 +165,10 @@ def test_a_sweep_stops_bad_trials_early_registers_the_best_and_continues_after_a
     assert version.tags["dfdc.model_uri"] == f"s3://test/models/dfdc-test-detector/{best.info.run_id}/model_fp32.pt"
 
     # What `dfdc score --checkpoint models:/...` loads (scoring a model file is the demo test's part).
-    from cli.app import _model  # noqa: PLC0415
+    from cli.common import model_file  # noqa: PLC0415
     from train.model.file import load  # noqa: PLC0415
 
-    found = _model(registered, load_config(None, [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]))
+    found = model_file(registered, load_config(None, [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]))
     assert found == version.tags["dfdc.model_uri"]
     model, card = load(found)
     assert card["model"]["name"] == "test_efficientnet" and not model.training
