@@ -42,9 +42,10 @@ def local_down():
 
 @local_app.command("status")
 def local_status():
-    """Say whether the local S3 server runs, and where.
+    """Say whether the local S3 server runs, and where. Exit status 0 when it runs, 3 when it does not
+    (as `systemctl status` says "not running"), so scripts can test it.
 
-    Example: dfdc local status
+    Example: dfdc local status || dfdc local up
     """
     from cluster.local import stack as local  # noqa: PLC0415
 
