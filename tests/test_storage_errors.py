@@ -64,7 +64,7 @@ def test_content_errors_are_not_storage_errors():
 
 
 @pytest.mark.parametrize("argv, first", [
-    (["score", "{clip}", "--checkpoint", "s3://dfdc/runs/demo/model_fp32.pt", "--no-progress"], r"s3://dfdc/runs/demo/model_fp32\.json"),
+    (["score", "{clip}", "--checkpoint", "s3://dfdc/runs/demo/model_fp32.pt", "--no-progress"], r"s3://dfdc/runs/demo/model_fp32\.pt"),
     # Before: `dfdc train` of a new run ended in botocore's NoCredentialsError traceback from the run lock's first PUT
     (["train"], r"s3://dfdc/runs/dfdc-[0-9-]+-[0-9a-f]+/driver\.lock"),
 ])

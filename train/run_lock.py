@@ -90,8 +90,15 @@ class RunLock:
         a live holder has renewed it by then (still RunLocked), a dead one has not (taken over)."""
         if not self.uri.startswith("s3://"):
             return self  # a local run directory: one machine, nothing to race over S3
-        with storage.named(self.uri):  # no credentials, no server: one line naming the lock's URI and the fix
+        try:
             return self._acquire(wait_s)
+        except RunLocked:  # another driver's lock: its own message (raised while handling the refused PUT)
+            raise
+        except Exception as e:  # noqa: BLE001  no credentials, no server: one line naming the lock's URI and the fix
+            err = storage.explain(e, self.uri)
+            if err is None:
+                raise
+            raise err from e
 
     def _acquire(self, wait_s: float) -> RunLock:
         try:
