@@ -142,6 +142,17 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
     with pytest.raises(ResumeError, match=r"data\.batch_size was 4 and is now 8"):
         run(load_config(None, sets + ["data.batch_size=8"]), tmp_path)
 
+    # A finished run whose last checkpoint reached its folder but not Ray Train's record (what the
+    # elastic test met once: the node died between the upload and the record): the resume has
+    # nothing to train and reports that checkpoint again, so the result is the finished run's. Before,
+    # the result was the record's older checkpoint (here: none; there: epoch 0's mid-epoch one).
+    storage.remove("s3://test/runs/killed/checkpoint_manager_snapshot.json")
+    again = run(load_config(None, sets + ["eval.fit_temperature=false"]), tmp_path)
+    assert again["metrics"]["epoch"] == 1 and again["metrics"]["step"] == out["metrics"]["step"], again["metrics"]
+    assert again["metrics"]["val_video_auc"] == out["metrics"]["val_video_auc"]
+    assert torch.equal(next(iter(load_fp32(again["model"]).values())), next(iter(load_fp32(out["model"]).values())))
+    assert len(client.search_runs([client.get_experiment_by_name("dfdc").experiment_id])) == 1
+
 
 def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(shards, tmp_path, mlflow_server):
     """Two runs with the default config (no ray.run_name) never share checkpoints: each gets a new

@@ -24,6 +24,7 @@ from dfdc import storage
 from dfdc.config import Config
 
 STATE = "dfdc_state.json"
+REPORT = "dfdc_report.json"  # the metrics reported with the checkpoint: to report it again (report_again)
 PROBE = "probe.pt"
 TAG = "ds"
 
@@ -185,9 +186,26 @@ def save(engine, state: TrainState, metrics: dict, rank: int, image_size: int) -
         engine.save_checkpoint(d, tag=TAG)  # every rank writes its shard of the states
         if rank == 0:
             torch.save({"input": probe_input(image_size), **probe}, os.path.join(d, PROBE))
+            with open(os.path.join(d, REPORT), "w") as f:
+                json.dump(metrics, f, default=float)
             with open(os.path.join(d, STATE), "w") as f:  # written last: without it a checkpoint is incomplete
                 f.write(state.to_json())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def report_again(found: Found, rank: int) -> None:
+    """Collective: report the checkpoint a resume found in the run's folder, with the metrics it was
+    first reported with, so that Ray Train's record (the run's result, its latest and best
+    checkpoints, the model file made from them) holds it. For a resume that has nothing left to
+    train: the run's last checkpoint reached the folder but not the record (its controller was lost
+    in between), and no later report would add it. Ray copies it into a new checkpoint folder."""
+    import ray.train  # noqa: PLC0415
+
+    with found.checkpoint.as_directory() as d:
+        path = os.path.join(d, REPORT)
+        metrics = json.load(open(path)) if os.path.exists(path) else {}
+    metrics = {"epoch": found.state.epoch, "step": found.state.step, "position": found.state.position} | metrics
+    ray.train.report(metrics, checkpoint=found.checkpoint if rank == 0 else None)
 
 
 def latest_complete(ckpt):
@@ -287,6 +305,7 @@ class Found:
     checkpoint: object  # ray.train.Checkpoint
     state: TrainState
     universal: bool  # written by another number of ranks, with ZeRO state to reshard
+    recorded: bool = True  # in Ray Train's record (else found in the run's folder only)
 
 
 def find(cfg: Config, world_size: int, dataset_digest: str | None = None) -> Found | None:
@@ -297,7 +316,7 @@ def find(cfg: Config, world_size: int, dataset_digest: str | None = None) -> Fou
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         ckpt = latest_complete(ckpt)
-    stored = newest_stored(cfg)
+    stored, recorded = newest_stored(cfg), True
     if stored is not None and (ckpt is None or _name(stored.path) > _name(ckpt.path)):
         # Ray Train records a checkpoint only after every rank has uploaded its files; a controller
         # lost in between (its node died) leaves a whole checkpoint in the run's folder that Ray's
@@ -305,14 +324,14 @@ def find(cfg: Config, world_size: int, dataset_digest: str | None = None) -> Fou
         log.warning("Ray Train's record of run %s ends at %s, but the run's folder holds the newer complete checkpoint "
                     "%s (the record was lost with its controller): resuming from that", cfg.ray.run_name,
                     ckpt.path if ckpt is not None else "no checkpoint", stored.path)
-        ckpt = stored
+        ckpt, recorded = stored, False
     if ckpt is None:
         return None
     with ckpt.as_directory() as d, open(os.path.join(d, STATE)) as f:
         state = TrainState.from_json(f.read())
     check_resume(state, cfg, world_size, ckpt.path, dataset_digest)
     universal = state.world_size not in (0, world_size) and cfg.deepspeed.zero_stage > 0
-    return Found(ckpt, state, universal)
+    return Found(ckpt, state, universal, recorded)
 
 
 _FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"

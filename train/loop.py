@@ -213,6 +213,12 @@ def train_func(config: dict) -> None:
 
     resumed = checkpoint.load(engine, found, cfg) if found else None
     state, reload = resumed if resumed else (TrainState(), None)
+    if found and not found.recorded and state.epoch >= cfg.optim.epochs:
+        # Nothing left to train: the run's last checkpoint is in its folder but not in Ray Train's
+        # record (the controller was lost first). Without a report the run's result would be the
+        # record's older checkpoint (a resume of a finished run in the elastic test ended so).
+        checkpoint.report_again(found, rank)
+        return
     saved_world = state.world_size
     state.config, state.world_size = tracking.loggable(cfg), world  # only changes check_resume allows
     state.dataset_digest, state.dataset_samples = digest, samples
