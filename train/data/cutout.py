@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 
 def landmark_cutout(image: torch.Tensor, landmarks, rng: np.random.Generator) -> torch.Tensor:
@@ -42,19 +43,20 @@ def landmark_cutout(image: torch.Tensor, landmarks, rng: np.random.Generator) ->
 
 def band(height: int, width: int, a, b, reach: float) -> torch.Tensor:
     """H x W mask of the pixels within L1 distance `reach` of the segment a-b (pixel coordinates) drawn
-    as raster pixels: a raster line dilated `reach` times by a cross."""
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    x0, x1 = max(0, int(min(a[0], b[0]) - reach)), min(width, int(max(a[0], b[0]) + reach) + 1)
-    y0, y1 = max(0, int(min(a[1], b[1]) - reach)), min(height, int(max(a[1], b[1]) + reach) + 1)
-    if x0 >= x1 or y0 >= y1:
-        return mask
-    # The segment as raster pixels (a point per pixel of its longer side, rounded), as his line was drawn
-    steps = max(2, int(max(abs(b[0] - a[0]), abs(b[1] - a[1]))) + 1)
+    as raster pixels: a raster line dilated `reach` times by a cross, as one taxicab distance
+    transform over the segment's box (about a millisecond at 380 px)."""
+    steps = max(2, int(max(abs(b[0] - a[0]), abs(b[1] - a[1]))) + 1)  # a point per pixel of its longer side, rounded
     along = np.linspace(0.0, 1.0, steps)
-    sx, sy = np.rint(a[0] + along * (b[0] - a[0])), np.rint(a[1] + along * (b[1] - a[1]))
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    near = np.full(xs.shape, np.inf)
-    for px, py in zip(sx, sy):
-        np.minimum(near, np.abs(xs - px) + np.abs(ys - py), out=near)
-    mask[y0:y1, x0:x1] = torch.from_numpy(near <= reach)
+    xs = np.rint(a[0] + along * (b[0] - a[0])).astype(np.int64)
+    ys = np.rint(a[1] + along * (b[1] - a[1])).astype(np.int64)
+    pad = int(reach) + 1
+    x0, y0 = int(xs.min()) - pad, int(ys.min()) - pad  # the box, not clipped to the image: a line past its edge still counts
+    box = np.ones((int(ys.max()) + pad + 1 - y0, int(xs.max()) + pad + 1 - x0), dtype=bool)
+    box[ys - y0, xs - x0] = False
+    near = ndimage.distance_transform_cdt(box, metric="taxicab") <= reach
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    top, left = max(0, y0), max(0, x0)
+    bottom, right = min(height, y0 + box.shape[0]), min(width, x0 + box.shape[1])
+    if top < bottom and left < right:
+        mask[top:bottom, left:right] = torch.from_numpy(near[top - y0:bottom - y0, left - x0:right - x0])
     return mask
