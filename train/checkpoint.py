@@ -201,9 +201,13 @@ def report_again(found: Found, rank: int) -> None:
     in between), and no later report would add it. Ray copies it into a new checkpoint folder."""
     import ray.train  # noqa: PLC0415
 
-    with found.checkpoint.as_directory() as d:
-        path = os.path.join(d, REPORT)
-        metrics = json.load(open(path)) if os.path.exists(path) else {}
+    import pyarrow.fs as pafs  # noqa: PLC0415
+
+    fs, path = found.checkpoint.filesystem, f"{found.checkpoint.path.rstrip('/')}/{REPORT}"
+    metrics = {}
+    if fs.get_file_info(path).type == pafs.FileType.File:  # the one small file, not the whole checkpoint
+        with fs.open_input_stream(path) as f:
+            metrics = json.loads(f.read().decode())
     metrics = {"epoch": found.state.epoch, "step": found.state.step, "position": found.state.position} | metrics
     ray.train.report(metrics, checkpoint=found.checkpoint if rank == 0 else None)
 
