@@ -147,8 +147,8 @@ class DataConfig:
     # replacement (no exact epochs).
     order: str = "blocks"
     # Train samples per epoch, when a paper's "epoch" is less than a pass (the DFDC winner's: 2,500
-    # iterations of 48): each pass (one order) is cut into round(pass / samples_per_epoch) epochs of
-    # whole batches, so every sample still trains once a pass (train/data/order.py). None: an epoch is a pass.
+    # iterations of 48): each pass is cut into round(pass / samples_per_epoch) epochs (the block order
+    # at whole blocks), so every sample still trains once a pass (train/data/order.py). None: an epoch is a pass.
     samples_per_epoch: int | None = None
     # The block order: samples per block (one GET), blocks per window (a batch draws from that many
     # blocks at most) and canonical streams. The world size must divide `streams` (each rank then

@@ -235,7 +235,7 @@ def train_func(config: dict) -> None:
         pin = device.type == "cuda"
         # One stream of batches for every epoch left: its loader workers read the next epoch while this one validates.
         stream = iter(train_loader(train_set, cfg.data, cfg.optim.seed, state.epoch, state.position, cfg.optim.epochs, rank,
-                                   world, cfg.optim.grad_accum, pin_memory=pin)) if train_set else None
+                                   world, cfg.optim.grad_accum, pin_memory=pin, sizes=epoch_samples)) if train_set else None
         for epoch in range(state.epoch, cfg.optim.epochs):
             start = state.position if epoch == state.epoch else 0
             state.epoch, state.position = epoch, start

@@ -306,11 +306,13 @@ class TrainStream(EpochStream):
 
 
 def train_loader(train: TrainSet, cfg: DataConfig, seed: int, epoch: int, position: int, epochs: int, rank: int, world: int,
-                 grad_accum: int = 1, pin_memory: bool = False) -> wds.WebLoader:
+                 grad_accum: int = 1, pin_memory: bool = False, sizes: list[int] | None = None) -> wds.WebLoader:
     """This rank's batches of the rest of the run, epoch after epoch, from one set of loader
     workers that lives as long as the loader's iterator: `data.num_workers`, or fewer so that each
-    of the order's streams is read by one."""
-    sizes = dict(zip(range(epoch, epochs), sizes_of_epochs(train, cfg, seed, range(epoch, epochs))))
+    of the order's streams is read by one. `sizes`: samples in each epoch from 0 (`sizes_of_epochs`,
+    which the training loop has already computed); computed here when not given."""
+    sizes = dict(enumerate(sizes)) if sizes is not None else dict(zip(range(epoch, epochs),
+                                                                       sizes_of_epochs(train, cfg, seed, range(epoch, epochs))))
     batches_of = functools.partial(_batches_of, sizes, cfg.batch_size, world, grad_accum)
     stream = TrainStream(train, cfg, seed, epoch, position, epochs, rank, world, batches_of)
     # The generator seeds the workers' torch RNG (random augmentations) per run seed, epoch, position and rank.
