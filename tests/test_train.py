@@ -44,7 +44,21 @@ def load_fp32(uri: str) -> dict:
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
 
 
-def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_and_calibrates(shards, tmp_path, ray_address):
+def workers_gone(dashboard: str, timeout: float = 120) -> None:
+    """Wait until no Ray Train worker is alive on the test cluster. Killing a driver does not stop its
+    workers at once: Ray ends the job's actors when it sees the driver gone, and until then they go on
+    training and may upload another checkpoint (CI met one at step 6 after the test had read step 3)."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + timeout
+    while list_actors(address=dashboard, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                      raise_on_missing_output=False):
+        assert time.monotonic() < deadline, f"the killed driver's workers still run after {timeout} s"
+        time.sleep(0.5)
+
+
+def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_and_calibrates(shards, tmp_path, ray_address,
+                                                                                                ray_dashboard):
     """A real ZeRO-3 training job on one worker, its driver SIGKILLed once a mid-epoch checkpoint is
     registered (what losing the node that runs it does), started again with the same run name on two
     workers: the checkpoint is converted to DeepSpeed's universal format and resharded, the run goes
@@ -79,14 +93,15 @@ def test_zero3_killed_mid_epoch_on_one_worker_resumes_on_two_then_consolidates_a
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    from train.checkpoint import latest_state
+
+    workers_gone(ray_dashboard)
     recorded = json.loads(storage.read_bytes(snapshot))["latest_checkpoint_result"]["metrics"]
     # The run goes on from the newest whole checkpoint in its folder, which the driver names when
     # it starts, not from Ray Train's record of its checkpoints: a driver lost between its workers'
     # upload and the record (the node-lost sweep test met it) leaves a checkpoint the record lacks.
     # Without the record at all, the workers used to start from scratch in a second MLflow run while
     # the driver said it resumed (this test failed so: 2 MLflow runs); now they resume as the driver says.
-    from train.checkpoint import latest_state
-
     stored, _ = latest_state("s3://test/runs/killed")
     latest = {"step": stored.step, "position": stored.position}
     assert recorded["step"] <= latest["step"] < batches and latest["position"] == latest["step"] * 4, (recorded, latest)
