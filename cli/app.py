@@ -25,7 +25,7 @@ def main() -> None:
 
     try:
         app()
-    except (StorageError, Unreachable) as e:  # storage or a Ray cluster that does not answer: one line, not a traceback
+    except (StorageError, Unreachable) as e:  # storage, or a Ray or MLflow that does not answer: one line, not a traceback
         fail(str(e))
         sys.exit(1)
 

@@ -12,19 +12,20 @@ from cli.common import (SetOpt, app, config_of, console, fail, home, mlflow_app,
 from dfdc.config import ConfigError
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             options_metavar="[OPTIONS] -- COMMAND [ARGS]...")
 def submit(
     ctx: typer.Context,
     address: Annotated[Optional[str], typer.Option(
         "--dashboard", "--address", envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"],
-        help="The cluster's dashboard URL, what `ray job submit --address` takes; through `ray dashboard CLUSTER.yaml`: "
+        metavar="URL", help="The cluster's dashboard URL, what `ray job submit --address` takes; through `ray dashboard CLUSTER.yaml`: "
              "http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, as Ray's job client reads them).")] = None,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job's log until it ends (default), or return once it is submitted.")] = True,
-    stop: Annotated[Optional[str], typer.Option(help="Stop the job with this id instead of submitting one.")] = None,
-    working_dir: Annotated[str, typer.Option(help="The project folder the job runs in (uploaded without .venv, .dfdc, .git, caches).")] = ".",
-    mlflow: Annotated[Optional[str], typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI for the job.")] = None,
-    python: Annotated[str, typer.Option(help="The interpreter on the cluster (its PATH's `python` by default).")] = "python",
-    print_only: Annotated[bool, typer.Option("--print", help="Print the equivalent `ray job submit` command and submit nothing.")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", metavar="", help="Follow the job's log until it ends (default), or return once it is submitted.")] = True,
+    stop: Annotated[Optional[str], typer.Option(metavar="JOB_ID", help="Stop the job with this id instead of submitting one.")] = None,
+    working_dir: Annotated[str, typer.Option(metavar="DIR", help="The project folder the job runs in (uploaded without .venv, .dfdc, .git, caches).")] = ".",
+    mlflow: Annotated[Optional[str], typer.Option(envvar="MLFLOW_TRACKING_URI", metavar="URI", help="MLflow tracking URI for the job.")] = None,
+    python: Annotated[str, typer.Option(metavar="PYTHON", help="The interpreter on the cluster (its PATH's `python` by default).")] = "python",
+    print_only: Annotated[bool, typer.Option("--print", metavar="", help="Print the equivalent `ray job submit` command and submit nothing.")] = False,
 ):
     """Run a dfdc command (train, ingest, evaluate, score, ...) as a Ray job on a cluster.
 
@@ -67,10 +68,10 @@ def submit(
 @spot_app.command("watch")
 def spot_watch(
     address: Annotated[str, typer.Option("--ray-address", "--address", envvar="RAY_ADDRESS",
-                                         help="The Ray cluster's GCS address, HEAD_IP:6379 (default: RAY_ADDRESS).")],
-    node_id: Annotated[Optional[str], typer.Option(help="The Ray node to drain (default: the one with this machine's address).")] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between polls of the instance metadata service.")] = 5.0,
-    max_errors: Annotated[int, typer.Option(help="Give up after this many failed polls in a row.")] = 60,
+                                         metavar="HOST:PORT", help="The Ray cluster's GCS address, HEAD_IP:6379 (default: RAY_ADDRESS).")],
+    node_id: Annotated[Optional[str], typer.Option(metavar="NODE_ID", help="The Ray node to drain (default: the one with this machine's address).")] = None,
+    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between polls of the instance metadata service.")] = 5.0,
+    max_errors: Annotated[int, typer.Option(metavar="N", help="Give up after this many failed polls in a row.")] = 60,
 ):
     """Watch this node's EC2 instance metadata for a spot interruption notice; on one, drain the Ray
     node (reason PREEMPTION, the notice's deadline) so that training checkpoints and Ray Train counts a
@@ -93,12 +94,12 @@ def spot_watch(
 
 @mlflow_app.command("serve")
 def mlflow_serve(
-    artifacts_destination: Annotated[str, typer.Option(help="s3:// prefix the server stores artifacts under (clients upload through it).")],
-    host: Annotated[str, typer.Option(help="127.0.0.1, or the head's private address for the cluster's nodes; never 0.0.0.0 nor a public address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="The port the server listens on.")] = 5000,
-    backend_store_uri: Annotated[Optional[str], typer.Option(help="Where runs are kept (default: sqlite in $DFDC_HOME).")] = None,
-    workers: Annotated[int, typer.Option(help="The server's request-handling processes (MLflow's default).")] = 4,
-    allowed_hosts: Annotated[Optional[str], typer.Option(help="Host headers MLflow accepts, comma-separated (MLflow's default: localhost and private IPs), e.g. ip-10-0-1-5.ec2.internal:5000.")] = None,
+    artifacts_destination: Annotated[str, typer.Option(metavar="URI", help="s3:// prefix the server stores artifacts under (clients upload through it).")],
+    host: Annotated[str, typer.Option(metavar="HOST", help="127.0.0.1, or the head's private address for the cluster's nodes; never 0.0.0.0 nor a public address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="The port the server listens on.")] = 5000,
+    backend_store_uri: Annotated[Optional[str], typer.Option(metavar="URI", help="Where runs are kept (default: sqlite in $DFDC_HOME).")] = None,
+    workers: Annotated[int, typer.Option(metavar="N", help="The server's request-handling processes (MLflow's default).")] = 4,
+    allowed_hosts: Annotated[Optional[str], typer.Option(metavar="HOSTS", help="Host headers MLflow accepts, comma-separated (MLflow's default: localhost and private IPs), e.g. ip-10-0-1-5.ec2.internal:5000.")] = None,
 ):
     """Run the MLflow tracking server for a cluster, in the foreground: runs in a database, artifacts
     proxied to S3. Point jobs at it with MLFLOW_TRACKING_URI=http://HOST:PORT (dfdc submit --mlflow).
@@ -120,13 +121,13 @@ def mlflow_serve(
 
 @app.command()
 def plan(
-    config: Annotated[Path, typer.Option("--config", "-c", help="The recipe: frames per video and epochs.")] = Path("configs/dfdc_b7.yaml"),
-    nodes: Annotated[str, typer.Option(help="Cluster sizes to plan for, comma-separated.")] = "1,4,16,64",
-    cpu_node: Annotated[str, typer.Option(help="Spot CPU node type for the ingest (the price table names it).")] = "c7i.8xlarge",
-    gpu_node: Annotated[str, typer.Option(help="Spot GPU node type for training.")] = "p5.48xlarge",
-    ingest_rate: Annotated[Optional[float], typer.Option(help="Sampled frames/s per vCPU of the ingest (default: measured, see the output).")] = None,
-    gpu_rate: Annotated[Optional[float], typer.Option(help="Training images/s per GPU (default: measured, see the output).")] = None,
-    prices: Annotated[Optional[str], typer.Option(help="Price table (default: cluster/aws/prices.yaml).")] = None,
+    config: Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="The recipe: frames per video and epochs.")] = Path("configs/dfdc_b7.yaml"),
+    nodes: Annotated[str, typer.Option(metavar="N,N,...", help="Cluster sizes to plan for, comma-separated.")] = "1,4,16,64",
+    cpu_node: Annotated[str, typer.Option(metavar="TYPE", help="Spot CPU node type for the ingest (the price table names it).")] = "c7i.8xlarge",
+    gpu_node: Annotated[str, typer.Option(metavar="TYPE", help="Spot GPU node type for training.")] = "p5.48xlarge",
+    ingest_rate: Annotated[Optional[float], typer.Option(metavar="RATE", help="Sampled frames/s per vCPU of the ingest (default: measured, see the output).")] = None,
+    gpu_rate: Annotated[Optional[float], typer.Option(metavar="RATE", help="Training images/s per GPU (default: measured, see the output).")] = None,
+    prices: Annotated[Optional[str], typer.Option(metavar="FILE", help="Price table (default: cluster/aws/prices.yaml).")] = None,
     set_: SetOpt = None,
 ):
     """A capacity plan for the full DFDC training set: ingest time and cost on N spot CPU nodes, one

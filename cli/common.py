@@ -39,9 +39,9 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 # (http://HEAD_IP:8265: `ray job submit --address`; RAY_API_SERVER_ADDRESS, else RAY_ADDRESS) that
 # jobs go through.
 RayAddressOpt = Annotated[Optional[str], typer.Option(
-    "--ray-address", help="The Ray cluster's GCS address, HEAD_IP:6379 (default: RAY_ADDRESS, else a Ray of this process's own).")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/); embedded defaults otherwise.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key, e.g. --set ingest.frames_per_video=16. Repeatable.")]
+    "--ray-address", metavar="HOST:PORT", help="The Ray cluster's GCS address, HEAD_IP:6379 (default: RAY_ADDRESS, else a Ray of this process's own).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="YAML config (see configs/); embedded defaults otherwise.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override one key, e.g. --set ingest.frames_per_video=16. Repeatable.")]
 
 
 def config_of(path: Path | None, sets: list[str] | None) -> Config:
@@ -51,8 +51,8 @@ def config_of(path: Path | None, sets: list[str] | None) -> Config:
         raise fail(str(e), 2) from e
 
 
-TorchScriptOpt = Annotated[bool, typer.Option("--torchscript", help="Load a TorchScript model file (what `dfdc export` writes). Loading one runs the code inside it: only for files you trust.")]
-CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="The trained model: model_fp32.pt a training run wrote (local or s3://), its TorchScript export (with --torchscript), or models:/NAME/VERSION or models:/NAME@ALIAS from MLflow's registry.")]
+TorchScriptOpt = Annotated[bool, typer.Option("--torchscript", metavar="", help="Load a TorchScript model file (what `dfdc export` writes). Loading one runs the code inside it: only for files you trust.")]
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", metavar="URI", help="The trained model: model_fp32.pt a training run wrote (local or s3://), its TorchScript export (with --torchscript), or models:/NAME/VERSION or models:/NAME@ALIAS from MLflow's registry.")]
 
 
 def existing_checkpoint(checkpoint: str) -> str:
@@ -63,7 +63,7 @@ def existing_checkpoint(checkpoint: str) -> str:
 
         if not storage.exists(checkpoint):
             raise fail(f"--checkpoint {checkpoint} does not exist (give a model_fp32.pt a training run wrote, its TorchScript "
-                       f"export, or models:/NAME/VERSION)")
+                       f"export, or models:/NAME/VERSION)", 2)
     return checkpoint
 
 

@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from cli.common import (ConfigOpt, RayAddressOpt, SetOpt, app, config_of, console, fail)
-from dfdc.config import ConfigError
+from dfdc.config import ConfigError, SynthConfig
 
 
 @app.command()
 def synth(
-    out: Annotated[str, typer.Option(help="Folder or s3:// prefix to write the corpus to.")],
-    videos: Annotated[Optional[int], typer.Option(help="Number of videos (default: synth.videos).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed (default: synth.seed).")] = None,
+    out: Annotated[str, typer.Option(metavar="URI", help="Folder or s3:// prefix to write the corpus to.")],
+    videos: Annotated[Optional[int], typer.Option(metavar="N", help=f"Number of videos (default: the config's synth.videos, embedded {SynthConfig().videos}).")] = None,
+    seed: Annotated[Optional[int], typer.Option(metavar="N", help=f"Random seed (default: the config's synth.seed, embedded {SynthConfig().seed}).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
@@ -35,13 +35,13 @@ def synth(
 
 @app.command()
 def ingest(
-    source: Annotated[str, typer.Option(help="Corpus root: a folder or s3:// prefix (DFDC parts or zips, FaceForensics++, Celeb-DF).")],
-    dest: Annotated[str, typer.Option(help="Where shards and manifest.json go: a folder or s3:// prefix.")],
-    dataset: Annotated[Optional[str], typer.Option(help="dfdc | faceforensics | celebdf; detected from the layout if left out.")] = None,
+    source: Annotated[str, typer.Option(metavar="URI", help="Corpus root: a folder or s3:// prefix (DFDC parts or zips, FaceForensics++, Celeb-DF).")],
+    dest: Annotated[str, typer.Option(metavar="URI", help="Where shards and manifest.json go: a folder or s3:// prefix.")],
+    dataset: Annotated[Optional[str], typer.Option(metavar="NAME", help="dfdc | faceforensics | celebdf; detected from the layout if left out.")] = None,
     ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(metavar="", help="Show the progress bar.")] = True,
 ):
     """Sample frames, find faces, crop, and write WebDataset shards plus manifest.json under DEST.
 
@@ -64,8 +64,8 @@ def ingest(
 
 
 @app.command()
-def manifest(dataset: Annotated[str, typer.Argument(help="Dataset root (folder or s3:// prefix) holding manifest.json.")],
-             as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False):
+def manifest(dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset root (folder or s3:// prefix) holding manifest.json.")],
+             as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the whole manifest as JSON.")] = False):
     """Summarise an ingested dataset from its manifest.json.
 
     Example: dfdc manifest s3://dfdc/faces/demo

@@ -11,19 +11,19 @@ from rich.markup import escape
 
 from cli.common import (CheckpointOpt, ConfigOpt, RayAddressOpt, SetOpt, TorchScriptOpt, app, config_of, console, errors,
                         existing_checkpoint, fail, home, model_file)
-from dfdc.config import load_config
+from dfdc.config import EvalConfig, load_config
 
 
 @app.command()
 def evaluate(
     checkpoint: CheckpointOpt,
-    data: Annotated[Optional[list[str]], typer.Option("--data", help="Dataset root with manifest.json; repeat for several (cross-dataset). Default: the one trained on, plus eval.datasets.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="val | train | test | all (default: eval.split).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, cross_dataset.csv and the plots (default: $DFDC_HOME/eval).")] = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", metavar="URI", help="Dataset root with manifest.json; repeat for several (cross-dataset). Default: the one trained on, plus eval.datasets.")] = None,
+    split: Annotated[Optional[str], typer.Option(metavar="SPLIT", help=f"val | train | test | all (default: the config's eval.split, embedded {EvalConfig().split}).")] = None,
+    out: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Folder for metrics.json, cross_dataset.csv and the plots (default: $DFDC_HOME/eval).")] = None,
     ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(metavar="", help="Show the progress bar.")] = True,
     torchscript: TorchScriptOpt = False,
 ):
     """Score every face crop of a split with Ray tasks; video-level log loss (the DFDC metric), AUC, AP, EER,
@@ -83,16 +83,16 @@ def _cross_dataset_table(rows: list[dict]):
 
 @app.command()
 def score(
-    videos: Annotated[list[str], typer.Argument(help="Videos: local paths, s3:// URIs, or folders / prefixes of many.")],
+    videos: Annotated[list[str], typer.Argument(metavar="VIDEO", help="Videos: local paths, s3:// URIs, or folders / prefixes of many.")],
     checkpoint: CheckpointOpt,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the JSON lines to this file.")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write an HTML page per video: per-frame scores, top face crops.")] = None,
-    use_ray: Annotated[Optional[bool], typer.Option("--ray/--no-ray", help="Score in Ray tasks (default: when there are more videos than one task takes).")] = None,
-    videos_per_task: Annotated[int, typer.Option(help="Videos per Ray task.")] = 4,
+    out: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Also write the JSON lines to this file.")] = None,
+    report: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Write an HTML page per video: per-frame scores, top face crops.")] = None,
+    use_ray: Annotated[Optional[bool], typer.Option("--ray/--no-ray", metavar="", help="Score in Ray tasks (default: when there are more videos than one task takes).")] = None,
+    videos_per_task: Annotated[int, typer.Option(metavar="N", help="Videos per Ray task.")] = 4,
     ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar (on stderr).")] = True,
+    progress: Annotated[bool, typer.Option(metavar="", help="Show the progress bar (on stderr).")] = True,
     torchscript: TorchScriptOpt = False,
 ):
     """Score videos: sample frames, find and crop faces as ingest does, run the model, aggregate.
@@ -141,7 +141,7 @@ def score(
 @app.command()
 def export(
     checkpoint: CheckpointOpt,
-    out: Annotated[str, typer.Option(help="Where the TorchScript file goes (local or s3://); its card is written beside it.")],
+    out: Annotated[str, typer.Option(metavar="URI", help="Where the TorchScript file goes (local or s3://); its card is written beside it.")],
 ):
     """Export the model to TorchScript for serving, and check that the export gives the same scores.
 

@@ -10,7 +10,7 @@ from cli.common import (console, fail, local_app)
 
 
 @local_app.command("up")
-def local_up(port: Annotated[Optional[int], typer.Option(help="Port for the S3 server (kept for later runs).")] = None):
+def local_up(port: Annotated[Optional[int], typer.Option(metavar="PORT", help="Port for the S3 server (kept for later runs).")] = None):
     """Start the local S3 server (data kept in .dfdc/s3) and create the bucket 'dfdc'.
 
     Example: dfdc local up && eval "$(dfdc local env)"

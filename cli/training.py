@@ -60,20 +60,19 @@ def sweep(
 
 
 @ledger_app.command("check")
-def ledger_check(run_dir: Annotated[str, typer.Argument(help="The run's folder (local or s3://): <ray.storage_path>/<ray.run_name>.")],
-                 allow_skipped: Annotated[bool, typer.Option("--allow-skipped", help="Pass epochs whose unreadable samples were skipped (named in the ledger).")] = False):
+def ledger_check(run_dir: Annotated[str, typer.Argument(metavar="RUN_DIR", help="The run's folder (local or s3://): <ray.storage_path>/<ray.run_name>.")],
+                 allow_skipped: Annotated[bool, typer.Option("--allow-skipped", metavar="", help="Pass epochs whose unreadable samples were skipped (named in the ledger).")] = False):
     """Per epoch: train samples seen once, never, more than once, across every attempt of the run,
     each batch compared with the epoch's order recomputed from the run's seed and settings.
 
-    Passes (exit 0) when every epoch up to the run's last checkpoint is in the ledger and saw each
-    train sample exactly once, in its order, apart from the documented remainder of less than one
-    optimizer step at its end; samples skipped as unreadable fail it unless --allow-skipped.
+    Passes (exit 0) when every epoch up to the run's last checkpoint is in the ledger and saw each train sample exactly once, in its order, apart from the documented remainder of less than one optimizer step at its end; samples skipped as unreadable fail it unless --allow-skipped.
+
     Example: dfdc ledger check s3://dfdc/runs/demo-20261122-...
     """
     from dfdc import storage  # noqa: PLC0415
 
     if not storage.exists(run_dir):
-        raise fail(f"{run_dir} does not exist: give the run's folder, <ray.storage_path>/<ray.run_name>")
+        raise fail(f"{run_dir} does not exist: give the run's folder, <ray.storage_path>/<ray.run_name>", 2)
     from rich.table import Table  # noqa: PLC0415
 
     from train.checkpoint import latest_state  # noqa: PLC0415

@@ -1,8 +1,9 @@
-"""Is the Ray cluster there? One TCP connection, a few seconds at most, before a command hands the
-address to Ray: Ray itself waits a minute or more on an address that does not answer, prints its own
-warnings (with the node's IP in place of 127.0.0.1), and ends in a traceback. Two kinds of address,
-as Ray's own CLI has them: the GCS (`HOST:6379`, what `ray start --address` and `ray.init` take) and
-the dashboard (`http://HOST:8265`, what `ray job submit --address` takes)."""
+"""Is the Ray cluster (or the MLflow server) there? One TCP connection, a few seconds at most, before a
+command hands the address to Ray or MLflow: Ray itself waits a minute or more on an address that does
+not answer, prints its own warnings (with the node's IP in place of 127.0.0.1), and ends in a
+traceback; MLflow's client retries with backoff for minutes. Two kinds of Ray address, as Ray's own
+CLI has them: the GCS (`HOST:6379`, what `ray start --address` and `ray.init` take) and the dashboard
+(`http://HOST:8265`, what `ray job submit --address` takes)."""
 
 from __future__ import annotations
 
@@ -39,16 +40,34 @@ def gcs(address: str, timeout_s: float = 3.0) -> None:
                           f"up`) or give the head's GCS address (HEAD_IP:6379) in --ray-address or RAY_ADDRESS")
 
 
-def dashboard(url: str, timeout_s: float = 3.0) -> None:
-    """Raise Unreachable unless the Ray dashboard at `url` (http://HOST:PORT) accepts connections."""
+def _host_port(url: str) -> tuple[str | None, int | None]:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     try:
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        host = port = None
+        return None, None
+
+
+def dashboard(url: str, timeout_s: float = 3.0) -> None:
+    """Raise Unreachable unless the Ray dashboard at `url` (http://HOST:PORT) accepts connections."""
+    host, port = _host_port(url)
     if not host or not port:
         raise Unreachable(f"Ray dashboard address {url!r} is not a URL like http://127.0.0.1:8265")
     why = _connect(host, port, timeout_s)
     if why:
         raise Unreachable(f"no Ray dashboard answers at {url} ({why}): start the cluster, or open its tunnel (`ray dashboard "
                           f"CLUSTER.yaml`), or give the dashboard's URL (http://HOST:8265) in --dashboard, RAY_API_SERVER_ADDRESS or RAY_ADDRESS")
+
+
+def mlflow(uri: str, timeout_s: float = 3.0) -> None:
+    """Raise Unreachable unless the MLflow tracking server at `uri` accepts connections. Only
+    http(s):// URIs are servers; a sqlite: or file store, or databricks, is not checked here."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    host, port = _host_port(uri)
+    if not host or not port:
+        raise Unreachable(f"MLflow tracking URI {uri!r} is not a URL like http://127.0.0.1:5000")
+    why = _connect(host, port, timeout_s)
+    if why:
+        raise Unreachable(f"no MLflow server answers at {uri} ({why}): start it (`dfdc mlflow serve`, or the infra stack's "
+                          f"server), open its tunnel, or give its URL in tracking.uri or MLFLOW_TRACKING_URI")

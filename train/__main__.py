@@ -29,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = run(cfg, Path(os.environ.get("DFDC_HOME", ".dfdc")))
-    except (ConfigError, ResumeError, StorageError, Unreachable) as e:
+    except (ConfigError, ResumeError) as e:  # what the user gave is wrong: exit 2, as a usage error
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (StorageError, Unreachable) as e:  # storage, Ray or MLflow failed: exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     m = out["metrics"] or {}
     print(f"val video log loss: {m.get('val_video_log_loss', float('nan')):.4f}  val video AUC: {m.get('val_video_auc', float('nan')):.4f}")
     if out.get("calibration"):

@@ -15,11 +15,15 @@ log = logging.getLogger(__name__)
 
 
 def resolve(cfg: Config, home: Path) -> None:
-    """Fill in where runs go, as absolute paths: Ray workers run in other working directories."""
+    """Fill in where runs go, as absolute paths: Ray workers run in other working directories. A
+    tracking server that does not answer is named here, in seconds, before any work starts."""
+    from dfdc import reach  # noqa: PLC0415
+
     if not cfg.tracking.uri:
         cfg.tracking.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').resolve()}"
     if not cfg.tracking.artifacts and cfg.tracking.uri.startswith("sqlite:"):
         cfg.tracking.artifacts = (home / "mlartifacts").resolve().as_uri()
+    reach.mlflow(cfg.tracking.uri)
     login(cfg)
 
 
