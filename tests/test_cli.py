@@ -107,6 +107,22 @@ def test_an_unreachable_mlflow_server_is_one_line_naming_it_in_seconds(argv, tmp
     assert len(lines) == 1, lines
 
 
+def test_train_names_a_dataset_that_is_not_there_in_one_line(tmp_path):
+    """Before: a traceback ending in ManifestError (and so for a data.face_margin wider than the
+    dataset's crops hold)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([str(Path(sys.executable).parent / "dfdc"), "train", "--set", f"data.dataset={tmp_path}/none",
+                           "--set", f"ray.storage_path={tmp_path}/runs"], capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"DFDC_HOME": str(tmp_path)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip() == f"error: {tmp_path}/none/manifest.json does not exist: the dataset is not ingested (or its " \
+                                  "ingest has not finished)", done.stderr
+
+
 def test_reach_checks_the_address_form_and_a_listening_port():
     import socket
 

@@ -23,13 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from data_pipeline.manifest import ManifestError  # noqa: PLC0415
     from dfdc.reach import Unreachable  # noqa: PLC0415
     from train.checkpoint import ResumeError  # noqa: PLC0415
     from train.run import RESULT_FILE, run, run_uri  # noqa: PLC0415
 
     try:
         out = run(cfg, Path(os.environ.get("DFDC_HOME", ".dfdc")))
-    except (ConfigError, ResumeError) as e:  # what the user gave is wrong: exit 2, as a usage error
+    except (ConfigError, ResumeError, ManifestError) as e:  # what the user gave is wrong: exit 2, as a usage error
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (StorageError, Unreachable) as e:  # storage, Ray or MLflow failed: exit 1
