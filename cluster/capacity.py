@@ -26,12 +26,14 @@ class Corpus:
     frames_per_video: int
     crops_per_frame: float  # faces kept per sampled frame, on average
     raw_bytes: float
+    fake_fraction: float = 0.0  # of the videos: fakes (their crops get difference masks with ingest.difference_masks)
 
 
 # DFDC's training set: 119,154 videos (~470 GB in 50 parts), 32 frames a video as the winner sampled.
 # One face per frame on average is an assumption: DFDC videos show one or two people, and ingest keeps
 # up to ingest.faces_per_frame (2 in configs/dfdc_b7.yaml); measure it from a manifest.
-DFDC = Corpus("DFDC train", videos=119_154, frames_per_video=32, crops_per_frame=1.0, raw_bytes=470e9)
+DFDC = Corpus("DFDC train", videos=119_154, frames_per_video=32, crops_per_frame=1.0, raw_bytes=470e9,
+              fake_fraction=100_000 / 119_154)  # 19,154 originals
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class Rate:
 # Recorded in docs/performance.md.
 INGEST_PER_VCPU = Rate(63.85, "`dfdc ingest` on 2 cores here: 127.7 sampled frames/s (`make bench`, 2026-11-30; 640x360 "
                               "synthetic videos, a third of them real, so detected); DFDC's 1920x1080 frames were not measured")
+# CPU seconds for one fake crop's difference mask and counts (ingest.difference_masks), at 380 px;
+# SSIM's cost grows with the pixels, so other crop sizes scale it by (crop_size / 380)^2.
+DIFF_SECONDS_380 = Rate(0.041, "data_pipeline/diffs.py on one core here: median of 20 crops of 380 px (2026-12-04)")
+
+
 # The training loader's GETs per sample, by data.order: the block order reads a block of
 # data.block_samples samples per GET when the world size divides data.streams (bench/block_order.py:
 # 1/32 at world sizes 1-64 on a DFDC-sized layout with the defaults); the permutation one per sample.
@@ -78,15 +85,18 @@ def _size(prices: Prices, node_type: str, key: str) -> int:
     return n
 
 
-def ingest_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int]) -> list[Row]:
+def ingest_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int],
+                diff_seconds: float = 0.0) -> list[Row]:
     """Ingest on N spot CPU nodes: every sampled frame decoded, detected or reused, cropped and
-    encoded at `rate` frames/s per vCPU. Its GETs read the raw videos: one ranged GET per 8 MiB
-    block (s3fs's block size), a small rate beside training's."""
+    encoded at `rate` frames/s per vCPU, plus `diff_seconds` of CPU per fake crop (difference
+    masks). Its GETs read the raw videos: one ranged GET per 8 MiB block (s3fs's block size), a
+    small rate beside training's."""
     vcpus = _size(prices, node_type, "vcpus")
     frames = corpus.videos * corpus.frames_per_video
+    cpu_seconds = frames / rate.value + frames * corpus.crops_per_frame * corpus.fake_fraction * diff_seconds
     rows = []
     for n in nodes:
-        seconds = frames / (rate.value * vcpus * n)
+        seconds = cpu_seconds / (vcpus * n)
         gets = corpus.raw_bytes / (8 * 2**20) / seconds
         rows.append(Row(n, seconds / 3600, seconds / 3600 * n * prices.per_hour[node_type]["spot"], gets,
                         max(1, math.ceil(gets / S3_GETS_PER_PREFIX))))

@@ -8,14 +8,18 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 
+import numpy as np
+
 from dfdc import storage
 from dfdc.config import IngestConfig
 from data_pipeline.crops import crop_face, encode_jpeg, points_in_crop
+from data_pipeline.diffs import difference, kept_counts
 from data_pipeline.faces import Detector, Face, track
 from data_pipeline.frames import VideoError, sample_frames
 from data_pipeline.records import ZIP_CONTENT_ERRORS, VideoRecord
 
 Tracked = dict[int, list[tuple[int, Face]]]  # frame index -> [(track id, face)]
+Crops = dict[tuple[int, int], np.ndarray]  # (frame index, track id) -> the crop, H x W x 3 uint8
 
 
 @dataclass
@@ -31,6 +35,7 @@ class VideoResult:
     faces: Tracked
     frames: int
     reused: bool  # faces came from the original, not from the detector
+    crops: Crops  # kept only when asked (a real video whose fakes get difference masks)
 
 
 def sample_key(dataset: str, video: str, frame: int, face: int) -> str:
@@ -71,9 +76,13 @@ class VideoReader:
         self._zips.clear()
 
 
-def extract(record: VideoRecord, data: bytes, detector: Detector, cfg: IngestConfig, reuse: Tracked | None = None) -> VideoResult:
+def extract(record: VideoRecord, data: bytes, detector: Detector, cfg: IngestConfig, reuse: Tracked | None = None,
+            original_crops: Crops | None = None, keep_crops: bool = False) -> VideoResult:
     """Crops of up to `faces_per_frame` faces in `frames_per_video` frames. `reuse`: the tracked
-    faces of this fake's original, used instead of detecting when they cover the same frames."""
+    faces of this fake's original, used instead of detecting when they cover the same frames.
+    `original_crops`: the original's crops of those faces; with them each reused crop's metadata
+    gets `diff_kept`, where it differs from the original's (data_pipeline/diffs.py). `keep_crops`:
+    return the crops too, for this video's fakes."""
     try:
         frames = sample_frames(data, cfg.frames_per_video)
     except (VideoError, MemoryError):
@@ -89,10 +98,12 @@ def extract(record: VideoRecord, data: bytes, detector: Detector, cfg: IngestCon
         faces = dict(zip(indices, track(found, cfg.faces_per_frame, cfg.track_iou)))
     if not any(faces.values()):
         raise VideoError("no_face", f"no face in {len(frames)} sampled frames")
-    samples = []
+    samples, crops = [], {}
     for frame in frames:
         for track_id, face in faces[frame.index]:
             crop = crop_face(frame.image, face.box, cfg.margin, cfg.crop_size)
+            if keep_crops:
+                crops[(frame.index, track_id)] = crop
             meta = {
                 "label": record.label,
                 "video": record.video,
@@ -109,5 +120,7 @@ def extract(record: VideoRecord, data: bytes, detector: Detector, cfg: IngestCon
                 "method": record.method,
                 "split": record.split,
             }
+            if reused and original_crops and (frame.index, track_id) in original_crops:  # the same box: pixel-aligned
+                meta["diff_kept"] = kept_counts(difference(original_crops[(frame.index, track_id)], crop))
             samples.append(Sample(sample_key(record.dataset, record.video, frame.index, track_id), encode_jpeg(crop, cfg.jpeg_quality), meta))
-    return VideoResult(samples=samples, faces=faces, frames=len(frames), reused=reused)
+    return VideoResult(samples=samples, faces=faces, frames=len(frames), reused=reused, crops=crops)

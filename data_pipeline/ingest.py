@@ -126,12 +126,18 @@ def run_unit(records: list[VideoRecord], name: str, split: str, dest: str, cfg_d
     writer = ShardWriter(dest, name, split, cfg.ingest.shard_bytes, cfg.ingest.key_prefixes)
     quarantine: list[Quarantined] = []
     faces_of: dict[str, dict] = {}
+    crops_of: dict[str, dict] = {}  # with ingest.difference_masks: the current group's real crops (~28 MB at B7's settings)
+    group = None
     frames = videos_ok = detected = samples = 0
     try:
         for record in records:
+            if record.group != group:  # a unit holds whole groups, one after another: the last one's crops are done with
+                crops_of.clear()
+                group = record.group
             reuse = faces_of.get(record.original) if cfg.ingest.reuse_original_boxes and record.original else None
             try:
-                result = extract(record, reader.read(record), detector, cfg.ingest, reuse)
+                result = extract(record, reader.read(record), detector, cfg.ingest, reuse, crops_of.get(record.original),
+                                 keep_crops=cfg.ingest.difference_masks and record.label == 0)
             except VideoError as e:  # the video's own content: set aside, and the other videos go on
                 quarantine.append(Quarantined(record.video, e.reason, e.detail, record.label, split, record.dataset, record.method))
                 continue
@@ -139,6 +145,8 @@ def run_unit(records: list[VideoRecord], name: str, split: str, dest: str, cfg_d
             # rerun retries it: only a file's own content may set it aside for good.
             if record.label == 0:
                 faces_of[record.video] = result.faces
+                if result.crops:
+                    crops_of[record.video] = result.crops
             detected += not result.reused
             for sample in result.samples:
                 writer.write(sample)

@@ -140,6 +140,14 @@ def check_face_margin(widest: float, manifest: dict, dataset: str, what: str) ->
                             f"or lower {what}")
 
 
+def check_difference_masks(manifest: dict, dataset: str) -> None:
+    """data.diff_cutout reads each fake's `diff_kept` (ingest.difference_masks). Without them every
+    real crop drawn would be cut and no fake: a cutout that gives the label away, so it is refused."""
+    if not manifest.get("config", {}).get("ingest", {}).get("difference_masks"):
+        raise ManifestError(f"data.diff_cutout needs shards ingested with ingest.difference_masks=true; {dataset} was not: "
+                            f"ingest it again with it, or set data.diff_cutout=0")
+
+
 def face_cut_pixels(manifest: dict, face_margin: float) -> float:
     """The side, in pixels, of the cut that `face_margin` a side makes around the face box's longer
     side in the dataset's crops (ingest.crop_size pixels for the box's side x (1 + 2 ingest.margin))."""

@@ -178,7 +178,8 @@ def shards(s3_server, ray_address):
 
     root = "s3://test/train-corpus"
     cfg = load_config(None, TINY + ["synth.videos=24", "synth.width=160", "synth.height=120", "synth.identities=4",
-                                    "detector.min_face_size=20", "ingest.videos_per_task=4", "ingest.val_fraction=0.25", "ingest.shard_bytes=35000"])
+                                    "detector.min_face_size=20", "ingest.videos_per_task=4", "ingest.val_fraction=0.25", "ingest.shard_bytes=35000",
+                                    "ingest.difference_masks=true"])
     synth(f"{root}/raw", cfg.synth, log=lambda *_: None)
     ingest(f"{root}/raw", f"{root}/faces", cfg, progress=False, log=lambda *_: None)
     m = mf.load(f"{root}/faces")

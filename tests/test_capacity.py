@@ -21,6 +21,10 @@ def test_ingest_time_cost_and_gets():
     assert two.hours == pytest.approx(one.hours / 2) and two.dollars == pytest.approx(one.dollars)  # linear scaling
     assert one.gets_per_s == pytest.approx(100 / (10_000 / 100))  # 100 blocks of 8 MiB over 100 s
     assert one.prefixes == 1
+    # Difference masks: CPU seconds per fake crop on top (15,000 crops, half of them fakes')
+    [masked] = ingest_plan(Corpus("test", 1_000, 10, 1.5, 8 * 2**20 * 100, fake_fraction=0.5), Rate(10.0, "x"), PRICES,
+                           "cpu.node", [1], diff_seconds=0.04)
+    assert masked.hours == pytest.approx(one.hours + 15_000 * 0.5 * 0.04 / 10 / 3600)
 
 
 def test_epochs_time_cost_gets_and_prefixes():

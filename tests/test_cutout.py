@@ -1,4 +1,5 @@
-"""The DFDC winner's landmark cutout (train/data/cutout.py), without storage services."""
+"""The DFDC winner's landmark and difference-mask cutouts (train/data/cutout.py, data_pipeline/diffs.py),
+without storage services."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import torch
 from scipy.ndimage import binary_dilation
 from skimage.draw import line
 
+from data_pipeline import manifest as mf
+from data_pipeline.diffs import HALVES, difference, keeps, kept_counts
 from dfdc.config import ConfigError, load_config
-from train.data.cutout import band, landmark_cutout
+from train.data.cutout import band, diff_cutout, landmark_cutout
 
 # MTCNN's five points as fractions of a crop: eyes, nose, mouth corners (a frontal face)
 FACE = [[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]]
@@ -57,3 +60,60 @@ def test_bad_landmarks_and_settings_are_refused_by_name():
         load_config(None, ["data.landmark_cutout=1.5"])
     with pytest.raises(ConfigError, match="data.landmark_cutout needs data.order"):
         load_config(None, ["data.landmark_cutout=0.7", "data.order=resampled"])
+
+
+def test_a_fakes_difference_is_counted_in_the_halves_that_hold_it():
+    """His mask is 1 - SSIM between the fake's crop and its original's, made grey: zero where they
+    agree, non-zero (within SSIM's 7 px window) where a face was swapped. Counted per bit mask."""
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    assert kept_counts(difference(original, original)) == [0] * 6
+    fake = original.copy()
+    fake[10:30, 8:36] = rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)  # the top-left quarter only
+    mask = difference(original, fake)
+    assert mask.dtype == np.uint8 and mask.shape == (96, 96)
+    assert (mask[10:30, 8:36] > 0).mean() > 0.99 and not mask[40:, :].any() and not mask[:, 45:].any()
+    counts = dict(zip(HALVES, kept_counts(mask)))
+    assert counts["top"] == counts["left"] == counts["top-left+bottom-right"] == int((mask > 0).sum()) > 560
+    assert counts["bottom"] == counts["right"] == counts["top-right+bottom-left"] == 0
+    # His bit masks: mask 0 zeroes the top rows (keeps the bottom), 4 zeroes top-left and bottom-right.
+    parts = keeps(4, 4)
+    assert parts[0][2:].all() and not parts[0][:2].any() and parts[4][0, 3] and parts[4][3, 0] and not parts[4][0, 0]
+    with pytest.raises(ValueError, match="not the same boxes"):
+        difference(original, original[:90])
+
+
+def test_the_diff_cutout_keeps_a_part_that_holds_the_fakes_difference():
+    """A real crop is cut at the first try, each part as often; a fake only where more than 20 px of
+    its difference remain, within 5 tries (his loop), else not at all; a fake without a difference
+    (not cut with its original's boxes) never."""
+    image = torch.full((3, 32, 32), 200, dtype=torch.uint8)
+    parts = torch.from_numpy(keeps(32, 32))
+
+    def part_of(out):
+        if torch.equal(out, image):
+            return None
+        [i] = [i for i in range(6) if torch.equal(out[0] > 0, parts[i])]
+        assert (out[:, parts[i]] == 200).all()
+        return i
+
+    rng = np.random.default_rng(0)
+    real = Counter(part_of(diff_cutout(image, 0, None, rng)) for _ in range(3000))
+    assert None not in real and all(abs(real[i] / 3000 - 1 / 6) < 0.03 for i in range(6)), real
+    fake = Counter(part_of(diff_cutout(image, 1, [0, 21, 20, 0, 5, 0], rng)) for _ in range(3000))
+    assert set(fake) == {None, 1} and abs(fake[1] / 3000 - (1 - (5 / 6) ** 5)) < 0.03, fake  # only "top" holds > 20
+    assert all(part_of(diff_cutout(image, 1, kept, rng)) is None for kept in (None, [20] * 6) for _ in range(50))
+    pair = diff_cutout(torch.stack([image, image + 1]), 0, None, np.random.default_rng(2))
+    assert torch.equal(pair[0] == 0, pair[1] == 0)  # an SBI pair: one cut for both
+    with pytest.raises(ValueError, match="6 counts"):
+        diff_cutout(image, 1, [1, 2], rng)
+
+
+def test_the_diff_cutout_is_refused_without_its_masks_and_settings_by_name():
+    with pytest.raises(ConfigError, match="data.diff_cutout needs data.order"):
+        load_config(None, ["data.diff_cutout=0.08", "data.order=resampled"])
+    with pytest.raises(ConfigError, match="ingest.difference_masks needs ingest.reuse_original_boxes"):
+        load_config(None, ["ingest.difference_masks=true", "ingest.reuse_original_boxes=false"])
+    with pytest.raises(mf.ManifestError, match="s3://b/faces was not: ingest it again"):
+        mf.check_difference_masks({"config": {"ingest": {"difference_masks": False}}}, "s3://b/faces")
+    mf.check_difference_masks({"config": {"ingest": {"difference_masks": True}}}, "s3://b/faces")

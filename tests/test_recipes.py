@@ -73,6 +73,40 @@ def test_the_winners_landmark_cutout_blacks_out_a_part_of_most_train_crops(shard
         assert (after[1][k][:, differs] == 0).all() and 0.01 < differs.float().mean() < 0.3
 
 
+def test_the_winners_diff_cutout_keeps_part_of_each_fakes_difference(shards, tmp_path):
+    """Ingested with ingest.difference_masks (the session's corpus): each fake crop cut with its
+    original's boxes carries where it differs (`diff_kept`), no real crop does. data.diff_cutout=1.0:
+    every real crop keeps one of the six parts and loses the rest to black; a fake is cut only to a
+    part that holds more than 20 px of its difference; the same at any world size."""
+    from data_pipeline.diffs import keeps
+    from tests.test_ingest import read_samples
+
+    meta = {s["key"]: s for s in read_samples(shards, mf.load(shards), tmp_path)}
+    fakes = [m for m in meta.values() if m["label"] == 1]
+    assert fakes and all(len(m["diff_kept"]) == 6 for m in fakes) and not any("diff_kept" in m for m in meta.values() if m["label"] == 0)
+    assert sum(max(m["diff_kept"]) > 20 for m in fakes) > 0.9 * len(fakes)  # the swapped face differs from its original
+    train = train_set_of(shards)
+    plain = DataConfig(image_size=64, batch_size=4, num_workers=1, augment=False)
+    cut = DataConfig(image_size=64, batch_size=4, num_workers=1, augment=False, diff_cutout=1.0)
+    before = {k: im for b in one_epoch(train, plain, 1) for k, im in zip(b.keys, b.images)}
+    after = {w: {k: im for b in one_epoch(train, cut, w) for k, im in zip(b.keys, b.images)} for w in (1, 2)}
+    shared = before.keys() & after[1].keys() & after[2].keys()
+    assert len(shared) > 20 and all(torch.equal(after[1][k], after[2][k]) for k in shared)
+    parts = torch.from_numpy(keeps(64, 64))
+    cut_fakes = 0
+    for k in shared:
+        black = (after[1][k] != before[k]).any(0)  # the crop's own black pixels may stay as they were
+        if not black.any():
+            assert meta[k]["label"] == 1, k  # a real crop is always cut
+            continue
+        [part] = [i for i in range(6) if not (black & parts[i]).any() and (black | parts[i]).float().mean() > 0.97]
+        assert (after[1][k][:, ~parts[part]] == 0).all()
+        if meta[k]["label"] == 1:
+            assert meta[k]["diff_kept"][part] > 20, (k, part, meta[k]["diff_kept"])
+            cut_fakes += 1
+    assert cut_fakes > 0
+
+
 def _pairs(batches) -> list[tuple]:
     """(key, real image, its pseudo-fake or None) per sample, in order. In a real-only epoch a label-1
     image is the pseudo-fake of the image before it; the batch's keys name its samples, one each."""

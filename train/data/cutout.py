@@ -1,22 +1,33 @@
-"""The DFDC winner's landmark cutout (selimsef/dfdc_deepfake_challenge, `remove_landmark` in
-training/datasets/classifier_dataset.py): a train crop loses its eyes, its mouth or its nose to a
-black band, so the detector cannot lean on one part of the face. His landmarks were MTCNN's five
-points, as ingest stores them (eyes, nose, mouth corners, fractions of the crop).
+"""The DFDC winner's cutouts (selimsef/dfdc_deepfake_challenge, training/datasets/classifier_dataset.py):
+a train crop loses a part of the face to black, so the detector cannot lean on one part.
 
-Per crop drawn for it (data.landmark_cutout, his 0.7 for crops with landmarks): the eyes with
-probability 1/2, else the mouth with 1/2, else the nose with 1/2 (so 1/8 of the draws change
-nothing), as his code draws. The band: the segment between the eyes (between the mouth corners;
-from the nose to the eyes' midpoint), 2 px thick, dilated by a quarter of the eye distance (a third
-of the mouth's width), his `cv2.line` and `binary_dilation`, whose cross-shaped step makes the band
-the pixels within that L1 distance of the segment. His other two cutouts are not built: the convex
-hull needs dlib's 68 landmarks (weights not shipped in a package), the difference mask needs each
-fake's pixel difference from its original, which ingest does not store."""
+The landmark cutout (his `remove_landmark`): per crop drawn for it (data.landmark_cutout, his 0.7 for
+crops with landmarks), the eyes with probability 1/2, else the mouth with 1/2, else the nose with 1/2
+(so 1/8 of the draws change nothing), as his code draws. His landmarks were MTCNN's five points, as
+ingest stores them (eyes, nose, mouth corners, fractions of the crop). The band: the segment between
+the eyes (between the mouth corners; from the nose to the eyes' midpoint), 2 px thick, dilated by a
+quarter of the eye distance (a third of the mouth's width), his `cv2.line` and `binary_dilation`,
+whose cross-shaped step makes the band the pixels within that L1 distance of the segment.
+
+The difference-mask cutout (his `prepare_bit_masks` branch): black outside one of six halves or
+pairs of opposite quarters, drawn up to 5 times; a real crop takes the first, a fake only one where
+more than 20 px of its difference from its original remain (`diff_kept`, data_pipeline/diffs.py),
+so a fake keeps some of what makes it fake. A fake without a difference (not cut with its
+original's boxes) is never cut, as his code did without a mask file.
+
+His third, the convex-hull cutout (half of the face outline of dlib's 68 landmarks), is not built:
+ingest finds MTCNN's five points only, and dlib's 68-point model is not in this project's packages."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from scipy import ndimage
+
+from data_pipeline.diffs import keeps
+
+TRIES = 5  # his `tries = 6; current_try = 1; while current_try < tries`
+KEPT_PX = 20  # his `np.count_nonzero(mask * bitmap_msk) > 20`
 
 
 def landmark_cutout(image: torch.Tensor, landmarks, rng: np.random.Generator) -> torch.Tensor:
@@ -60,3 +71,17 @@ def band(height: int, width: int, a, b, reach: float) -> torch.Tensor:
     if top < bottom and left < right:
         mask[top:bottom, left:right] = torch.from_numpy(near[top - y0:bottom - y0, left - x0:right - x0])
     return mask
+
+
+def diff_cutout(image: torch.Tensor, label: int, diff_kept: list[int] | None, rng: np.random.Generator) -> torch.Tensor:
+    """`image` (C x H x W, or N x C x H x W for an SBI pair: one cut for all) black outside one of the
+    six parts `diff_kept` counts; the same tensor when no try is allowed (a fake whose difference
+    lies in no part drawn, or has none)."""
+    if diff_kept is not None and len(diff_kept) != 6:
+        raise ValueError(f"diff_kept must hold 6 counts (one per bit mask), got {diff_kept!r}")
+    for _ in range(TRIES):
+        choice = int(rng.integers(6))
+        if label == 0 or (diff_kept is not None and diff_kept[choice] > KEPT_PX):
+            keep = torch.from_numpy(np.ascontiguousarray(keeps(image.shape[-2], image.shape[-1])[choice]))
+            return image * keep.to(image.dtype)
+    return image
