@@ -2,8 +2,10 @@
 run: the same model, batch, optimizer (AdamW), LR schedule, gradient clipping and precision, driven by
 the real step (`train.loop.train_step`; DDP through a small adapter with the engine's three calls),
 on one in-memory batch per rank, over --ranks processes (gloo on CPU, NCCL when there is a GPU per
-rank). Configurations run in turn, --rounds times, after --warmup steps each; a step's time is the
-slowest rank's. Prints each one's median ms per step and its ratio to DDP.
+rank). With torch.compile too ("+compile": `model.compile`, the engine's own engine.compile; DDP's
+model compiled before it is wrapped). Configurations run in turn, --rounds times, after --warmup
+steps each (the compiled ones compile in theirs); a step's time is the slowest rank's. Prints each
+one's median ms per step and its ratio to DDP.
 
 Usage: python bench/zero_vs_ddp.py [--model efficientnet_b0] [--size 128] [--batch 8] [--ranks 2]
            [--steps 8] [--warmup 3] [--rounds 3] [--precision fp32]
@@ -20,7 +22,7 @@ import time
 import torch
 import torch.distributed as dist
 
-CONFIGS = ("ddp", "zero0", "zero1", "zero2", "zero3")
+CONFIGS = ("ddp", "zero0", "zero1", "zero2", "zero3", "ddp+compile", "zero0+compile", "zero2+compile")
 
 
 class DDPEngine:
@@ -60,12 +62,16 @@ def build(name: str, args, world: int, device: torch.device):
     from train.engine import build_engine  # noqa: PLC0415
     from train.model import build_model  # noqa: PLC0415
 
-    zero = 0 if name == "ddp" else int(name.removeprefix("zero"))
+    kind, _, compiled = name.partition("+")
+    zero = 0 if kind == "ddp" else int(kind.removeprefix("zero"))
     cfg = load_config(None, [f"model.name={args.model}", f"data.image_size={args.size}", f"data.batch_size={args.batch}",
-                             f"deepspeed.precision={args.precision}", f"deepspeed.zero_stage={zero}", "optim.warmup_steps=1"])
+                             f"deepspeed.precision={args.precision}", f"deepspeed.zero_stage={zero}", "optim.warmup_steps=1",
+                             f"model.compile={'true' if compiled else 'false'}"])
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    if name == "ddp":
+    if kind == "ddp":
+        if compiled:
+            model.compile()
         return DDPEngine(model, cfg, device)
     engine, _ = build_engine(model, cfg, world_size=world, total_steps=10**6)
     return engine
@@ -93,7 +99,7 @@ def rank_main(rank: int, world: int, port: int, args, out) -> None:
     batch = {}
     for name, engine in engines.items():
         images, labels = torch.rand(args.batch, 3, args.size, args.size, generator=g), torch.randint(0, 2, (args.batch,), generator=g).float()
-        batch[name] = to_device(images, labels, engine) if name != "ddp" else (images.to(device), labels.to(device))
+        batch[name] = to_device(images, labels, engine) if not name.startswith("ddp") else (images.to(device), labels.to(device))
         for _ in range(args.warmup):
             train_step(engine, *batch[name])
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
@@ -145,9 +151,9 @@ def main() -> None:
     med = {name: statistics.median(t) for name, t in got["times"].items()}
     print(f"{args.model} at {args.size}px, batch {args.batch} per rank, {args.precision}, {args.ranks} ranks on {got['device']}, "
           f"{args.steps} steps x {args.rounds} rounds in turn after {args.warmup}")
-    print(f"{'step':8} {'ms/step (median)':>17} {'vs DDP':>8} {'rounds (ms)':>20}")
+    print(f"{'step':14} {'ms/step (median)':>17} {'vs DDP':>8} {'rounds (ms)':>20}")
     for name in CONFIGS:
-        print(f"{name:8} {med[name] * 1e3:17.1f} {med[name] / med['ddp']:7.2f}x   "
+        print(f"{name:14} {med[name] * 1e3:17.1f} {med[name] / med['ddp']:7.2f}x   "
               + ", ".join(f"{t * 1e3:.0f}" for t in got["times"][name]))
     print(json.dumps({"device": got["device"], "model": args.model, "size": args.size, "batch": args.batch, "ranks": args.ranks,
                       "precision": args.precision, "ms_per_step": {n: [round(t * 1e3, 1) for t in ts] for n, ts in got["times"].items()}}))

@@ -280,6 +280,11 @@ class ModelConfig:
     # off, as in Effort's released code.
     svd_orth_weight: float = 0.0
     svd_keepsv_weight: float = 0.0
+    # Train the model through torch.compile (DeepSpeed's engine.compile, inductor): the first step
+    # compiles (~40 s for a tiny model on this machine's CPU) and every worker start compiles again;
+    # ~30% off the step on CPU (bench/zero_vs_ddp.py, docs/performance.md), not measured on a GPU.
+    # Training only: evaluation and scoring run the model as it is.
+    compile: bool = False
 
     def check(self) -> None:
         if self.trainable not in TRAINABLE:

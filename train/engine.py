@@ -95,6 +95,10 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_ste
     # guess from LOCAL_RANK, which is wrong when workers share a GPU.
     args = types.SimpleNamespace(device_rank=torch.cuda.current_device()) if cuda else None
     engine, _, _, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    if cfg.model.compile:
+        # In place (nn.Module.compile): parameter names and state dicts stay the model's own, so
+        # checkpoints load into an uncompiled model.
+        engine.compile()
     return engine, ds_config
 
 
