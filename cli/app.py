@@ -13,10 +13,20 @@ from cli import training  # noqa: F401
 from cli import evaluation  # noqa: F401
 from cli import cluster  # noqa: F401
 from cli import local  # noqa: F401
-from cli.common import app, fail
+from cli.common import Command, app, fail
 from dfdc.storage import StorageError
 
 __all__ = ["app", "main"]
+
+
+def _use_command_class(typer_app) -> None:
+    for info in typer_app.registered_commands:
+        info.cls = Command  # none sets a class of its own
+    for group in typer_app.registered_groups:
+        _use_command_class(group.typer_instance)
+
+
+_use_command_class(app)
 
 
 def main() -> None:

@@ -29,6 +29,24 @@ console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one error, one line: easy to grep
 
 
+class Command(typer.core.TyperCommand):
+    """typer labels each parameter in help with its Python type (`<str>`, `<bool>`); the options here
+    say what they take through their metavars, and the labels of typer's own --help and of the
+    positional arguments go too. Every command gets this class (cli/app.py)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, typer.core.TyperArgument):
+                param.display_type_rich = lambda ctx: None  # the usage line names it already
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)

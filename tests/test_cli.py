@@ -239,7 +239,7 @@ def _commands():
 
 
 def test_help_shows_what_options_take_and_flows_its_paragraphs():
-    """Before: every option showed its Python type (`<list[str]>`, `<bool>` on flags), `--videos`
+    """Before: every parameter showed its Python type (`<list[str]>`, `<bool>` on flags), `--videos`
     said its default was `synth.videos`, `submit`'s usage hid its `-- COMMAND`, and `ledger check`'s
     help kept its docstring's line breaks mid-sentence."""
     import inspect
@@ -249,11 +249,10 @@ def test_help_shows_what_options_take_and_flows_its_paragraphs():
     assert len(commands) >= 17
     for words, cmd in commands:
         ctx = cmd.make_context("dfdc", [], resilient_parsing=True)
-        for p in cmd.params:
-            if p.param_type_name == "option" and p.name != "help":  # --help is typer's own
-                shown = p.display_type_rich(ctx) or ""
-                assert not shown.startswith("<"), f"dfdc {' '.join(words)} {p.opts[0]}: shows the type label {shown}"
-                assert not re.search(r"\(default: \w+\.\w+\)", p.help or ""), f"{p.opts[0]}: a key name for a default: {p.help}"
+        for p in cmd.get_params(ctx):  # typer's own --help and the positional arguments too
+            shown = p.display_type_rich(ctx) or ""
+            assert not shown.startswith("<"), f"dfdc {' '.join(words)} {p.opts[0]}: shows the type label {shown}"
+            assert not re.search(r"\(default: \w+\.\w+\)", p.help or ""), f"{p.opts[0]}: a key name for a default: {p.help}"
         # Rich help keeps a docstring's single line breaks after its first paragraph: one line each.
         for para in inspect.cleandoc(cmd.help or "").split("\n\n")[1:]:
             assert "\n" not in para, f"dfdc {' '.join(words)}: a hard-wrapped paragraph shows broken: {para[:80]!r}"
