@@ -43,8 +43,9 @@ class Rate:
 
 
 # Recorded in docs/performance.md.
-INGEST_PER_VCPU = Rate(63.85, "`dfdc ingest` on 2 cores here: 127.7 sampled frames/s (`make bench`, 2026-11-30; 640x360 "
-                              "synthetic videos, a third of them real, so detected); DFDC's 1920x1080 frames were not measured")
+INGEST_PER_VCPU = Rate(13.45, "`dfdc ingest` on 2 cores here: 26.9 sampled frames/s (bench/ingest.py, 2026-12-04; "
+                              "1920x1080 synthetic videos of 10 s, 32 frames sampled, a third of them real, so detected; "
+                              "27.5 with a keyframe every 250 frames instead of 30)")
 # CPU seconds for one fake crop's difference mask and counts (ingest.difference_masks), at 380 px;
 # SSIM's cost grows with the pixels, so other crop sizes scale it by (crop_size / 380)^2.
 DIFF_SECONDS_380 = Rate(0.041, "data_pipeline/diffs.py on one core here: median of 20 crops of 380 px (2026-12-04)")
