@@ -153,7 +153,7 @@ def plan(
     table_prices = load_prices(prices)
     corpus = dataclasses.replace(cap.DFDC, frames_per_video=cfg.ingest.frames_per_video)
     ingest = cap.Rate(ingest_rate, "given") if ingest_rate else cap.INGEST_PER_VCPU
-    train = cap.Rate(gpu_rate, "given") if gpu_rate else cap.IMAGES_PER_GPU
+    train = cap.Rate(gpu_rate, "given") if gpu_rate else cap.training_rate(cfg.model.name, cfg.data.image_size, cfg.model.trainable)
     gets = cap.gets_per_sample(cfg.data.order, cfg.data.block_samples)
     diff_seconds = cap.DIFF_SECONDS_380.value * (cfg.ingest.crop_size / 380) ** 2 if cfg.ingest.difference_masks else 0.0
     spread, per_epoch = cfg.ingest.key_prefixes, cfg.data.samples_per_epoch

@@ -63,8 +63,24 @@ def gets_per_sample(order: str, block_samples: int) -> Rate:
     return Rate(1 / 2048, "resampled shards streamed whole in 8 MiB reads (~2,000 crops a GET; not exact epochs)")
 
 
-IMAGES_PER_GPU = Rate(183.7, "one H100, EfficientNet-B4 at 380 px, bf16, ZeRO-2, batch 32, streamed from S3 "
-                             "(2026-11-23); the B7 recipe's model is larger and was not measured")
+IMAGES_PER_GPU = Rate(183.7, "one H100, EfficientNet-B4 at 380 px, bf16, ZeRO-2, batch 32, streamed from S3 (2026-11-23)")
+# Training images/s per GPU measured for a recipe's model, by (model.name, data.image_size,
+# model.trainable); docs/performance.md has each run. A recipe not here gets IMAGES_PER_GPU, said so.
+MEASURED_IMAGES_PER_GPU = {
+    ("efficientnet_b4", 380, "all"): IMAGES_PER_GPU,
+    ("vit_large_patch14_clip_quickgelu_224.openai", 224, "layernorm"): Rate(
+        569.2, "one H200, GenD's CLIP ViT-L/14 recipe (LayerNorms + head), bf16, ZeRO-2, batch 64, streamed from S3 "
+               "(2026-12-04); on the plan's H100 nodes expect less (their memory bandwidth is lower)"),
+}
+
+
+def training_rate(model: str, image_size: int, trainable: str) -> Rate:
+    """The recipe's own measured images/s per GPU, or the default with a note that it has none."""
+    found = MEASURED_IMAGES_PER_GPU.get((model, image_size, trainable))
+    if found:
+        return found
+    return Rate(IMAGES_PER_GPU.value, f"no rate measured for this recipe's model ({model} at {image_size} px, trainable "
+                                      f"{trainable}): the default, {IMAGES_PER_GPU.measured}; give --gpu-rate")
 
 
 @dataclass(frozen=True)

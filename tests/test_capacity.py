@@ -66,8 +66,12 @@ def test_dfdc_plan_prints_the_three_tables_with_their_sources():
     text = " ".join(out.output.split())
     for part in ("119,154 videos x 32 frames", "an epoch: 119,154 crops, a pass cut in 32 (data.samples_per_epoch=120,000)",
                  "ingest on c7i.8xlarge", "one epoch on p5.48xlarge",
-                 "the recipe (40 epochs)", "183.7 images/s per GPU (one H100", "prefixes needed", "spot prices of 2026-11-29",
+                 "the recipe (40 epochs)", "183.7 images/s per GPU (no rate measured", "prefixes needed", "spot prices of 2026-11-29",
                  "0.03125 GETs per sample (the block order", "GET/s per prefix", "GET $"):
         assert part in text, part
+    # The B7 recipe's model was never measured: the plan says so and uses the default
+    assert "no rate measured for this recipe's model (tf_efficientnet_b7.ns_jft_in1k at 380 px" in text
+    gend = " ".join(CliRunner().invoke(app, ["plan", "--nodes", "1", "--config", "configs/gend_clip_vitl14_ffpp.yaml"]).output.split())
+    assert "training rate: 569.2 images/s per GPU (one H200, GenD's" in gend, gend
     bad = CliRunner().invoke(app, ["plan", "--nodes", "0,x"])
     assert bad.exit_code == 2 and "--nodes" in bad.output
