@@ -155,10 +155,13 @@ def plan(
     ingest = cap.Rate(ingest_rate, "given") if ingest_rate else cap.INGEST_PER_VCPU
     train = cap.Rate(gpu_rate, "given") if gpu_rate else cap.training_rate(cfg.model.name, cfg.data.image_size, cfg.model.trainable)
     gets = cap.gets_per_sample(cfg.data.order, cfg.data.block_samples)
-    diff_seconds = cap.DIFF_SECONDS_380.value * (cfg.ingest.crop_size / 380) ** 2 if cfg.ingest.difference_masks else 0.0
+    scale = (cfg.ingest.crop_size / 380) ** 2  # both grow with the crop's pixels
+    diff_seconds = cap.DIFF_SECONDS_380.value * scale if cfg.ingest.difference_masks else 0.0
+    outline_seconds = cap.OUTLINE_SECONDS_380.value * scale if cfg.ingest.face_outlines else 0.0
     spread, per_epoch = cfg.ingest.key_prefixes, cfg.data.samples_per_epoch
     try:
-        plans = [(f"ingest on {cpu_node} spot nodes", cap.ingest_plan(corpus, ingest, table_prices, cpu_node, sizes, diff_seconds)),
+        plans = [(f"ingest on {cpu_node} spot nodes", cap.ingest_plan(corpus, ingest, table_prices, cpu_node, sizes, diff_seconds,
+                                                                                  outline_seconds)),
                  (f"one epoch on {gpu_node} spot nodes", cap.epoch_plan(corpus, train, table_prices, gpu_node, sizes, 1, gets, spread,
                                                                         per_epoch)),
                  (f"the recipe ({cfg.optim.epochs} epochs) on {gpu_node} spot nodes",
@@ -174,6 +177,9 @@ def plan(
     if diff_seconds:
         console.print(f"difference masks: {diff_seconds * 1000:.0f} ms of CPU a fake crop at {cfg.ingest.crop_size} px "
                       f"({cap.DIFF_SECONDS_380.measured}), {corpus.fake_fraction:.0%} of the videos fakes", highlight=False)
+    if outline_seconds:
+        console.print(f"face outlines: {outline_seconds * 1000:.0f} ms of CPU a crop at {cfg.ingest.crop_size} px "
+                      f"({cap.OUTLINE_SECONDS_380.measured})", highlight=False)
     console.print(f"training rate: {train.value:g} images/s per GPU ({train.measured})", highlight=False)
     console.print(f"spot prices of {table_prices.date} ({table_prices.source}); throughput assumed linear in nodes, "
                   f"S3 at {cap.S3_GETS_PER_PREFIX:,} GET/s per prefix, ${cap.GET_DOLLARS_PER_1000} per 1,000 GETs", highlight=False)

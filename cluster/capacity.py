@@ -49,6 +49,8 @@ INGEST_PER_VCPU = Rate(13.45, "`dfdc ingest` on 2 cores here: 26.9 sampled frame
 # CPU seconds for one fake crop's difference mask and counts (ingest.difference_masks), at 380 px;
 # SSIM's cost grows with the pixels, so other crop sizes scale it by (crop_size / 380)^2.
 DIFF_SECONDS_380 = Rate(0.041, "data_pipeline/diffs.py on one core here: median of 20 crops of 380 px (2026-12-04)")
+# CPU seconds for one crop's face outline (ingest.face_outlines: dlib's detector and predictor), at 380 px.
+OUTLINE_SECONDS_380 = Rate(0.016, "data_pipeline/outlines.py on one core here: median of 20 crops of 380 px (2026-12-04)")
 
 
 # The training loader's GETs per sample, by data.order: the block order reads a block of
@@ -103,14 +105,15 @@ def _size(prices: Prices, node_type: str, key: str) -> int:
 
 
 def ingest_plan(corpus: Corpus, rate: Rate, prices: Prices, node_type: str, nodes: list[int],
-                diff_seconds: float = 0.0) -> list[Row]:
+                diff_seconds: float = 0.0, outline_seconds: float = 0.0) -> list[Row]:
     """Ingest on N spot CPU nodes: every sampled frame decoded, detected or reused, cropped and
     encoded at `rate` frames/s per vCPU, plus `diff_seconds` of CPU per fake crop (difference
-    masks). Its GETs read the raw videos: one ranged GET per 8 MiB block (s3fs's block size), a
-    small rate beside training's."""
+    masks) and `outline_seconds` per crop (face outlines). Its GETs read the raw videos: one ranged
+    GET per 8 MiB block (s3fs's block size), a small rate beside training's."""
     vcpus = _size(prices, node_type, "vcpus")
     frames = corpus.videos * corpus.frames_per_video
-    cpu_seconds = frames / rate.value + frames * corpus.crops_per_frame * corpus.fake_fraction * diff_seconds
+    crops = frames * corpus.crops_per_frame
+    cpu_seconds = frames / rate.value + crops * (corpus.fake_fraction * diff_seconds + outline_seconds)
     rows = []
     for n in nodes:
         seconds = cpu_seconds / (vcpus * n)

@@ -16,6 +16,7 @@ from data_pipeline.crops import crop_face, encode_jpeg, points_in_crop
 from data_pipeline.diffs import difference, kept_counts
 from data_pipeline.faces import Detector, Face, track
 from data_pipeline.frames import VideoError, sample_frames
+from data_pipeline.outlines import outline
 from data_pipeline.records import ZIP_CONTENT_ERRORS, VideoRecord
 
 Tracked = dict[int, list[tuple[int, Face]]]  # frame index -> [(track id, face)]
@@ -122,5 +123,7 @@ def extract(record: VideoRecord, data: bytes, detector: Detector, cfg: IngestCon
             }
             if reused and original_crops and (frame.index, track_id) in original_crops:  # the same box: pixel-aligned
                 meta["diff_kept"] = kept_counts(difference(original_crops[(frame.index, track_id)], crop))
+            if cfg.face_outlines and (points := outline(crop)):
+                meta["outline"] = points
             samples.append(Sample(sample_key(record.dataset, record.video, frame.index, track_id), encode_jpeg(crop, cfg.jpeg_quality), meta))
     return VideoResult(samples=samples, faces=faces, frames=len(frames), reused=reused, crops=crops)

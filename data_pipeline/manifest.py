@@ -148,6 +148,14 @@ def check_difference_masks(manifest: dict, dataset: str) -> None:
                             f"ingest it again with it, or set data.diff_cutout=0")
 
 
+def check_face_outlines(manifest: dict, dataset: str) -> None:
+    """data.hull_cutout reads each crop's `outline` (ingest.face_outlines): without them it would
+    never cut, silently, so it is refused."""
+    if not manifest.get("config", {}).get("ingest", {}).get("face_outlines"):
+        raise ManifestError(f"data.hull_cutout needs shards ingested with ingest.face_outlines=true; {dataset} was not: "
+                            f"ingest it again with it, or set data.hull_cutout=0")
+
+
 def face_cut_pixels(manifest: dict, face_margin: float) -> float:
     """The side, in pixels, of the cut that `face_margin` a side makes around the face box's longer
     side in the dataset's crops (ingest.crop_size pixels for the box's side x (1 + 2 ingest.margin))."""

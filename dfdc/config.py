@@ -62,6 +62,10 @@ class IngestConfig:
     # from the original's crop, what data.diff_cutout reads (the DFDC winner's difference masks,
     # data_pipeline/diffs.py). ~41 ms of CPU a 380 px fake crop.
     difference_masks: bool = False
+    # Each crop gets `outline` in its metadata: 27 points around the face from dlib's 68-point shape
+    # predictor, what data.hull_cutout reads (the DFDC winner's convex hull, data_pipeline/outlines.py).
+    # Off: that model was trained on iBUG 300-W, whose licence excludes commercial use (docs/recipes.md).
+    face_outlines: bool = False
     # Only the videos whose path below the source matches one of these globs (`*` crosses folders),
     # e.g. FF++'s c23 videos of its four methods; the rest are counted as left out. Empty: all.
     include: list[str] = field(default_factory=list)
@@ -214,9 +218,15 @@ class DataConfig:
     # Probability, for a train crop not drawn for the landmark cutout, of the winner's difference-mask
     # cutout: black outside one of six halves (or pairs of opposite quarters), a fake's only among
     # those still holding more than 20 px of its difference from its original (5 tries, then none).
-    # Needs shards ingested with ingest.difference_masks. His chain: landmarks 0.7, else his convex
-    # hull 0.2 (not built), else this 0.1: 0.8 x 0.1 = 0.08 of the rest (train/data/cutout.py). 0: off.
+    # Needs shards ingested with ingest.difference_masks. His chain: landmarks 0.7, else the convex
+    # hull 0.2 (data.hull_cutout), else this 0.1; without the hull, 0.08 (0.8 x 0.1) keeps his
+    # frequency (train/data/cutout.py). 0: off.
     diff_cutout: float = 0.0
+    # Probability, for a train crop not drawn for the landmark cutout, of the winner's convex-hull
+    # cutout (his 0.2): one half of the face's outline (above, below, left or right of its centroid)
+    # goes black. Drawn before data.diff_cutout, as his chain: with it on, data.diff_cutout is his
+    # 0.1. Needs shards ingested with ingest.face_outlines. 0: off.
+    hull_cutout: float = 0.0
 
     def check(self) -> None:
         if self.samples_per_epoch is not None and self.samples_per_epoch < self.batch_size:
@@ -225,7 +235,7 @@ class DataConfig:
         if self.face_margin is not None and (len(self.face_margin) != 2 or not 0 <= self.face_margin[0] <= self.face_margin[1] <= 1):
             raise ConfigError(f"data.face_margin takes [low, high] with 0 <= low <= high <= 1 (fractions of the face box), "
                               f"got {self.face_margin}")
-        for key in ("landmark_cutout", "diff_cutout"):
+        for key in ("landmark_cutout", "diff_cutout", "hull_cutout"):
             if getattr(self, key) and self.order == "resampled":
                 raise ConfigError(f"data.{key} needs data.order=blocks or permutation (the resampled stream does not cut crops)")
         if self.face_margin is not None and self.order == "resampled":
@@ -518,7 +528,7 @@ RANGES = {
     "data.image_size": ">= 8", "data.batch_size": ">= 1", "data.num_workers": ">= 0", "data.shuffle_buffer": ">= 0",
     "data.samples_per_epoch": ">= 1", "data.block_samples": ">= 1", "data.window_blocks": ">= 1", "data.streams": ">= 1",
     "data.max_failed_reads": ">= 0", "data.read_retries": ">= 0", "data.slowdown_timeout_s": "> 0", "data.merge_gap_bytes": ">= 0",
-    "data.sbi": "0..1", "data.eval_face_margin": "0..1", "data.landmark_cutout": "0..1", "data.diff_cutout": "0..1",
+    "data.sbi": "0..1", "data.eval_face_margin": "0..1", "data.landmark_cutout": "0..1", "data.diff_cutout": "0..1", "data.hull_cutout": "0..1",
     "model.drop_rate": "[0, 1)", "model.svd_rank": ">= 1", "model.svd_orth_weight": ">= 0", "model.svd_keepsv_weight": ">= 0",
     "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.epochs": ">= 1", "optim.warmup_steps": ">= 0", "optim.grad_clip": ">= 0",
     "optim.grad_accum": ">= 1", "optim.seed": ">= 0", "optim.cycle_epochs": ">= 1", "optim.min_lr": ">= 0",

@@ -25,6 +25,8 @@ def test_ingest_time_cost_and_gets():
     [masked] = ingest_plan(Corpus("test", 1_000, 10, 1.5, 8 * 2**20 * 100, fake_fraction=0.5), Rate(10.0, "x"), PRICES,
                            "cpu.node", [1], diff_seconds=0.04)
     assert masked.hours == pytest.approx(one.hours + 15_000 * 0.5 * 0.04 / 10 / 3600)
+    [outlined] = ingest_plan(CORPUS, Rate(10.0, "x"), PRICES, "cpu.node", [1], outline_seconds=0.02)  # every crop
+    assert outlined.hours == pytest.approx(one.hours + 15_000 * 0.02 / 10 / 3600)
 
 
 def test_epochs_time_cost_gets_and_prefixes():

@@ -13,8 +13,9 @@ from skimage.draw import line
 
 from data_pipeline import manifest as mf
 from data_pipeline.diffs import HALVES, difference, keeps, kept_counts
+from data_pipeline.outlines import outline
 from dfdc.config import ConfigError, load_config
-from train.data.cutout import band, diff_cutout, landmark_cutout
+from train.data.cutout import band, diff_cutout, hull_cutout, landmark_cutout
 
 # MTCNN's five points as fractions of a crop: eyes, nose, mouth corners (a frontal face)
 FACE = [[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]]
@@ -117,3 +118,70 @@ def test_the_diff_cutout_is_refused_without_its_masks_and_settings_by_name():
     with pytest.raises(mf.ManifestError, match="s3://b/faces was not: ingest it again"):
         mf.check_difference_masks({"config": {"ingest": {"difference_masks": False}}}, "s3://b/faces")
     mf.check_difference_masks({"config": {"ingest": {"difference_masks": True}}}, "s3://b/faces")
+
+
+def test_dlib_outlines_a_real_face_and_finds_none_where_there_is_none():
+    """The winner's outline: dlib's detector on the crop, its 68-point predictor, the jaw line and
+    eyebrows (27 points). On skimage's astronaut (a real photograph) they surround her face; on a
+    crop with no face there is no outline, so the crop is never cut."""
+    from skimage import data
+
+    crop = data.astronaut()[0:300, 100:400]  # her face at about x 80-170, y 80-170 of this crop
+    points = outline(crop)
+    assert points is not None and len(points) == 27
+    xs, ys = np.array(points).T * 300
+    assert 60 < xs.min() < xs.mean() < xs.max() < 200 and 50 < ys.min() < ys.max() < 220, points
+    assert ys[8] > ys[0] and ys[8] > ys[16]  # the chin (point 8) below the jaw's ends
+    assert outline(np.full((120, 120, 3), 128, dtype=np.uint8)) is None
+
+
+def test_the_hull_cutout_blacks_out_one_half_of_the_outline():
+    """Split at the polygon's centroid: the lower, upper, right or left half of the face goes black,
+    each a quarter of the draws (his two draws); the rest of the crop is untouched."""
+    image = torch.full((3, 40, 40), 200, dtype=torch.uint8)
+    square = [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]  # pixels 10-30 each way
+    seen = Counter()
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        black = hull_cutout(image, square, rng)[0] == 0
+        rows, cols = black.any(1).nonzero().flatten(), black.any(0).nonzero().flatten()
+        assert 150 < black.sum() < 260  # half of the 20 x 20 face, split at its centroid
+        tall, wide = len(rows), len(cols)
+        side = ("lower" if rows.min() >= 19 else "upper") if wide > tall else ("right" if cols.min() >= 19 else "left")
+        assert 9 <= rows.min() and rows.max() <= 30 and 9 <= cols.min() and cols.max() <= 30  # inside the outline
+        seen[side] += 1
+    assert all(abs(seen[s] / 2000 - 0.25) < 0.04 for s in ("lower", "upper", "right", "left")), seen
+    assert image.min() == 200  # the input is not changed
+    pair = hull_cutout(torch.stack([image, image + 1]), square, np.random.default_rng(1))
+    assert torch.equal(pair[0] == 0, pair[1] == 0)
+    with pytest.raises(ValueError, match="3 or more finite"):
+        hull_cutout(image, [[0.1, 0.2]], rng)
+
+
+def test_the_hull_cutout_is_refused_without_outlines_by_name():
+    with pytest.raises(ConfigError, match="data.hull_cutout needs data.order"):
+        load_config(None, ["data.hull_cutout=0.2", "data.order=resampled"])
+    with pytest.raises(mf.ManifestError, match="ingest.face_outlines=true; s3://b/faces was not"):
+        mf.check_face_outlines({"config": {"ingest": {}}}, "s3://b/faces")
+    mf.check_face_outlines({"config": {"ingest": {"face_outlines": True}}}, "s3://b/faces")
+
+
+def test_ingest_stores_the_outline_of_each_face_it_crops(tmp_path):
+    """ingest.face_outlines: extract (what each ingest task runs per video) gives every crop whose
+    face dlib finds its outline; the synthetic faces are skimage's astronaut, recoloured."""
+    from data_pipeline.extract import extract
+    from data_pipeline.faces import build_detector
+    from data_pipeline.sources import discover
+    from data_pipeline.synth import synth
+    from dfdc import storage
+
+    cfg = load_config(None, ["synth.videos=1", "synth.seconds=1.0", "synth.fps=6", "ingest.frames_per_video=3",
+                             "ingest.crop_size=160", "ingest.face_outlines=true"])
+    synth(str(tmp_path / "raw"), cfg.synth, log=lambda *_: None)
+    _, scan = discover(str(tmp_path / "raw"))
+    record = scan.records[0]
+    result = extract(record, storage.read_bytes(record.uri), build_detector(cfg.detector), cfg.ingest)
+    assert result.samples and all(len(s.meta["outline"]) == 27 for s in result.samples), [s.meta.get("outline") for s in result.samples]
+    cfg.ingest.face_outlines = False
+    assert not any("outline" in s.meta for s in extract(record, storage.read_bytes(record.uri), build_detector(cfg.detector),
+                                                           cfg.ingest).samples)

@@ -109,6 +109,8 @@ def _train(cfg: Config, log, callbacks: list | None, reclaim: bool) -> dict:
             mf.check_face_margin(widest, manifest, cfg.data.dataset, what)
     if cfg.data.diff_cutout:
         mf.check_difference_masks(manifest, cfg.data.dataset)
+    if cfg.data.hull_cutout:
+        mf.check_face_outlines(manifest, cfg.data.dataset)
     if cfg.data.face_margin and (cut := mf.face_cut_pixels(manifest, cfg.data.face_margin[0])) < cfg.data.image_size:
         # seen on the demo: enlarged cuts smooth the blend's seams, and SBI did not learn (docs/recipes.md)
         log(f"warning: data.face_margin cuts as small as {cut:.0f} px from {cfg.data.dataset}'s crops, enlarged to "

@@ -15,14 +15,17 @@ more than 20 px of its difference from its original remain (`diff_kept`, data_pi
 so a fake keeps some of what makes it fake. A fake without a difference (not cut with its
 original's boxes) is never cut, as his code did without a mask file.
 
-His third, the convex-hull cutout (half of the face outline of dlib's 68 landmarks), is not built:
-ingest finds MTCNN's five points only, and dlib's 68-point model is not in this project's packages."""
+The convex-hull cutout (his `blackout_convex_hull`): the polygon of the face's outline (dlib's jaw
+line and eyebrows, `outline`, data_pipeline/outlines.py) split at its centroid, above or below (1/2),
+then which half (1/2), or left or right alike; that half of the face goes black. A crop without an
+outline (dlib found no face) is not cut, as his code left it."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from scipy import ndimage
+from skimage.draw import polygon
 
 from data_pipeline.diffs import keeps
 
@@ -85,3 +88,31 @@ def diff_cutout(image: torch.Tensor, label: int, diff_kept: list[int] | None, rn
             keep = torch.from_numpy(np.ascontiguousarray(keeps(image.shape[-2], image.shape[-1])[choice]))
             return image * keep.to(image.dtype)
     return image
+
+
+def hull_cutout(image: torch.Tensor, outline, rng: np.random.Generator) -> torch.Tensor:
+    """`image` (C x H x W, or N x C x H x W for an SBI pair: one cut for all) with one half of the
+    face's outline polygon black. `outline`: [x, y] fractions of the crop, 3 points or more."""
+    points = np.asarray(outline, dtype=np.float64)
+    if points.ndim != 2 or points.shape[0] < 3 or points.shape[1] != 2 or not np.isfinite(points).all():
+        raise ValueError(f"outline must be 3 or more finite [x, y] points, got {outline!r}")
+    h, w = image.shape[-2], image.shape[-1]
+    ys, xs = polygon(points[:, 1] * h, points[:, 0] * w, shape=(h, w))
+    hull = np.zeros((h, w), dtype=bool)
+    hull[ys, xs] = True
+    if not hull.any():
+        return image
+    y, x = int(ys.mean()), int(xs.mean())  # his skimage.measure.centroid, truncated
+    first = rng.random() > 0.5  # his order of draws: which side is spared, then rows or columns
+    if rng.random() > 0.5:
+        if first:
+            hull[:y, :] = False  # the lower half goes black
+        else:
+            hull[y:, :] = False
+    elif first:
+        hull[:, :x] = False  # the right half
+    else:
+        hull[:, x:] = False
+    out = image.clone()
+    out[..., torch.from_numpy(hull)] = 0
+    return out

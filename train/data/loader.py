@@ -36,7 +36,7 @@ from train.data.order import batches_left, epoch_sizes, make_order, rank_slice
 from train.data.index import TrainSet, node_order
 from train.data.reader import DataUnavailable, SampleReader
 from train.data.samples import Batch, Decode, collate, decode_sample, register_s3, worker_init
-from train.data.cutout import diff_cutout, landmark_cutout
+from train.data.cutout import diff_cutout, hull_cutout, landmark_cutout
 from train.data.sbi import self_blend
 from train.data.transforms import face_margin_crop, image_transform
 from train.data.workers import fork_server
@@ -261,13 +261,16 @@ class EpochStream(torch.utils.data.IterableDataset):
 
     def cutout(self, image: torch.Tensor, meta: dict, epoch: int, sample_id: int) -> torch.Tensor:
         """The winner's cutouts (train/data/cutout.py), drawn from (seed, epoch, sample id) alone, an
-        SBI pair cut alike: with data.landmark_cutout a band on a crop with landmarks, else, with
-        data.diff_cutout, black outside a part of the crop that (for a fake) holds its difference."""
-        if not (self.cfg.landmark_cutout or self.cfg.diff_cutout):
+        SBI pair cut alike, in his order: with data.landmark_cutout a band on a crop with landmarks,
+        else with data.hull_cutout half the face's outline, else with data.diff_cutout black outside
+        a part of the crop that (for a fake) holds its difference."""
+        if not (self.cfg.landmark_cutout or self.cfg.diff_cutout or self.cfg.hull_cutout):
             return image
         rng = np.random.default_rng([self.seed, epoch, sample_id, 2])
         if self.cfg.landmark_cutout and meta.get("landmarks") is not None and rng.random() < self.cfg.landmark_cutout:
             return landmark_cutout(image, meta["landmarks"], rng)
+        if self.cfg.hull_cutout and rng.random() < self.cfg.hull_cutout:
+            return hull_cutout(image, meta["outline"], rng) if meta.get("outline") else image
         if self.cfg.diff_cutout and rng.random() < self.cfg.diff_cutout:
             return diff_cutout(image, int(meta["label"]), meta.get("diff_kept"), rng)
         return image
