@@ -4,6 +4,7 @@ video: {video, p_fake, faces_found, frames: [{t, face, p}]}, or {video, p_fake: 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from collections.abc import Iterator
@@ -77,7 +78,8 @@ def score_video(uri: str, model_uri: str, rule: str | None = None, device: str =
         return {"video": uri, "p_fake": None, "error": f"empty_file: {uri} has zero bytes"}, []
     record = VideoRecord(uri=uri, video=uri, label=0, group=uri, dataset="scored")
     try:
-        result = extract(record, data, faces, model_file.ingest_config(card))
+        # crops as the model was trained on; the metadata only training reads (face outlines) is not made
+        result = extract(record, data, faces, dataclasses.replace(model_file.ingest_config(card), face_outlines=False))
     except VideoError as e:
         if e.reason == "no_face":  # scored 0.5, as evaluation does: no evidence either way
             return {"video": uri, "p_fake": aggregate.NO_FACE_SCORE, "faces_found": 0, "frames": [], "note": str(e)}, []
