@@ -39,6 +39,7 @@ bench: install
 	@# The loader bench's peers (MosaicML Streaming, LitData) in their own locked environment.
 	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.venv-peers $(UV) sync --frozen --project bench/peers
 	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/face_detectors.py
 	$(VENV)/bin/python bench/jpeg_decode.py
 	$(VENV)/bin/python bench/loader.py
 	$(VENV)/bin/python bench/zero_vs_ddp.py

@@ -1,0 +1,91 @@
+"""Face detectors side by side on the same frames: speed, and recall against MTCNN (issue 27: a
+faster detector that ships its weights inside a registry package is kept only if it finds >= 0.99
+of the faces MTCNN finds).
+
+  MTCNN     facenet-pytorch's, the ingest's detector (weights inside the wheel): the reference
+  dlib HOG  dlib's frontal face detector (built into dlib, from the dlib-bin wheel), as the DFDC
+            winner's convex-hull cutout runs it; upsample 0
+
+Frames: synthetic DFDC-like videos at --width x --height, --frames sampled per video by the
+ingest's own sampler, both detectors on the same frames shrunk to detector.max_side (960 px: half
+of 1080p, the winner's half size). Recall: the share of MTCNN's faces with a dlib face of IoU >=
+--iou. MediaPipe was not tried: its wheel (1.2.3 on this registry) ships no model files, and its
+face detector needs one downloaded. Neither dlib's HOG nor OpenCV's Haar cascades give MTCNN's
+five points, which ingest stores for SBI and the landmark cutout.
+
+Usage: python bench/face_detectors.py [--videos 6] [--width 1920] [--height 1080] [--frames 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def iou(a, b) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=6)
+    ap.add_argument("--width", type=int, default=1920)
+    ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--frames", type=int, default=32, help="frames sampled per video")
+    ap.add_argument("--iou", type=float, default=0.5)
+    args = ap.parse_args()
+
+    import dlib  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    from dfdc import storage  # noqa: PLC0415
+    from dfdc.config import load_config  # noqa: PLC0415
+    from data_pipeline.faces import build_detector  # noqa: PLC0415
+    from data_pipeline.frames import sample_frames  # noqa: PLC0415
+    from data_pipeline.sources import discover  # noqa: PLC0415
+    from data_pipeline.synth import synth  # noqa: PLC0415
+
+    cfg = load_config(None, [f"synth.videos={args.videos}", f"synth.width={args.width}", f"synth.height={args.height}",
+                             f"synth.seconds={args.seconds}", "detector.min_face_size=40"])
+    with tempfile.TemporaryDirectory() as tmp:
+        synth(tmp, cfg.synth, log=lambda *_: None)
+        _, scan = discover(tmp)
+        frames = [f.image for r in scan.records for f in sample_frames(storage.read_bytes(r.uri), args.frames)]
+    h, w = frames[0].shape[:2]
+    scale = min(1.0, cfg.detector.max_side / max(h, w))
+    size = (round(w * scale), round(h * scale))
+    print(f"{len(frames)} frames of {w}x{h} from {len(scan.records)} synthetic videos, detected at {size[0]}x{size[1]}; "
+          f"{os.cpu_count()} cores")
+
+    mtcnn = build_detector(cfg.detector)
+    mtcnn.detect(frames[:2])  # warm-up
+    t = time.perf_counter()
+    reference = mtcnn.detect(frames)
+    mtcnn_fps = len(frames) / (time.perf_counter() - t)
+
+    hog = dlib.get_frontal_face_detector()
+    small = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in frames]  # as MTCNN's input
+    t = time.perf_counter()
+    found = [[(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale) for r in hog(im, 0)] for im in small]
+    hog_fps = len(frames) / (time.perf_counter() - t)
+
+    faces = [(i, f.box) for i, fs in enumerate(reference) for f in fs]
+    matched = sum(any(iou(box, other) >= args.iou for other in found[i]) for i, box in faces)
+    extra = sum(len(f) for f in found) - matched
+    print(f"{'detector':10} {'frames/s':>9} {'vs MTCNN':>9} {'recall vs MTCNN':>16} {'faces':>6}")
+    print(f"{'MTCNN':10} {mtcnn_fps:9.1f} {1.0:8.2f}x {'(reference)':>16} {len(faces):6d}")
+    recall = matched / len(faces) if faces else float("nan")
+    print(f"{'dlib HOG':10} {hog_fps:9.1f} {hog_fps / mtcnn_fps:8.2f}x {recall:16.3f} {sum(len(f) for f in found):6d}")
+    print(f"dlib HOG: {matched} of MTCNN's {len(faces)} faces at IoU >= {args.iou}; {extra} of its own faces match none of MTCNN's")
+
+
+if __name__ == "__main__":
+    main()
