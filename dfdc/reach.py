@@ -48,26 +48,26 @@ def _host_port(url: str) -> tuple[str | None, int | None]:
         return None, None
 
 
-def dashboard(url: str, timeout_s: float = 3.0) -> None:
-    """Raise Unreachable unless the Ray dashboard at `url` (http://HOST:PORT) accepts connections."""
+def _url(url: str, what: str, example: str, service: str, fix: str, timeout_s: float) -> None:
     host, port = _host_port(url)
     if not host or not port:
-        raise Unreachable(f"Ray dashboard address {url!r} is not a URL like http://127.0.0.1:8265")
+        raise Unreachable(f"{what} {url!r} is not a URL like {example}")
     why = _connect(host, port, timeout_s)
     if why:
-        raise Unreachable(f"no Ray dashboard answers at {url} ({why}): start the cluster, or open its tunnel (`ray dashboard "
-                          f"CLUSTER.yaml`), or give the dashboard's URL (http://HOST:8265) in --dashboard, RAY_API_SERVER_ADDRESS or RAY_ADDRESS")
+        raise Unreachable(f"no {service} answers at {url} ({why}): {fix}")
+
+
+def dashboard(url: str, timeout_s: float = 3.0) -> None:
+    """Raise Unreachable unless the Ray dashboard at `url` (http://HOST:PORT) accepts connections."""
+    _url(url, "Ray dashboard address", "http://127.0.0.1:8265", "Ray dashboard",
+         "start the cluster, or open its tunnel (`ray dashboard CLUSTER.yaml`), or give the dashboard's URL "
+         "(http://HOST:8265) in --dashboard, RAY_API_SERVER_ADDRESS or RAY_ADDRESS", timeout_s)
 
 
 def mlflow(uri: str, timeout_s: float = 3.0) -> None:
     """Raise Unreachable unless the MLflow tracking server at `uri` accepts connections. Only
     http(s):// URIs are servers; a sqlite: or file store, or databricks, is not checked here."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    host, port = _host_port(uri)
-    if not host or not port:
-        raise Unreachable(f"MLflow tracking URI {uri!r} is not a URL like http://127.0.0.1:5000")
-    why = _connect(host, port, timeout_s)
-    if why:
-        raise Unreachable(f"no MLflow server answers at {uri} ({why}): start it (`dfdc mlflow serve`, or the infra stack's "
-                          f"server), open its tunnel, or give its URL in tracking.uri or MLFLOW_TRACKING_URI")
+    if uri.startswith(("http://", "https://")):
+        _url(uri, "MLflow tracking URI", "http://127.0.0.1:5000", "MLflow server",
+             "start it (`dfdc mlflow serve`, or the infra stack's server), open its tunnel, or give its URL in tracking.uri "
+             "or MLFLOW_TRACKING_URI", timeout_s)

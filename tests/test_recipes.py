@@ -56,16 +56,22 @@ def test_paired_batches_hold_each_real_crop_with_the_crops_of_its_fakes(shards):
                 sorted(rows[k][3] for k in rows if pair_key(rows[k]) == u)
 
 
+def _with_and_without(train, **cut) -> tuple[dict, dict, set]:
+    """One epoch's images by key without augmentation, plain (world size 1) and with the settings
+    `cut` (world sizes 1 and 2, which must give the same images), and the keys all three hold."""
+    plain = DataConfig(image_size=64, batch_size=4, num_workers=1, augment=False)
+    with_cut = DataConfig(image_size=64, batch_size=4, num_workers=1, augment=False, **cut)
+    before = {k: im for b in one_epoch(train, plain, 1) for k, im in zip(b.keys, b.images)}
+    after = {w: {k: im for b in one_epoch(train, with_cut, w) for k, im in zip(b.keys, b.images)} for w in (1, 2)}
+    shared = before.keys() & after[1].keys() & after[2].keys()
+    assert len(shared) > 20 and all(torch.equal(after[1][k], after[2][k]) for k in shared)
+    return before, after, shared
+
+
 def test_the_winners_landmark_cutout_blacks_out_a_part_of_most_train_crops(shards):
     """data.landmark_cutout: 1.0 on crops that carry MTCNN's landmarks: 7 in 8 lose a band to black,
     the rest of each crop untouched; the draw is the sample's own (the same at any world size)."""
-    train = train_set_of(shards)
-    plain = DataConfig(image_size=64, batch_size=4, num_workers=1, augment=False)
-    cut = DataConfig(image_size=64, batch_size=4, num_workers=1, augment=False, landmark_cutout=1.0)
-    before = {k: im for b in one_epoch(train, plain, 1) for k, im in zip(b.keys, b.images)}
-    after = {w: {k: im for b in one_epoch(train, cut, w) for k, im in zip(b.keys, b.images)} for w in (1, 2)}
-    shared = before.keys() & after[1].keys() & after[2].keys()
-    assert len(shared) > 20 and all(torch.equal(after[1][k], after[2][k]) for k in shared)
+    before, after, shared = _with_and_without(train_set_of(shards), landmark_cutout=1.0)
     changed = [k for k in shared if not torch.equal(before[k], after[1][k])]
     assert 0.7 < len(changed) / len(shared) < 1.0, (len(changed), len(shared))
     for k in changed:
@@ -85,13 +91,7 @@ def test_the_winners_diff_cutout_keeps_part_of_each_fakes_difference(shards, tmp
     fakes = [m for m in meta.values() if m["label"] == 1]
     assert fakes and all(len(m["diff_kept"]) == 6 for m in fakes) and not any("diff_kept" in m for m in meta.values() if m["label"] == 0)
     assert sum(max(m["diff_kept"]) > 20 for m in fakes) > 0.9 * len(fakes)  # the swapped face differs from its original
-    train = train_set_of(shards)
-    plain = DataConfig(image_size=64, batch_size=4, num_workers=1, augment=False)
-    cut = DataConfig(image_size=64, batch_size=4, num_workers=1, augment=False, diff_cutout=1.0)
-    before = {k: im for b in one_epoch(train, plain, 1) for k, im in zip(b.keys, b.images)}
-    after = {w: {k: im for b in one_epoch(train, cut, w) for k, im in zip(b.keys, b.images)} for w in (1, 2)}
-    shared = before.keys() & after[1].keys() & after[2].keys()
-    assert len(shared) > 20 and all(torch.equal(after[1][k], after[2][k]) for k in shared)
+    before, after, shared = _with_and_without(train_set_of(shards), diff_cutout=1.0)
     parts = torch.from_numpy(keeps(64, 64))
     cut_fakes = 0
     for k in shared:
