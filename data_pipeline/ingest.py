@@ -37,7 +37,11 @@ def ingest(source: str, dest: str, cfg: Config, dataset: str | None = None, prog
     dataset, scan = discover(source, dataset, cfg.ingest.include)
     records = assign_splits(scan.records, cfg.ingest.seed, cfg.ingest.val_fraction)
     units = make_units(records, cfg.ingest.videos_per_task)
-    settings = cfg.digest("ingest", "detector")
+    plan_uri = storage.join(dest, mf.PLAN)
+    old_plan = mf.read_json(plan_uri)
+    # Compared with what an earlier run recorded: keys added to the config since, at their defaults,
+    # do not make the same ingest "another config" after an upgrade.
+    settings = cfg.digest("ingest", "detector", known=(existing or old_plan or {}).get("config"))
     digest = plan_digest(source, dataset, records, units, settings)
     if existing is not None:
         if existing.get("plan") == digest:
@@ -56,8 +60,6 @@ def ingest(source: str, dest: str, cfg: Config, dataset: str | None = None, prog
         "scan_quarantine": [dataclasses.asdict(q) for q in scan.quarantine],
         "left_out": scan.left_out,  # by ingest.include
     }
-    plan_uri = storage.join(dest, mf.PLAN)
-    old_plan = mf.read_json(plan_uri)
     if old_plan is not None and old_plan.get("digest") != digest:
         raise IngestError(f"{dest} holds an unfinished ingest of another source or config (plan {old_plan.get('digest')}, "
                           f"now {digest}): rerun with the same source and config, or choose another --dest")

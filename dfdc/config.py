@@ -506,9 +506,18 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def digest(self, *sections: str) -> str:
-        """A short stable hash of some sections, to tell whether two runs used the same settings."""
-        data = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+    def digest(self, *sections: str, known: dict | None = None) -> str:
+        """A short stable hash of some sections, to tell whether two runs used the same settings.
+        `known`: the sections as an earlier run recorded them; a key they lack (added to the config
+        since) is left out while it holds its default, so upgrading alone does not change the hash."""
+        data = {}
+        for name in sections:
+            section = getattr(self, name)
+            values = dataclasses.asdict(section)
+            if known is not None and isinstance(known.get(name), dict):
+                defaults = dataclasses.asdict(type(section)())
+                values = {k: v for k, v in values.items() if k in known[name] or v != defaults[k]}
+            data[name] = values
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -160,3 +160,23 @@ def test_every_numeric_key_has_a_range():
                if str(f.type) in ("int", "float", "int | None", "float | None")}
     assert numeric == set(RANGES), (numeric - set(RANGES), set(RANGES) - numeric)
     load_config(None)  # every default is inside its range
+
+
+def test_keys_added_since_an_ingest_do_not_change_its_settings_digest_at_their_defaults():
+    """An ingest recorded its ingest and detector settings before ingest.difference_masks and
+    ingest.face_outlines existed: rerun with this code's config (the new keys at their defaults) it
+    is the same ingest, not "another config" (before, every added key made it one). A new key set
+    away from its default, or a recorded key changed, still changes the digest."""
+    import dataclasses
+    import hashlib
+    import json
+
+    cfg = load_config(None, [])
+    recorded = {"ingest": dataclasses.asdict(cfg.ingest), "detector": dataclasses.asdict(cfg.detector)}
+    for key in ("difference_masks", "face_outlines"):
+        del recorded["ingest"][key]
+    as_then = hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:16]  # the digest it recorded
+    assert cfg.digest("ingest", "detector") != as_then
+    assert cfg.digest("ingest", "detector", known=recorded) == as_then
+    assert load_config(None, ["ingest.difference_masks=true"]).digest("ingest", "detector", known=recorded) != as_then
+    assert load_config(None, ["ingest.crop_size=300"]).digest("ingest", "detector", known=recorded) != as_then
