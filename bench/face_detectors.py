@@ -26,13 +26,6 @@ import time
 import numpy as np
 
 
-def iou(a, b) -> float:
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=6)
@@ -48,7 +41,7 @@ def main() -> None:
 
     from dfdc import storage  # noqa: PLC0415
     from dfdc.config import load_config  # noqa: PLC0415
-    from data_pipeline.faces import build_detector  # noqa: PLC0415
+    from data_pipeline.faces import build_detector, iou  # noqa: PLC0415
     from data_pipeline.frames import sample_frames  # noqa: PLC0415
     from data_pipeline.sources import discover  # noqa: PLC0415
     from data_pipeline.synth import synth  # noqa: PLC0415
