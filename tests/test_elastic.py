@@ -67,7 +67,10 @@ def test_a_node_lost_mid_epoch_restarts_on_fewer_workers_and_the_epoch_sees_ever
             time.sleep(0.5)
         wait_until_the_coordinator_reserves({"CPU": 1, "elastic_slot": 1}, 2)
         cfg = load_config(None, train_sets(
-            shards, tmp_path, "deepspeed.zero_stage=2", "data.batch_size=4", "optim.epochs=1", "data.ledger=true",
+            # Batches of 2: ~30 steps an epoch, so the kill after the first checkpoint (step 2) lands mid-epoch. With
+            # batches of 4 (~15 steps of a fraction of a second) a fresh clone's run once finished the epoch on both
+            # workers before the killed node's loss was seen: one attempt, at world size 2.
+            shards, tmp_path, "deepspeed.zero_stage=2", "data.batch_size=2", "optim.epochs=1", "data.ledger=true",
             "ray.checkpoint_every_steps=2", "ray.run_name=elastic", "ray.num_workers=1..2", "ray.max_failures=2",
             "ray.elastic_resize_interval_s=3600",  # no growing back within the test: it checks the restart on 1
             'ray.worker_resources={"elastic_slot": 1}', "eval.fit_temperature=false"))
