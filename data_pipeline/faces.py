@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
-
 from dfdc.config import ConfigError, DetectorConfig
 
 
@@ -45,12 +43,8 @@ class MTCNNDetector:
         out: list[list[Face]] = []
         for start in range(0, len(images), self.cfg.batch_size):
             chunk = images[start:start + self.cfg.batch_size]
-            h, w = chunk[0].shape[:2]
-            scale = min(1.0, self.cfg.max_side / max(h, w))
-            size = (round(w * scale), round(h * scale))
-            # MTCNN batches only images of one size; a video's frames all share one.
-            pil = [Image.fromarray(im).resize(size, Image.BILINEAR) if scale < 1 else Image.fromarray(im) for im in chunk]
-            boxes, probs, points = self.model.detect(pil, landmarks=True)
+            batch, scale = self._batch(chunk)
+            boxes, probs, points = self.model.detect(batch, landmarks=True)
             for b, p, pts in zip(boxes, probs, points):
                 faces = []
                 if b is not None:
@@ -60,6 +54,26 @@ class MTCNNDetector:
                             faces.append(Face(tuple(float(v) / scale for v in box), float(score), marks))
                 out.append(faces)
         return out
+
+    def _batch(self, chunk: list[np.ndarray]):
+        """The frames shrunk to `max_side`, as one uint8 tensor that MTCNN takes as it is. Why not
+        PIL images: PIL's bilinear resize of a 1920x1080 frame took 17 ms here, torch's on uint8 3 ms;
+        and MTCNN turns a batch of H x W x 3 images into a channels-last tensor, on which its pyramid
+        (area interpolation) ran 1.8x slower than on a contiguous one. So the batch is built
+        N x 3 x H x W in memory and handed over as an N x H x W x 3 view, which MTCNN permutes back
+        to contiguous (uint8 also moves a quarter of float's bytes to a GPU). MTCNN batches only
+        frames of one size; a video's frames all share one."""
+        import torch  # noqa: PLC0415
+        from torch.nn.functional import interpolate  # noqa: PLC0415
+
+        h, w = chunk[0].shape[:2]
+        scale = min(1.0, self.cfg.max_side / max(h, w))
+        size = (round(h * scale), round(w * scale))
+        small = []
+        for im in chunk:
+            t = torch.as_tensor(im).permute(2, 0, 1).unsqueeze(0)
+            small.append(interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False) if scale < 1 else t)
+        return torch.cat(small).permute(0, 2, 3, 1), scale
 
 
 def check_allowed(name: str, plugins: Collection[str] | None) -> None:
