@@ -2,14 +2,20 @@
 faster detector that ships its weights inside a registry package is kept only if it finds >= 0.99
 of the faces MTCNN finds).
 
-  MTCNN     facenet-pytorch's, the ingest's detector (weights inside the wheel): the reference
+  MTCNN     facenet-pytorch's, the ingest's detector (weights inside the wheel) at the default
+            settings (thresholds 0.6, 0.7, 0.7; min_face_size 40 at 960 px): the reference
+  MTCNN, his thresholds       the DFDC winner's thresholds (0.85, 0.95, 0.95): fewer candidates
+                              reach the second and third networks; also with his min_face_size
+                              (facenet-pytorch's 20 on the half-size frame)
+  MTCNN, B7 recipe            configs/dfdc_b7.yaml's detector section (his thresholds, min_face_size
+                              60), on the CPU
   dlib HOG  dlib's frontal face detector (built into dlib, from the dlib-bin wheel), as the DFDC
             winner's convex-hull cutout runs it; upsample 0
 
 Frames: synthetic DFDC-like videos at --width x --height, --frames sampled per video by the
 ingest's own sampler, both detectors on the same frames shrunk to detector.max_side (960 px: half
-of 1080p, the winner's half size). Recall: the share of MTCNN's faces with a dlib face of IoU >=
---iou. MediaPipe was not tried: its wheel (1.2.3 on this registry) ships no model files, and its
+of 1080p, the winner's half size). Recall: the share of the reference's faces with a face of
+IoU >= --iou from the other detector. MediaPipe was not tried: its wheel (1.2.3 on this registry) ships no model files, and its
 face detector needs one downloaded. Neither dlib's HOG nor OpenCV's Haar cascades give MTCNN's
 five points, which ingest stores for SBI and the landmark cutout.
 
@@ -19,6 +25,7 @@ Usage: python bench/face_detectors.py [--videos 6] [--width 1920] [--height 1080
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -58,27 +65,41 @@ def main() -> None:
     print(f"{len(frames)} frames of {w}x{h} from {len(scan.records)} synthetic videos, detected at {size[0]}x{size[1]}; "
           f"{os.cpu_count()} cores")
 
-    mtcnn = build_detector(cfg.detector)
-    mtcnn.detect(frames[:2])  # warm-up
-    t = time.perf_counter()
-    reference = mtcnn.detect(frames)
-    mtcnn_fps = len(frames) / (time.perf_counter() - t)
+    def timed(detect) -> tuple[list, float]:
+        detect(frames[:2])  # warm-up
+        t = time.perf_counter()
+        found = detect(frames)
+        return found, len(frames) / (time.perf_counter() - t)
 
+    def boxes(detector):
+        return lambda images: [[f.box for f in fs] for fs in detector.detect(images)]
+
+    reference, mtcnn_fps = timed(boxes(build_detector(cfg.detector)))
+    b7 = load_config("configs/dfdc_b7.yaml", ["detector.device=cpu"]).detector
+    others = {
+        "MTCNN, his thresholds": boxes(build_detector(dataclasses.replace(cfg.detector, thresholds=[0.85, 0.95, 0.95]))),
+        "MTCNN, his thresholds and min face 20 (his)": boxes(build_detector(
+            dataclasses.replace(cfg.detector, thresholds=[0.85, 0.95, 0.95], min_face_size=20))),
+        f"MTCNN, B7 recipe ({b7.thresholds}, min face {b7.min_face_size})": boxes(build_detector(b7)),
+    }
     hog = dlib.get_frontal_face_detector()
-    small = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in frames]  # as MTCNN's input
-    t = time.perf_counter()
-    found = [[(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale) for r in hog(im, 0)] for im in small]
-    hog_fps = len(frames) / (time.perf_counter() - t)
 
-    faces = [(i, f.box) for i, fs in enumerate(reference) for f in fs]
-    matched = sum(any(iou(box, other) >= args.iou for other in found[i]) for i, box in faces)
-    extra = sum(len(f) for f in found) - matched
-    print(f"{'detector':10} {'frames/s':>9} {'vs MTCNN':>9} {'recall vs MTCNN':>16} {'faces':>6}")
-    print(f"{'MTCNN':10} {mtcnn_fps:9.1f} {1.0:8.2f}x {'(reference)':>16} {len(faces):6d}")
-    recall = matched / len(faces) if faces else float("nan")
-    print(f"{'dlib HOG':10} {hog_fps:9.1f} {hog_fps / mtcnn_fps:8.2f}x {recall:16.3f} {sum(len(f) for f in found):6d}")
-    print(f"dlib HOG: {matched} of MTCNN's {len(faces)} faces at IoU >= {args.iou}; {extra} of its own faces match none of MTCNN's")
+    def dlib_hog(images):  # on the frames MTCNN sees: shrunk to max_side
+        small = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in images]
+        return [[(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale) for r in hog(im, 0)] for im in small]
 
+    others["dlib HOG"] = dlib_hog
+    faces = [(i, box) for i, bs in enumerate(reference) for box in bs]
+    print(f"{'detector':52} {'frames/s':>9} {'vs MTCNN':>9} {'recall vs MTCNN':>16} {'faces':>6} {'unmatched':>10}")
+    print(f"{'MTCNN (reference)':52} {mtcnn_fps:9.1f} {1.0:8.2f}x {'':>16} {len(faces):6d}")
+    for name, detect in others.items():
+        found, fps = timed(detect)
+        matched = sum(any(iou(box, other) >= args.iou for other in found[i]) for i, box in faces)
+        recall = matched / len(faces) if faces else float("nan")
+        total = sum(len(f) for f in found)
+        print(f"{name:52} {fps:9.1f} {fps / mtcnn_fps:8.2f}x {recall:16.3f} {total:6d} {total - matched:10d}")
+    print(f"recall: the share of the reference's {len(faces)} faces with a face of IoU >= {args.iou} from the other; "
+          "unmatched: its faces that match none of the reference's")
 
 if __name__ == "__main__":
     main()

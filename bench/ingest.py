@@ -11,7 +11,10 @@
                timed after a warm-up run
 
 Videos are synthetic (DFDC-like layout) at a size set by --width/--height/--seconds; DFDC's own are
-1920x1080, 10 s at 30 fps. Ratios are against decode-all. Usage: python bench/ingest.py [--videos 12]
+1920x1080, 10 s at 30 fps. Ratios are against decode-all; the last lines give extract's against
+seek-decode (issue 27's target: >= 0.5x). `--set KEY=VALUE` changes a setting as `dfdc ingest
+--set` does, e.g. a recipe's detector: --set 'detector.thresholds=[0.85,0.95,0.95]'.
+Usage: python bench/ingest.py [--videos 12] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+
+import torch
 
 from dfdc import storage
 from dfdc.config import load_config
@@ -56,6 +61,8 @@ def main() -> None:
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--frames", type=int, default=16, help="frames sampled per video")
     ap.add_argument("--gop", type=int, default=30, help="frames between keyframes in the synthetic videos")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config setting for extract and ingest (repeatable)")
     args = ap.parse_args()
 
     from cluster.local.s3_server import temporary_server
@@ -68,7 +75,7 @@ def main() -> None:
 
     cfg = load_config(None, [f"synth.videos={args.videos}", f"synth.width={args.width}", f"synth.height={args.height}",
                              f"synth.seconds={args.seconds}", f"synth.fps={args.fps}", f"synth.keyframe_interval={args.gop}", f"ingest.frames_per_video={args.frames}",
-                             "ingest.faces_per_frame=1", "ingest.videos_per_task=3", "detector.min_face_size=40"])
+                             "ingest.faces_per_frame=1", "ingest.videos_per_task=3", "detector.min_face_size=40", *args.overrides])
     with temporary_server("bench"):
         synth("s3://bench/raw", cfg.synth, log=lambda *_: None)
         _, scan = discover("s3://bench/raw")
@@ -121,6 +128,8 @@ def main() -> None:
         else:
             print(f"{name:32} {fps:17.1f} {fps / base:13.2f}x")
     print(f"MTCNN takes {mtcnn_share:.0%} of extract's time (MTCNN alone over extract, same frames).")
+    print(f"extract is {rows['extract (1 process)'] / rows['seek-decode']:.2f}x seek-decode (both one process; torch threads: {torch.get_num_threads()}); detector: "
+          f"thresholds {cfg.detector.thresholds}, min_face_size {cfg.detector.min_face_size}, max_side {cfg.detector.max_side}")
     print(f"keyframe every {args.gop} frames; ingest timed after a warm-up (Ray start, worker imports, MTCNN load).")
 
 

@@ -42,10 +42,29 @@ class Rate:
     measured: str  # where and how: the plan prints it beside every figure that uses it
 
 
-# Recorded in docs/performance.md.
-INGEST_PER_VCPU = Rate(13.45, "`dfdc ingest` on 2 cores here: 26.9 sampled frames/s (bench/ingest.py, 2026-12-04; "
-                              "1920x1080 synthetic videos of 10 s, 32 frames sampled, a third of them real, so detected; "
-                              "27.5 with a keyframe every 250 frames instead of 30)")
+# Recorded in docs/performance.md. `dfdc ingest` sampled frames/s per vCPU, by the detector settings
+# that set MTCNN's work: (detector.thresholds, detector.min_face_size, detector.max_side).
+INGEST_PER_VCPU = Rate(15.7, "`dfdc ingest` on 2 cores here: 31.4 sampled frames/s (bench/ingest.py, 2026-12-05; "
+                             "1920x1080 synthetic videos of 10 s, 32 frames sampled, a third of them real, so detected; "
+                             "the default detector settings)")
+MEASURED_INGEST_PER_VCPU = {
+    ((0.6, 0.7, 0.7), 40, 960): INGEST_PER_VCPU,
+    ((0.85, 0.95, 0.95), 60, 960): Rate(17.4, "`dfdc ingest` on 2 cores here: 34.8 sampled frames/s (bench/ingest.py, "
+                                              "2026-12-05; 1920x1080 synthetic videos of 10 s, 32 frames sampled, a "
+                                              "third real; the B7 recipe's detector settings on the CPU)"),
+}
+
+
+def ingest_rate(thresholds: list[float], min_face_size: int, max_side: int) -> Rate:
+    """The ingest rate measured at these detector settings, or the default's with a note that it has none."""
+    found = MEASURED_INGEST_PER_VCPU.get((tuple(thresholds), min_face_size, max_side))
+    if found:
+        return found
+    return Rate(INGEST_PER_VCPU.value, f"no ingest rate measured at these detector settings (thresholds {list(thresholds)}, "
+                                       f"min_face_size {min_face_size}, max_side {max_side}): the default's, "
+                                       f"{INGEST_PER_VCPU.measured}; give --ingest-rate")
+
+
 # CPU seconds for one fake crop's difference mask and counts (ingest.difference_masks), at 380 px;
 # SSIM's cost grows with the pixels, so other crop sizes scale it by (crop_size / 380)^2.
 DIFF_SECONDS_380 = Rate(0.041, "data_pipeline/diffs.py on one core here: median of 20 crops of 380 px (2026-12-04)")

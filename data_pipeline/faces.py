@@ -59,7 +59,7 @@ class MTCNNDetector:
         """The frames shrunk to `max_side`, as one uint8 tensor that MTCNN takes as it is. Why not
         PIL images: PIL's bilinear resize of a 1920x1080 frame took 17 ms here, torch's on uint8 3 ms;
         and MTCNN turns a batch of H x W x 3 images into a channels-last tensor, on which its pyramid
-        (area interpolation) ran 1.8x slower than on a contiguous one. So the batch is built
+        (area interpolation) ran 1.7x slower than on a contiguous one. So the batch is built
         N x 3 x H x W in memory and handed over as an N x H x W x 3 view, which MTCNN permutes back
         to contiguous (uint8 also moves a quarter of float's bytes to a GPU). MTCNN batches only
         frames of one size; a video's frames all share one."""
