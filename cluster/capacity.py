@@ -44,12 +44,12 @@ class Rate:
 
 # Recorded in docs/performance.md. `dfdc ingest` sampled frames/s per vCPU, by the detector settings
 # that set MTCNN's work: (detector.thresholds, detector.min_face_size, detector.max_side).
-INGEST_PER_VCPU = Rate(15.7, "`dfdc ingest` on 2 cores here: 31.4 sampled frames/s (bench/ingest.py, 2026-12-05; "
-                             "1920x1080 synthetic videos of 10 s, 32 frames sampled, a third of them real, so detected; "
-                             "the default detector settings)")
+INGEST_PER_VCPU = Rate(17.05, "`dfdc ingest` on 2 cores here: 34.1 sampled frames/s (bench/ingest.py, 2026-12-05; "
+                              "1920x1080 synthetic videos of 10 s, 32 frames sampled, a third of them real, so detected; "
+                              "the default detector settings)")
 MEASURED_INGEST_PER_VCPU = {
     ((0.6, 0.7, 0.7), 40, 960): INGEST_PER_VCPU,
-    ((0.85, 0.95, 0.95), 60, 960): Rate(17.4, "`dfdc ingest` on 2 cores here: 34.8 sampled frames/s (bench/ingest.py, "
+    ((0.85, 0.95, 0.95), 60, 960): Rate(19.9, "`dfdc ingest` on 2 cores here: 39.8 sampled frames/s (bench/ingest.py, "
                                               "2026-12-05; 1920x1080 synthetic videos of 10 s, 32 frames sampled, a "
                                               "third real; the B7 recipe's detector settings on the CPU)"),
 }
