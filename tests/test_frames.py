@@ -113,3 +113,23 @@ def test_truncated_faststart_video_is_truncated(tmp_path):
     with pytest.raises(VideoError) as e:
         sample_frames(data[: len(data) // 2], 8)
     assert e.value.reason == "truncated_video"
+
+
+def test_the_skip_holds_with_many_frame_threads(monkeypatch):
+    """Ingest nodes have many cores: FFmpeg's frame threads hold several packets in flight, and each
+    must still be decoded or skipped as it was sent."""
+    from data_pipeline import frames
+
+    opened = frames._open
+
+    def with_threads(data):
+        container = opened(data)
+        container.streams.video[0].codec_context.thread_count = 8
+        return container
+
+    monkeypatch.setattr(frames, "_open", with_threads)
+    data = smooth_video()
+    everything = all_frames(data)
+    for n in (7, 32):
+        got = sample_frames(data, n)
+        assert len(got) == n and all(np.array_equal(f.image, everything[f.index]) for f in got)
