@@ -1,6 +1,8 @@
-import sys, time, tempfile, importlib.util
-sys.path.insert(0, __import__("os").path.dirname(__file__))
-import frames_before as frames_old
+import subprocess, sys, time, tempfile, types
+# data_pipeline/frames.py as it was before the skip, from git (run inside the repository)
+frames_old = types.ModuleType("frames_old")
+exec(subprocess.run(["git", "show", "bb924c1:data_pipeline/frames.py"], capture_output=True, text=True, check=True).stdout,
+     frames_old.__dict__)
 from data_pipeline import frames as new
 from dfdc import storage
 from dfdc.config import load_config
