@@ -1,6 +1,7 @@
 import subprocess, sys, time, tempfile, types
 # data_pipeline/frames.py as it was before the skip, from git (run inside the repository)
 frames_old = types.ModuleType("frames_old")
+sys.modules["frames_old"] = frames_old  # its dataclasses look their module up there
 exec(subprocess.run(["git", "show", "bb924c1:data_pipeline/frames.py"], capture_output=True, text=True, check=True).stdout,
      frames_old.__dict__)
 from data_pipeline import frames as new
