@@ -16,8 +16,8 @@ Frames: synthetic DFDC-like videos at --width x --height, --frames sampled per v
 ingest's own sampler, both detectors on the same frames shrunk to detector.max_side (960 px: half
 of 1080p, the winner's half size). Recall: the share of the reference's faces with a face of
 IoU >= --iou from the other detector. MediaPipe was not tried: its wheel (1.2.3 on this registry)
-ships no model files, and its face detector needs one downloaded. Neither dlib's HOG nor OpenCV's Haar cascades give MTCNN's
-five points, which ingest stores for SBI and the landmark cutout.
+ships no model files, and its face detector needs one downloaded. Neither dlib's HOG nor OpenCV's
+Haar cascades give MTCNN's five points, which ingest stores for SBI and the landmark cutout.
 
 Usage: python bench/face_detectors.py [--videos 6] [--width 1920] [--height 1080] [--frames 32]
 """

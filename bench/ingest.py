@@ -23,8 +23,6 @@ import argparse
 import os
 import time
 
-import torch
-
 from dfdc import storage
 from dfdc.config import load_config
 
@@ -64,6 +62,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a config setting for extract and ingest (repeatable)")
     args = ap.parse_args()
+
+    import torch  # noqa: PLC0415  (slow: after --help)
 
     from cluster.local.s3_server import temporary_server
     from data_pipeline.extract import extract
