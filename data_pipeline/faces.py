@@ -1,7 +1,9 @@
 """Face detection behind a small protocol, and face tracks across a video's sampled frames.
 
-The detector is chosen by `detector.name`: "mtcnn" (facenet-pytorch's MTCNN, the DFDC winner's
-detector; its weights ship inside the wheel, so it runs offline), or "package.module:factory" for
+The detector is chosen by `detector.name`: "mtcnn" (MTCNN, the DFDC winner's detector, with
+facenet-pytorch's weights, which ship inside its wheel, so it runs offline; its stages batched in
+data_pipeline/mtcnn.py), "mtcnn-facenet" (the same networks run by facenet-pytorch's own code, as the
+winner ran them: 1.7x slower on the CPU), or "package.module:factory" for
 your own: `factory(cfg: DetectorConfig)` returns an object with
 `detect(images: list[np.ndarray]) -> list[list[Face]]`.
 """
@@ -27,16 +29,19 @@ class Face:
     landmarks: tuple[tuple[float, float], ...] | None = None
 
 
+BUILT_IN = ("mtcnn", "mtcnn-facenet")
+
+
 class Detector(Protocol):
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]: ...
 
 
 class MTCNNDetector:
-    def __init__(self, cfg: DetectorConfig):
+    def __init__(self, cfg: DetectorConfig, batched: bool = True):
         import torch  # noqa: PLC0415
         from facenet_pytorch import MTCNN  # noqa: PLC0415  (imports torchvision: slow)
 
-        self.cfg = cfg
+        self.cfg, self.batched = cfg, batched
         self.model = MTCNN(keep_all=True, device=torch.device(cfg.device), min_face_size=cfg.min_face_size,
                            thresholds=list(cfg.thresholds), post_process=False)
 
@@ -45,25 +50,28 @@ class MTCNNDetector:
         for start in range(0, len(images), self.cfg.batch_size):
             chunk = images[start:start + self.cfg.batch_size]
             batch, scale = self._batch(chunk)
-            boxes, probs, points = self.model.detect(batch, landmarks=True)
-            for b, p, pts in zip(boxes, probs, points):
-                faces = []
-                if b is not None:
-                    for box, score, five in zip(b, p, pts):
-                        if score is not None and score >= self.cfg.min_score:
-                            marks = tuple((float(x) / scale, float(y) / scale) for x, y in five)
-                            faces.append(Face(tuple(float(v) / scale for v in box), float(score), marks))
-                out.append(faces)
+            for boxes, scores, points in self._run(batch):
+                out.append([Face(tuple(float(v) / scale for v in box), float(score),
+                                 tuple((float(x) / scale, float(y) / scale) for x, y in five))
+                            for box, score, five in zip(boxes, scores, points) if score >= self.cfg.min_score])
         return out
 
+    def _run(self, batch):
+        if self.batched:
+            from data_pipeline import mtcnn  # noqa: PLC0415
+
+            m = self.model
+            return mtcnn.detect((m.pnet, m.rnet, m.onet), batch, self.cfg.min_face_size, self.cfg.thresholds)
+        # facenet-pytorch takes N x H x W x 3 and permutes it to N x 3 x H x W: a view of contiguous
+        # memory makes that contiguous, on which its area pyramid ran 1.7x faster than on channels-last
+        boxes, scores, points = self.model.detect(batch.contiguous().permute(0, 2, 3, 1), landmarks=True)
+        return [([], [], []) if b is None else (b, p, pts) for b, p, pts in zip(boxes, scores, points)]
+
     def _batch(self, chunk: list[np.ndarray]):
-        """The frames shrunk to `max_side`, as one uint8 tensor that MTCNN takes as it is. Why not
-        PIL images: PIL's bilinear resize of a 1920x1080 frame took 17 ms here, torch's on uint8 3 ms;
-        and MTCNN turns a batch of H x W x 3 images into a channels-last tensor, on which its pyramid
-        (area interpolation) ran 1.7x slower than on a contiguous one. So the batch is built
-        N x 3 x H x W in memory and handed over as an N x H x W x 3 view, which MTCNN permutes back
-        to contiguous (uint8 also moves a quarter of float's bytes to a GPU). MTCNN batches only
-        frames of one size; a video's frames all share one."""
+        """The frames shrunk to `max_side`, as one N x 3 x H x W uint8 tensor in channels-last memory
+        on the detector's device. Why not PIL images: PIL's bilinear resize of a 1920x1080 frame took
+        17 ms here, torch's on uint8 3 ms (and uint8 moves a quarter of float's bytes to a GPU).
+        MTCNN batches only frames of one size; a video's frames all share one."""
         import torch  # noqa: PLC0415
         from torch.nn.functional import interpolate  # noqa: PLC0415
 
@@ -72,13 +80,16 @@ class MTCNNDetector:
         size = (round(h * scale), round(w * scale))
         small = []
         for im in chunk:
-            t = torch.as_tensor(im).permute(2, 0, 1).unsqueeze(0)
-            small.append(interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False) if scale < 1 else t)
-        return torch.cat(small).permute(0, 2, 3, 1), scale
+            t = torch.as_tensor(im)
+            if scale < 1:  # a channels-last view in and out, so no copy but the resize's
+                t = interpolate(t.permute(2, 0, 1).unsqueeze(0), size=size, mode="bilinear", antialias=True)[0].permute(1, 2, 0)
+            small.append(t)
+        batch = torch.stack(small).permute(0, 3, 1, 2)  # N x H x W x 3 memory: channels-last N x 3 x H x W
+        return batch.to(self.model.device), scale
 
 
 def check_allowed(name: str, plugins: Collection[str] | None) -> None:
-    if name != "mtcnn" and plugins is not None and name not in plugins:
+    if name not in BUILT_IN and plugins is not None and name not in plugins:
         raise ConfigError(f"the model card names the detector {name!r}, which this command does not allow: list it "
                           "in detector.plugins (--set 'detector.plugins=[...]') if you trust that code")
 
@@ -88,8 +99,8 @@ def build_detector(cfg: DetectorConfig, plugins: Collection[str] | None = None) 
     plug-in paths the command's own config allows; a card cannot make this process import anything
     else. None: `cfg` is the command's own config."""
     check_allowed(cfg.name, plugins)
-    if cfg.name == "mtcnn":
-        return MTCNNDetector(cfg)
+    if cfg.name in BUILT_IN:
+        return MTCNNDetector(cfg, batched=cfg.name == "mtcnn")
     if ":" in cfg.name:
         module, _, attr = cfg.name.partition(":")
         try:
@@ -97,7 +108,7 @@ def build_detector(cfg: DetectorConfig, plugins: Collection[str] | None = None) 
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"detector.name {cfg.name!r}: cannot load it ({e})") from e
         return factory(cfg)
-    raise ConfigError(f"detector.name {cfg.name!r} is not 'mtcnn' nor a 'package.module:factory' path")
+    raise ConfigError(f"detector.name {cfg.name!r} is not one of {', '.join(BUILT_IN)} nor a 'package.module:factory' path")
 
 
 def iou(a, b) -> float:

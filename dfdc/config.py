@@ -25,7 +25,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DetectorConfig:
-    # "mtcnn", or "package.module:factory" for a detector of your own (see data_pipeline/faces.py).
+    # "mtcnn" (batched, data_pipeline/mtcnn.py), "mtcnn-facenet" (facenet-pytorch's own code: the reference),
+    # or "package.module:factory" for a detector of your own (see data_pipeline/faces.py).
     name: str = "mtcnn"
     device: str = "cpu"
     batch_size: int = 16

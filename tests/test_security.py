@@ -137,6 +137,7 @@ def test_a_card_cannot_choose_a_detector_plugin():
         check_allowed("evil.module:factory", ("mine.detectors:retina",))
     check_allowed("mine.detectors:retina", ("mine.detectors:retina",))
     check_allowed("mtcnn", ())
+    check_allowed("mtcnn-facenet", ())
 
 
 def test_scoring_refuses_a_card_with_a_plugin_it_does_not_allow(tmp_path):
