@@ -153,7 +153,7 @@ def plan(
     table_prices = load_prices(prices)
     corpus = dataclasses.replace(cap.DFDC, frames_per_video=cfg.ingest.frames_per_video)
     ingest = (cap.Rate(ingest_rate, "given") if ingest_rate else
-              cap.ingest_rate(cfg.detector.thresholds, cfg.detector.min_face_size, cfg.detector.max_side))
+              cap.ingest_rate(cfg.detector.name, cfg.detector.thresholds, cfg.detector.min_face_size, cfg.detector.max_side))
     train = cap.Rate(gpu_rate, "given") if gpu_rate else cap.training_rate(cfg.model.name, cfg.data.image_size, cfg.model.trainable)
     gets = cap.gets_per_sample(cfg.data.order, cfg.data.block_samples)
     scale = (cfg.ingest.crop_size / 380) ** 2  # both grow with the crop's pixels

@@ -44,25 +44,34 @@ class Rate:
 
 # Recorded in docs/performance.md. `dfdc ingest` sampled frames/s per vCPU, by the detector settings
 # that set MTCNN's work: (detector.thresholds, detector.min_face_size, detector.max_side).
-INGEST_PER_VCPU = Rate(17.05, "`dfdc ingest` on 2 cores here: 34.1 sampled frames/s (bench/ingest.py, 2026-12-05; "
-                              "1920x1080 synthetic videos of 10 s, 32 frames sampled, a third of them real, so detected; "
-                              "the default detector settings)")
+INGEST_PER_VCPU = Rate(22.25, "`dfdc ingest` on 2 cores here: 44.5 sampled frames/s (bench/ingest.py, 2026-12-05; "
+                              "1920x1080 synthetic videos of 10 s, 32 frames sampled, 2 of 12 real as in DFDC, so "
+                              "detected; the default detector settings)")
+# Keyed by the detector's name, thresholds, min_face_size and max_side. "mtcnn-facenet" is
+# facenet-pytorch's own MTCNN code, which "mtcnn" ran before data_pipeline/mtcnn.py.
 MEASURED_INGEST_PER_VCPU = {
-    ((0.6, 0.7, 0.7), 40, 960): INGEST_PER_VCPU,
-    ((0.85, 0.95, 0.95), 60, 960): Rate(19.9, "`dfdc ingest` on 2 cores here: 39.8 sampled frames/s (bench/ingest.py, "
-                                              "2026-12-05; 1920x1080 synthetic videos of 10 s, 32 frames sampled, a "
-                                              "third real; the B7 recipe's detector settings on the CPU)"),
+    ("mtcnn", (0.6, 0.7, 0.7), 40, 960): INGEST_PER_VCPU,
+    ("mtcnn", (0.85, 0.95, 0.95), 60, 960): Rate(21.25, "`dfdc ingest` on 2 cores here: 42.5 sampled frames/s (bench/ingest.py, "
+                                                        "2026-12-05; 1920x1080 synthetic videos of 10 s, 32 frames sampled, 2 "
+                                                        "of 12 real as in DFDC; the B7 recipe's detector settings on the CPU)"),
+    ("mtcnn-facenet", (0.6, 0.7, 0.7), 40, 960): Rate(17.05, "`dfdc ingest` on 2 cores here: 34.1 sampled frames/s "
+                                                             "(bench/ingest.py, 2026-12-05, before data_pipeline/mtcnn.py; "
+                                                             "1920x1080 synthetic videos, a third real; default settings)"),
+    ("mtcnn-facenet", (0.85, 0.95, 0.95), 60, 960): Rate(19.9, "`dfdc ingest` on 2 cores here: 39.8 sampled frames/s "
+                                                               "(bench/ingest.py, 2026-12-05, before data_pipeline/mtcnn.py; "
+                                                               "1920x1080 synthetic videos, a third real; the B7 recipe's "
+                                                               "detector settings)"),
 }
 
 
-def ingest_rate(thresholds: list[float], min_face_size: int, max_side: int) -> Rate:
-    """The ingest rate measured at these detector settings, or the default's with a note that it has none."""
-    found = MEASURED_INGEST_PER_VCPU.get((tuple(thresholds), min_face_size, max_side))
+def ingest_rate(name: str, thresholds: list[float], min_face_size: int, max_side: int) -> Rate:
+    """The ingest rate measured with this detector at these settings, or the default's with a note that it has none."""
+    found = MEASURED_INGEST_PER_VCPU.get((name, tuple(thresholds), min_face_size, max_side))
     if found:
         return found
-    return Rate(INGEST_PER_VCPU.value, f"no ingest rate measured at these detector settings (thresholds {list(thresholds)}, "
-                                       f"min_face_size {min_face_size}, max_side {max_side}): the default's, "
-                                       f"{INGEST_PER_VCPU.measured}; give --ingest-rate")
+    return Rate(INGEST_PER_VCPU.value, f"no ingest rate measured with this detector at these settings ({name}, thresholds "
+                                       f"{list(thresholds)}, min_face_size {min_face_size}, max_side {max_side}): the "
+                                       f"default's, {INGEST_PER_VCPU.measured}; give --ingest-rate")
 
 
 # CPU seconds for one fake crop's difference mask and counts (ingest.difference_masks), at 380 px;

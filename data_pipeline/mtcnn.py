@@ -7,8 +7,8 @@ What differs, for speed on the CPU (measured on 1080p frames shrunk to 960x540 i
   where facenet-pytorch converts the whole batch to float and runs area interpolation on it (its
   pyramid was the largest single cost of detection);
 - the second and third stages crop every candidate face in one `roi_align` call, where facenet-pytorch
-  interpolates each candidate on its own: at the default thresholds, about 900 calls a batch of 16;
-- every network reads channels-last tensors (the second and third networks ran 2.7x faster so).
+  interpolates each candidate on its own: at the default thresholds, about 950 calls a batch of 16;
+- every network reads channels-last tensors (the second and third networks ran 2.7-2.8x faster so).
 The first two do not resample exactly as facenet-pytorch does, so boxes and points can differ from
 its by a few pixels and, near a threshold, a face can differ: the bench reports recall against
 facenet-pytorch's MTCNN (detector.name "mtcnn-facenet"), and tests/test_mtcnn.py holds the two to
