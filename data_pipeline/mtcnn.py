@@ -39,8 +39,11 @@ def _candidates(pnet, frames: torch.Tensor, min_face: int, threshold: float):
     h, w = frames.shape[-2:]
     scale, side = 12.0 / min_face, min(h, w) * 12.0 / min_face  # stepped as facenet-pytorch steps them
     boxes, frame_of = [], []
+    # CUDA's antialiased resize takes floating point only (torch dispatches it for float types);
+    # the CPU's uint8 kernel is its fastest. The GPU path has not been run (no GPU lent).
+    source = frames if frames.device.type == "cpu" else frames.float()
     while side >= 12:
-        level = interpolate(frames, size=(int(h * scale + 1), int(w * scale + 1)), mode="bilinear", antialias=True)
+        level = interpolate(source, size=(int(h * scale + 1), int(w * scale + 1)), mode="bilinear", antialias=True)
         reg, probs = pnet(_normalized(level))
         b, i = generateBoundingBox(reg, probs[:, 1], scale, threshold)
         keep = batched_nms(b[:, :4], b[:, 4], i, 0.5)
