@@ -81,10 +81,10 @@ class MTCNNDetector:
         small = []
         for im in chunk:
             t = torch.as_tensor(im)
-            if scale < 1:  # a channels-last view in and out, so no copy but the resize's
+            if scale < 1:  # in: a view of the H x W x 3 frame; out: planar, viewed as H x W x 3 again
                 t = interpolate(t.permute(2, 0, 1).unsqueeze(0), size=size, mode="bilinear", antialias=True)[0].permute(1, 2, 0)
             small.append(t)
-        batch = torch.stack(small).permute(0, 3, 1, 2)  # N x H x W x 3 memory: channels-last N x 3 x H x W
+        batch = torch.stack(small).permute(0, 3, 1, 2)  # one copy into N x H x W x 3 memory: channels-last
         return batch.to(self.model.device), scale
 
 

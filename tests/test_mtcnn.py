@@ -18,7 +18,7 @@ def _frames() -> list[np.ndarray]:
     frames = []
     for size, at in [(512, (100, 40)), (300, (420, 250)), (512, (-200, 60)), (None, None)]:
         canvas = Image.fromarray(rng.integers(90, 160, (600, 800, 3), dtype=np.uint8))
-        if size:  # the third is pasted half off the frame's left edge, face included
+        if size:  # the third is pasted past the frame's left edge, a fifth of the face with it
             canvas.paste(photo.resize((size, size), Image.BICUBIC), at)
         frames.append(np.array(canvas))
     return frames
