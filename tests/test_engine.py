@@ -154,6 +154,19 @@ def _optimizer_numel(engine) -> int:
     return sum(p.numel() for g in opt.param_groups for p in g["params"])
 
 
+def _watch_gradient_buckets(engine) -> list[int]:
+    """Bytes of ZeRO-1/2's gradient buckets each time the engine allocates them (as a backward pass starts)."""
+    opt, seen = engine.optimizer, []
+    setup = opt.setup_buckets
+
+    def watched() -> None:
+        setup()
+        seen.append(sum(t.untyped_storage().nbytes() for b in opt.ipg_buckets.values() for t in b.buffer))
+
+    opt.setup_buckets = watched
+    return seen
+
+
 # ZeRO-3 runs in processes of its own below: its engine patches torch.nn.functional.linear for the
 # rest of its process, which later TorchScript exports in this one cannot trace.
 @pytest.mark.parametrize("mode, stage", [("layernorm", 2), ("svd", 2), ("head", 1), ("svd", 1)])
@@ -168,8 +181,12 @@ def test_frozen_parameters_stay_bit_identical_and_have_no_optimizer_state(one_ra
     engine, _ = build_engine(model, cfg, world_size=1, total_steps=10)
     # ZeRO pads each partition to an alignment: at most a few elements per group beyond the trainable ones
     assert 0 < sum(initial[n].numel() for n in trains) <= _optimizer_numel(engine) < sum(initial[n].numel() for n in trains) + 64
+    buckets = _watch_gradient_buckets(engine)
     for _ in range(3):
         train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine))
+    # ZeRO's gradient bucket holds at most the trainable gradients (DeepSpeed's default: 5e8
+    # elements, 1.86 GiB in fp32, whatever the model)
+    assert buckets and 0 < max(buckets) <= 4 * sum(initial[n].numel() for n in trains)
     probe = probe_logits(engine, 32)
     engine.save_checkpoint(str(tmp_path), tag=TAG)
     weights = consolidate(str(tmp_path))
@@ -191,12 +208,17 @@ def test_frozen_parameters_stay_bit_identical_and_have_no_optimizer_state(one_ra
 def _frozen_one_rank_resumes(folder: str, stage: int) -> None:
     cfg = load_config(None, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])
     torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
-    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10, universal=True)
-    to_universal(folder, os.path.join(folder, "universal"))
-    engine.load_checkpoint(os.path.join(folder, "universal"), tag=TAG)
-    restore_frozen(engine, folder)
+    universal = stage > 0  # as train.checkpoint decides: stage 0's optimizer state is whole in every checkpoint
+    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10, universal=universal)
+    if universal:
+        to_universal(folder, os.path.join(folder, "universal"))
+        engine.load_checkpoint(os.path.join(folder, "universal"), tag=TAG)
+        restore_frozen(engine, folder)
+    else:
+        engine.load_checkpoint(folder, tag=TAG)
     probe = torch.load(os.path.join(folder, "probe.pt"), weights_only=True)
     assert (probe_logits(engine, 32)["logits_fp32"] - probe["logits_fp32"]).abs().max() < 1e-5
+    assert engine.global_steps == 3 and engine.lr_scheduler.last_epoch == 3, stage
     assert torch.isfinite(train_step(engine, *to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)))
 
 
@@ -220,13 +242,14 @@ def _frozen_each_stage(rank: int, world: int, port: int, folder: str, stages: li
 
 
 def test_a_frozen_encoders_checkpoint_resumes_on_another_world_size(tmp_path, monkeypatch):
-    """Elastic resume with frozen parameters, at ZeRO-2 and ZeRO-3: a 2-rank checkpoint of a
-    LayerNorm-tuned ViT, converted to DeepSpeed's universal format, loads on one rank with the same
-    outputs; its consolidated weights keep the frozen ones as they were built."""
+    """Elastic resume with frozen parameters, at ZeRO-0 (the recipes'), ZeRO-2 and ZeRO-3: a 2-rank
+    checkpoint of a LayerNorm-tuned ViT (converted to DeepSpeed's universal format at stages 2 and 3)
+    loads on one rank with the same outputs; its consolidated weights keep the frozen ones as they
+    were built."""
     import torch.multiprocessing as mp
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    stages = [2, 3]
+    stages = [0, 2, 3]
     mp.start_processes(_frozen_each_stage, args=(2, free_port(), str(tmp_path), stages), nprocs=2, join=True, start_method="spawn")
     for stage in stages:
         cfg = load_config(None, FROZEN_VIT + [f"deepspeed.zero_stage={stage}"])

@@ -250,6 +250,12 @@ def test_deepspeed_config_is_derived():
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     assert "bf16" not in ds and ds["gradient_clipping"] == 0.5
     assert "torch_autocast" not in deepspeed_config(load_config(None), 1)
+    # ZeRO's gradient bucket: no larger than the trainable parameters, DeepSpeed's 5e8 at most
+    assert "reduce_bucket_size" not in ds["zero_optimization"]  # not told the model's size: DeepSpeed's default
+    assert deepspeed_config(cfg, 8, trainable_params=66_000_000)["zero_optimization"]["reduce_bucket_size"] == 66_000_000
+    assert deepspeed_config(cfg, 8, trainable_params=10**9)["zero_optimization"]["reduce_bucket_size"] == 500_000_000
+    stage0 = load_config(None, ["deepspeed.zero_stage=0"])
+    assert "reduce_bucket_size" not in deepspeed_config(stage0, 8, trainable_params=66_000_000)["zero_optimization"]
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -15,13 +15,20 @@ import torch
 from dfdc.config import Config
 
 AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
+# DeepSpeed's reduce_bucket_size default, in elements. ZeRO 1-3 allocate a gradient bucket of that
+# many elements whatever the model's size: 1.86 GiB in fp32, more than all of EfficientNet-B7's
+# gradients and AdamW state together (bench/model_states.py).
+REDUCE_BUCKET = 500_000_000
 
 
-def deepspeed_config(cfg: Config, world_size: int, universal: bool = False) -> dict:
+def deepspeed_config(cfg: Config, world_size: int, universal: bool = False, trainable_params: int = 0) -> dict:
     """`universal`: the engine will load a checkpoint converted to DeepSpeed's universal format (one
-    written by another number of ranks, see checkpoint.py)."""
+    written by another number of ranks, see checkpoint.py). `trainable_params`: the model's, to size
+    ZeRO's gradient bucket to no more than the gradients it can ever hold (0: DeepSpeed's default)."""
     ds = cfg.deepspeed  # checked when the config was loaded (dfdc/config.py)
     zero: dict = {"stage": ds.zero_stage}
+    if ds.zero_stage > 0 and trainable_params > 0:
+        zero["reduce_bucket_size"] = min(REDUCE_BUCKET, trainable_params)
     if ds.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
         if ds.zero_stage == 3:
@@ -74,12 +81,12 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_ste
 
     import deepspeed  # noqa: PLC0415  (slow import; only where training runs)
 
-    ds_config = deepspeed_config(cfg, world_size, universal)
     cuda = torch.cuda.is_available()
     # The weights stay contiguous (NCHW): DeepSpeed broadcasts each weight as a byte view at start,
     # which a channels-last weight refuses ("stride(-1) must be 1", seen on an H100). Channels-last
     # inputs (to_device) are enough for cuDNN to pick NHWC convolutions.
     params = [p for p in model.parameters() if p.requires_grad]
+    ds_config = deepspeed_config(cfg, world_size, universal, trainable_params=sum(p.numel() for p in params))
     if cfg.deepspeed.offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # noqa: PLC0415
 
