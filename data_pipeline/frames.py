@@ -67,8 +67,10 @@ def _packet_index(container, stream) -> tuple[list[int], list[int]]:
     return pts, keys
 
 
-def sample_frames(data: bytes, n: int) -> list[Frame]:
-    """`n` evenly spaced frames (fewer if the video has fewer), by seeking."""
+def sample_frames(data: bytes, n: int, counts: dict[str, int] | None = None) -> list[Frame]:
+    """`n` evenly spaced frames (fewer if the video has fewer), by seeking. `counts["decoded"]`, when
+    given, grows by the frames the decoder handed back (those it skipped are not; frames a frame
+    thread decoded ahead and a seek dropped are not either)."""
     container = _open(data)
     try:
         stream = container.streams.video[0]
@@ -77,12 +79,12 @@ def sample_frames(data: bytes, n: int) -> list[Frame]:
         if not pts:
             raise VideoError("no_frames", "the video stream holds no frames")
         wanted = np.unique(np.linspace(0, len(pts) - 1, min(n, len(pts))).round().astype(int))
-        return _decode_at(container, stream, pts, keys, [int(i) for i in wanted])
+        return _decode_at(container, stream, pts, keys, [int(i) for i in wanted], counts)
     finally:
         container.close()
 
 
-def _decode_at(container, stream, pts, keys, wanted: list[int]) -> list[Frame]:
+def _decode_at(container, stream, pts, keys, wanted: list[int], counts: dict[str, int] | None = None) -> list[Frame]:
     base = stream.start_time if stream.start_time is not None else pts[0]
     wanted_pts = {pts[i] for i in wanted}
     tb = float(stream.time_base)
@@ -99,6 +101,8 @@ def _decode_at(container, stream, pts, keys, wanted: list[int]) -> list[Frame]:
                 decoder = _decode_skipping(container.demux(stream), stream.codec_context, wanted_pts)
                 position = None
             for frame in decoder:
+                if counts is not None:
+                    counts["decoded"] = counts.get("decoded", 0) + 1
                 if frame.pts is None:
                     continue
                 position = frame.pts

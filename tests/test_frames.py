@@ -50,6 +50,20 @@ def test_the_smooth_video_has_frames_that_no_frame_refers_to():
         assert sum(1 for _ in c.decode(stream)) < 90
 
 
+def test_sampling_counts_the_frames_it_decodes(monkeypatch):
+    """The count bench/ingest.py bounds seeking's gain with: the wanted frames and the reference
+    frames before them, fewer than the same seeks decode without skipping non-reference frames."""
+    import data_pipeline.frames as frames_module
+
+    data = smooth_video()
+    counts: dict[str, int] = {}
+    assert len(sample_frames(data, 5, counts)) == 5
+    monkeypatch.setattr(frames_module, "_decode_skipping", lambda packets, codec, wanted: (f for p in packets for f in p.decode()))
+    unskipped: dict[str, int] = {}
+    sample_frames(data, 5, unskipped)
+    assert 5 < counts["decoded"] < unskipped["decoded"] < 90, (counts, unskipped)
+
+
 @pytest.mark.parametrize("video", [long_video, smooth_video])
 @pytest.mark.parametrize("n", [1, 4, 7, 32])
 def test_sampled_frames_equal_decoding_everything(n, video):
