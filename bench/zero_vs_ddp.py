@@ -8,7 +8,7 @@ steps each (the compiled ones compile in theirs); a step's time is the slowest r
 one's median ms per step and its ratio to DDP.
 
 Usage: python bench/zero_vs_ddp.py [--model efficientnet_b0] [--size 128] [--batch 8] [--ranks 2]
-           [--steps 8] [--warmup 3] [--rounds 3] [--precision fp32]
+           [--steps 8] [--warmup 3] [--rounds 3] [--precision fp32] [--configs ddp zero0 ...]
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def sync(device: torch.device) -> None:
 
 
 def rank_main(rank: int, world: int, port: int, args, out) -> None:
+    configs = args.configs
     from train.engine import to_device  # noqa: PLC0415
     from train.loop import train_step  # noqa: PLC0415
 
@@ -94,7 +95,7 @@ def rank_main(rank: int, world: int, port: int, args, out) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # the ranks share this machine's cores
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    engines = {name: build(name, args, world, device) for name in CONFIGS}
+    engines = {name: build(name, args, world, device) for name in configs}
     g = torch.Generator().manual_seed(rank)
     batch = {}
     for name, engine in engines.items():
@@ -102,7 +103,7 @@ def rank_main(rank: int, world: int, port: int, args, out) -> None:
         batch[name] = to_device(images, labels, engine) if not name.startswith("ddp") else (images.to(device), labels.to(device))
         for _ in range(args.warmup):
             train_step(engine, *batch[name])
-    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    times: dict[str, list[float]] = {name: [] for name in configs}
     from rich.progress import track  # noqa: PLC0415
 
     for _ in track(range(args.rounds), description="rounds", disable=rank != 0):
@@ -131,7 +132,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS, help="which to run (ddp always)")
     args = ap.parse_args()
+    args.configs = ["ddp"] + [c for c in args.configs if c != "ddp"]
 
     import torch.multiprocessing as mp  # noqa: PLC0415
 
@@ -152,7 +155,7 @@ def main() -> None:
     print(f"{args.model} at {args.size}px, batch {args.batch} per rank, {args.precision}, {args.ranks} ranks on {got['device']}, "
           f"{args.steps} steps x {args.rounds} rounds in turn after {args.warmup}")
     print(f"{'step':14} {'ms/step (median)':>17} {'vs DDP':>8} {'rounds (ms)':>20}")
-    for name in CONFIGS:
+    for name in args.configs:
         print(f"{name:14} {med[name] * 1e3:17.1f} {med[name] / med['ddp']:7.2f}x   "
               + ", ".join(f"{t * 1e3:.0f}" for t in got["times"][name]))
     print(json.dumps({"device": got["device"], "model": args.model, "size": args.size, "batch": args.batch, "ranks": args.ranks,
