@@ -100,7 +100,8 @@ MEASURED_IMAGES_PER_GPU = {
     ("efficientnet_b4", 380, "all"): IMAGES_PER_GPU,
     ("vit_large_patch14_clip_quickgelu_224.openai", 224, "layernorm"): Rate(
         569.2, "one H200, GenD's CLIP ViT-L/14 recipe (LayerNorms + head), bf16, ZeRO-2, batch 64, streamed from S3 "
-               "(2026-12-04); on the plan's H100 nodes expect less (their memory bandwidth is lower)"),
+               "(2026-12-04; the recipe runs ZeRO-0 since, not measured on a GPU); on the plan's H100 nodes expect less "
+               "(their memory bandwidth is lower)"),
 }
 
 
