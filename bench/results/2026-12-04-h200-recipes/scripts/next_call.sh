@@ -4,6 +4,7 @@
 # wheel, replicate.py; README.md says how they were made) and run `bash .gpu/run3.sh` with timeout_s 540.
 # Third call (issue 25's B7 check, issue 27's B4 and B7 figures): the B7 recipe as configured, SBI's
 # B4 recipe, and B7 at ZeRO-0 with batch 32; each part's figure printed as soon as it is measured.
+# Since 2026-12-05 the recipes configure ZeRO-0 (they were ZeRO-2), so the first two runs are ZeRO-0.
 set -u
 B=/tmp/b; mkdir -p $B && tar xJf .gpu/bundle.tar.xz -C $B && python3 -m zipfile -e .gpu/simplejpeg-*.whl $B/site/
 export PYTHONPATH=$B/site:$PWD PATH=$B/bin:$PATH PYTHONUNBUFFERED=1
