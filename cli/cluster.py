@@ -182,6 +182,12 @@ def plan(
         console.print(f"face outlines: {outline_seconds * 1000:.0f} ms of CPU a crop at {cfg.ingest.crop_size} px "
                       f"({cap.OUTLINE_SECONDS_380.measured})", highlight=False)
     console.print(f"training rate: {train.value:g} images/s per GPU ({train.measured})", highlight=False)
+    node_gpus = table_prices.size[gpu_node]["gpus"]  # there: epoch_plan refused a node type without GPUs
+    if cfg.ray.num_workers < node_gpus * max(sizes):
+        # The recipe's GPU count sets its batch a step (data.batch_size on each); more GPUs change it
+        console.print(f"the recipe trains on {cfg.ray.num_workers} GPU(s) (ray.num_workers), {cfg.data.batch_size} crops a "
+                      f"GPU; rows with more GPUs ({node_gpus} a {gpu_node}) take a larger batch a step than the recipe's",
+                      highlight=False)
     console.print(f"spot prices of {table_prices.date} ({table_prices.source}); throughput assumed linear in nodes, "
                   f"S3 at {cap.S3_GETS_PER_PREFIX:,} GET/s per prefix, ${cap.GET_DOLLARS_PER_1000} per 1,000 GETs", highlight=False)
     console.print(f"training reads: {gets.value:.4g} GETs per sample ({gets.measured}); shards over {spread} key "

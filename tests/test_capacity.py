@@ -77,6 +77,10 @@ def test_dfdc_plan_prints_the_three_tables_with_their_sources():
     assert "ingest rate: 21.25 sampled frames/s per vCPU (`dfdc ingest` on 2 cores here: 42.5" in text, text
     gend = " ".join(CliRunner().invoke(app, ["plan", "--nodes", "1", "--config", "configs/gend_clip_vitl14_ffpp.yaml"]).output.split())
     assert "training rate: 569.2 images/s per GPU (one H200, GenD's" in gend, gend
+    # The B7 recipe's batch a step is the winner's on its 4 GPUs: the plan says what more GPUs do to it;
+    # GenD's 8 fill one node
+    assert "the recipe trains on 4 GPU(s) (ray.num_workers), 12 crops a GPU; rows with more GPUs (8 a p5.48xlarge)" in text
+    assert "the recipe trains on" not in gend
     other = " ".join(CliRunner().invoke(app, ["plan", "--nodes", "1", "--set", "detector.min_face_size=20"]).output.split())
     assert "ingest rate: 22.25 sampled frames/s per vCPU (no ingest rate measured with this detector at these settings" in other, other
     # facenet-pytorch's own MTCNN code was measured too, slower: its rate, not the batched one's
