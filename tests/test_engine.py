@@ -11,7 +11,8 @@ import torch.distributed as dist
 from cluster.local.s3_server import free_port
 from dfdc.config import load_config
 from train.checkpoint import TAG, consolidate, probe_diff, probe_input, probe_logits, restore_buffers, restore_frozen, to_universal
-from train.engine import build_engine, input_dtype, to_device
+from train.engine import build_engine, clip_gradients, input_dtype, to_device
+from train.host_waits import HostWaits
 from train.loop import train_step
 from train.model import build_model
 
@@ -79,6 +80,58 @@ def test_each_precision_trains_and_consolidates(one_rank, tmp_path, precision, s
     model.load_state_dict(consolidate(str(tmp_path)), strict=True)
     assert probe_diff(model, {"input": probe_input(32), **probe}) < 1e-4
 
+
+
+# After the fp16 engines above: an fp16 engine's settings stay in DeepSpeed's globals, and bf16 sets its own.
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_zero0_step_never_makes_the_host_wait(one_rank, precision):
+    """Every recipe's stage: nothing in the step (forward, backward, clipping, AdamW, the schedule)
+    waits for the device, reads a value back or copies a Python value to it. Before: DeepSpeed's
+    throughput timer synchronized twice a step, its ZeRO-0 clipping made two tensors from floats
+    (two blocking host-to-GPU copies on a GPU), and the unfused AdamW read each step count back."""
+    cfg = load_config(None, ["model.name=test_efficientnet", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
+                             f"deepspeed.precision={precision}", "deepspeed.zero_stage=0"])
+    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=20)
+    images, labels = to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)
+    for _ in range(3):  # DeepSpeed's timer starts waiting from its third step
+        train_step(engine, images, labels)
+    with HostWaits() as waits:
+        for _ in range(3):
+            loss = train_step(engine, images, labels)
+    assert torch.isfinite(loss)
+    assert waits.counts["ops"] > 0  # it saw the step
+    assert not waits.where, dict(waits.where)
+
+
+def test_zero0_clips_as_torch_does(one_rank):
+    """The ZeRO-0 engine's step (its clipping done by train_step) moves the weights as a plain
+    PyTorch step with clip_grad_norm_ and the same AdamW does; the clip bites (tiny max norm)."""
+    sets = ["model.name=test_efficientnet", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=0", "optim.lr=0.01",
+            "deepspeed.precision=fp32", "deepspeed.zero_stage=0", "optim.grad_clip=0.001", "optim.schedule=constant",
+            "model.drop_rate=0"]
+    cfg = load_config(None, sets)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    plain = build_model(cfg.model)
+    plain.load_state_dict(model.state_dict())
+    engine, ds = build_engine(model, cfg, world_size=1, total_steps=20)
+    assert ds["gradient_clipping"] == 0.0  # DeepSpeed's own clipping is off: train_step clips
+    opt = torch.optim.AdamW(plain.parameters(), lr=0.01, weight_decay=cfg.optim.weight_decay, fused=True)
+    batches = [(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(i)), torch.tensor([0.0, 1.0, 0.0, 1.0]))
+               for i in range(3)]
+    for x, y in batches:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(engine(x).squeeze(1).float(), y)
+        engine.backward(loss)
+        clip_gradients(engine)
+        clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in engine.module.parameters()]))
+        assert clipped == pytest.approx(0.001, rel=1e-3)
+        engine.step()
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(plain(x).squeeze(1).float(), y).backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.001)
+        opt.step()
+    for (name, a), b in zip(engine.module.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
 
 ZERO3_BF16 = ["model.name=efficientnet_b0", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
               "deepspeed.precision=bf16", "deepspeed.zero_stage=3"]

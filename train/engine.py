@@ -21,6 +21,16 @@ AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
 REDUCE_BUCKET = 500_000_000
 
 
+def clips_in_step(cfg: Config) -> bool:
+    """Whether `train.loop.train_step` clips the gradients' norm (torch's clip_grad_norm_) rather
+    than DeepSpeed: at ZeRO-0 without fp16's loss scaler, whose gradients must be unscaled first.
+    DeepSpeed's own clipping at ZeRO-0 launches two kernels per parameter tensor and makes two
+    tensors from Python floats every step, each a copy the host waits for on a GPU
+    (bench/step_syncs.py counts them); torch's does neither. At ZeRO 1-3 DeepSpeed's optimizer
+    clips its own shards of the gradients."""
+    return cfg.deepspeed.zero_stage == 0 and cfg.deepspeed.precision != "fp16" and cfg.optim.grad_clip > 0
+
+
 def deepspeed_config(cfg: Config, world_size: int, universal: bool = False, trainable_params: int = 0) -> dict:
     """`universal`: the engine will load a checkpoint converted to DeepSpeed's universal format (one
     written by another number of ranks, see checkpoint.py). `trainable_params`: the model's, to size
@@ -37,13 +47,17 @@ def deepspeed_config(cfg: Config, world_size: int, universal: bool = False, trai
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.optim.grad_accum,
         "train_batch_size": cfg.data.batch_size * cfg.optim.grad_accum * world_size,
-        "gradient_clipping": cfg.optim.grad_clip,
+        "gradient_clipping": 0.0 if clips_in_step(cfg) else cfg.optim.grad_clip,
         "zero_optimization": zero,
         # A torch optimizer works on CPU and GPU alike (DeepSpeed's fused Adam needs CUDA);
         # with offload, DeepSpeed wants its own CPU Adam.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer (on by default) waits for the device at the start of every
+        # forward pass and at the end of every step, so the host cannot queue the next step's
+        # work while the GPU runs this one. Its figure goes to DeepSpeed's log, which we do not read.
+        "timers": {"throughput": {"enabled": False}},
     }
     if universal:
         out["checkpoint"] = {"load_universal": True}
@@ -92,8 +106,10 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_ste
 
         optimizer = DeepSpeedCPUAdam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, adamw_mode=True)
     else:
-        # fused: one kernel for the whole update on CUDA, instead of several per parameter tensor.
-        optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=cuda)
+        # fused: one kernel for the whole update (CUDA and CPU alike), instead of several per
+        # parameter tensor, and its step counts stay on the device (the unfused update reads each
+        # back to the host).
+        optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
     o = cfg.optim
     cycle = round(total_steps / max(1, o.epochs) * o.cycle_epochs)  # the run's steps per epoch, times the cycle's epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.warmup_steps, total_steps, o.schedule, cycle,
@@ -106,7 +122,18 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_ste
         # In place (nn.Module.compile): parameter names and state dicts stay the model's own, so
         # checkpoints load into an uncompiled model.
         engine.compile()
+    engine.dfdc_grad_clip = cfg.optim.grad_clip if clips_in_step(cfg) else 0.0  # read by clip_gradients
     return engine, ds_config
+
+
+def clip_gradients(engine) -> None:
+    """Between `engine.backward` and `engine.step`: where `clips_in_step`, the gradients' norm
+    clipped to the config's at each optimizer step, after DeepSpeed averaged them over the ranks
+    in its backward pass (ZeRO-0 all-reduces there). foreach on a GPU: a kernel per group, not
+    per tensor, and the clip coefficient stays on the device."""
+    max_norm = getattr(engine, "dfdc_grad_clip", 0.0)
+    if max_norm and engine.is_gradient_accumulation_boundary():
+        torch.nn.utils.clip_grad_norm_([p for p in engine.module.parameters() if p.grad is not None], max_norm)
 
 
 def input_dtype(engine) -> torch.dtype:

@@ -23,7 +23,7 @@ from train.data.ledger import Ledger, start_attempt
 from train.data.order import batches_left
 from train.data.index import train_set_of
 from train.data.workers import fork_server
-from train.engine import build_engine, input_dtype, to_device
+from train.engine import build_engine, clip_gradients, input_dtype, to_device
 from train.evaluation import aggregate, metrics
 from train.model import build_model, trainable
 
@@ -76,6 +76,7 @@ def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: t
     logits = engine(images).squeeze(1).float()
     loss = objective.loss(logits, labels, engine.module, optim, pos_weight)
     engine.backward(loss)
+    clip_gradients(engine)
     engine.step()
     return loss.detach()
 
