@@ -38,7 +38,7 @@ class DDPEngine:
         self.device = device
         self.module = DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                           fused=device.type == "cuda")
+                                           fused=True)  # as build_engine's
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim.warmup_steps, 10**6))
         self.clip = cfg.optim.grad_clip
         self.dtype = getattr(torch, AUTOCAST[cfg.deepspeed.precision]) if cfg.deepspeed.precision in AUTOCAST else None
