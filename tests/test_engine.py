@@ -81,7 +81,6 @@ def test_each_precision_trains_and_consolidates(one_rank, tmp_path, precision, s
     assert probe_diff(model, {"input": probe_input(32), **probe}) < 1e-4
 
 
-
 # After the fp16 engines above: an fp16 engine's settings stay in DeepSpeed's globals, and bf16 sets its own.
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_zero0_step_never_makes_the_host_wait(one_rank, precision):
@@ -132,6 +131,7 @@ def test_zero0_clips_as_torch_does(one_rank):
         opt.step()
     for (name, a), b in zip(engine.module.state_dict().items(), plain.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
 
 ZERO3_BF16 = ["model.name=efficientnet_b0", "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=1",
               "deepspeed.precision=bf16", "deepspeed.zero_stage=3"]

@@ -69,4 +69,3 @@ class HostWaits(TorchDispatchMode):
 def per_step(waits: HostWaits, steps: int) -> dict[str, float]:
     """The counts of `steps` steps, per step."""
     return {k: waits.counts[k] / steps for k in ("ops", "device_syncs", "reads", "from_python")}
-

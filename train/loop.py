@@ -70,7 +70,8 @@ def planned_steps(sizes: list[int] | int, cfg: Config, world: int, saved: TrainS
 def train_step(engine, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None,
                optim: OptimConfig | None = None) -> torch.Tensor:
     """One micro-batch: forward, loss (train/objective.py; `optim` adds a recipe's terms), backward,
-    and the optimizer step once `optim.grad_accum` micro-batches are in. Inputs already on the
+    and the gradients clipped (train/engine.py: here at ZeRO-0, else by DeepSpeed) and the optimizer
+    step once `optim.grad_accum` micro-batches are in. Inputs already on the
     engine's device (engine.to_device). Returns the loss as a device tensor: reading it waits for the
     accelerator, so callers read it only now and then."""
     logits = engine(images).squeeze(1).float()
