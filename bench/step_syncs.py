@@ -1,7 +1,8 @@
 """What makes the host wait in one training step, and what the step costs, side by side in one run:
 
   plain            a plain PyTorch step of the same model, loss, batch and precision: autocast, fused
-                   AdamW, torch's clip_grad_norm_ (what a DDP user writes)
+                   AdamW, its schedule, torch's clip_grad_norm_ (bench/zero_vs_ddp.py's PlainStep,
+                   what a DDP user writes)
   zero0            the project's step (`train.loop.train_step` on `train.engine.build_engine`)
   zero0-ds-clip    the same engine with DeepSpeed's own settings as the project used them until
                    5 December 2026: its throughput timer on, its own ZeRO-0 clipping, AdamW fused only
@@ -48,32 +49,6 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-class PlainStep:
-    """A plain PyTorch step behind the engine's calls (`train_step` drives it as it drives the engine)."""
-
-    def __init__(self, model: torch.nn.Module, cfg, device: torch.device):
-        from train.engine import AUTOCAST  # noqa: PLC0415
-
-        self.device, self.module = device, model.to(device)
-        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
-                                           weight_decay=cfg.optim.weight_decay, fused=True)
-        self.clip = cfg.optim.grad_clip
-        self.dtype = getattr(torch, AUTOCAST[cfg.deepspeed.precision]) if cfg.deepspeed.precision in AUTOCAST else None
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            return self.module(images)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step(self) -> None:
-        if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-
 def deepspeed_defaults(model: torch.nn.Module, cfg):
     """The engine as `build_engine` made it before 5 December 2026: DeepSpeed's throughput timer and
     its own ZeRO-0 clipping on, AdamW fused only on CUDA. Same config otherwise."""
@@ -100,6 +75,8 @@ def build(name: str, base: list[str], config: str | None, device: torch.device):
     torch.manual_seed(0)
     model = build_model(cfg.model)
     if name == "plain":
+        from bench.zero_vs_ddp import PlainStep  # noqa: PLC0415
+
         return PlainStep(model, cfg, device), cfg
     if name == "zero0-ds-clip":
         return deepspeed_defaults(model, cfg), cfg

@@ -25,20 +25,17 @@ import torch.distributed as dist
 CONFIGS = ("ddp", "zero0", "zero1", "zero2", "zero3", "ddp+compile", "zero0+compile", "zero2+compile")
 
 
-class DDPEngine:
-    """Plain torch DDP behind the three calls `train_step` makes on a DeepSpeed engine, configured as
-    `train.engine.build_engine` configures the engine: AdamW, the warm-up + cosine schedule, gradient
-    clipping, autocast in --precision."""
+class PlainStep:
+    """A plain PyTorch step behind the three calls `train_step` makes on a DeepSpeed engine, configured
+    as `train.engine.build_engine` configures the engine: AdamW (fused), the warm-up + cosine
+    schedule, gradient clipping (torch's), autocast in --precision. bench/step_syncs.py times it too."""
 
     def __init__(self, model: torch.nn.Module, cfg, device: torch.device):
-        from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
-
         from train.engine import AUTOCAST, lr_lambda  # noqa: PLC0415
 
-        self.device = device
-        self.module = DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                           fused=True)  # as build_engine's
+        self.device, self.module = device, model.to(device)
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
+                                           weight_decay=cfg.optim.weight_decay, fused=True)  # as build_engine's
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim.warmup_steps, 10**6))
         self.clip = cfg.optim.grad_clip
         self.dtype = getattr(torch, AUTOCAST[cfg.deepspeed.precision]) if cfg.deepspeed.precision in AUTOCAST else None
@@ -51,10 +48,21 @@ class DDPEngine:
         loss.backward()
 
     def step(self) -> None:
-        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+
+class DDPEngine(PlainStep):
+    """The plain step with the model in torch's DistributedDataParallel."""
+
+    def __init__(self, model: torch.nn.Module, cfg, device: torch.device):
+        from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+
+        super().__init__(model, cfg, device)
+        self.module = DistributedDataParallel(self.module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def build(name: str, args, world: int, device: torch.device):
