@@ -51,7 +51,8 @@ def sync() -> None:
 
 def deepspeed_defaults(model: torch.nn.Module, cfg):
     """The engine as `build_engine` made it before 5 December 2026: DeepSpeed's throughput timer and
-    its own ZeRO-0 clipping on, AdamW fused only on CUDA. Same config otherwise."""
+    its own ZeRO-0 clipping on, AdamW fused only on CUDA. Same config otherwise, without the LR
+    schedule (which dispatches no op and waits for nothing)."""
     import deepspeed  # noqa: PLC0415
 
     from train.engine import deepspeed_config  # noqa: PLC0415
