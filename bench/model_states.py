@@ -48,7 +48,7 @@ def bucket_bytes(engine) -> int:
 def measure(rank: int, ranks: int, port: int, config: str, stage: int, precision: str, out: str) -> None:
     sys.path.insert(0, os.getcwd())
     from dfdc.config import load_config  # noqa: PLC0415
-    from train.engine import build_engine, to_device  # noqa: PLC0415
+    from train.engine import build_engine, clip_gradients, to_device  # noqa: PLC0415
     from train import objective  # noqa: PLC0415
     from train.loop import train_step  # noqa: PLC0415
     from train.model import build_model, trainable  # noqa: PLC0415
@@ -83,6 +83,7 @@ def measure(rank: int, ranks: int, port: int, config: str, stage: int, precision
     engine.backward(loss)
     del loss
     at_step = live_bytes()
+    clip_gradients(engine)  # as train_step does
     engine.step()
     after = live_bytes()
     if rank == 0:

@@ -133,7 +133,7 @@ def clip_gradients(engine) -> None:
     per tensor, and the clip coefficient stays on the device."""
     max_norm = getattr(engine, "dfdc_grad_clip", 0.0)
     if max_norm and engine.is_gradient_accumulation_boundary():
-        torch.nn.utils.clip_grad_norm_([p for p in engine.module.parameters() if p.grad is not None], max_norm)
+        torch.nn.utils.clip_grad_norm_(engine.module.parameters(), max_norm)  # it skips parameters without gradients
 
 
 def input_dtype(engine) -> torch.dtype:
