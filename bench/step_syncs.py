@@ -6,7 +6,8 @@
   zero0            the project's step (`train.loop.train_step` on `train.engine.build_engine`)
   zero0-ds-clip    the same engine with DeepSpeed's own settings as the project used them until
                    5 December 2026: its throughput timer on, its own ZeRO-0 clipping, AdamW fused only
-                   on CUDA (the engine before `train/engine.py` turned these off)
+                   on CUDA, its all-reduce of one rank's gradients (the engine before
+                   `train/engine.py` turned these off)
   zero1-3          the project's step at ZeRO 1, 2 and 3
 
 For each: ms per step (median of --rounds, configurations in turn), aten ops dispatched per step

@@ -118,6 +118,14 @@ def build_engine(model: torch.nn.Module, cfg: Config, world_size: int, total_ste
     # guess from LOCAL_RANK, which is wrong when workers share a GPU.
     args = types.SimpleNamespace(device_rank=torch.cuda.current_device()) if cuda else None
     engine, _, _, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    if torch.distributed.get_world_size() == 1 and cfg.deepspeed.zero_stage == 0:
+        # One rank has nothing to average. DeepSpeed's ZeRO-0 all-reduce would still flatten every
+        # gradient into one buffer and copy each back: five ops per parameter tensor, more than the
+        # whole plain step dispatches (bench/step_syncs.py: 1,068 a step for EfficientNet-B0, against 971).
+        # It also gave a trainable parameter the loss never reached a zero gradient, which AdamW then
+        # decays; without it such a parameter keeps none and AdamW skips it, as in plain PyTorch
+        # (every recipe's trainable parameters get a gradient: checked on 5 December 2026).
+        engine.enable_backward_allreduce = False
     if cfg.model.compile:
         # In place (nn.Module.compile): parameter names and state dicts stay the model's own, so
         # checkpoints load into an uncompiled model.
