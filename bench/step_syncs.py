@@ -127,7 +127,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         images = torch.rand(cfg.data.batch_size, 3, cfg.data.image_size, cfg.data.image_size, generator=g)
         labels = torch.randint(0, 2, (cfg.data.batch_size,), generator=g).float()
-        batch = (images.to(device), labels.to(device)) if name == "plain" else to_device(images, labels, step)
+        batch = to_device(images, labels, step)  # the plain step too: the engine's inputs
         for _ in range(args.warmup):  # DeepSpeed's timer starts waiting from its third step
             train_step(step, *batch, optim=cfg.optim)
         sync()

@@ -28,7 +28,8 @@ CONFIGS = ("ddp", "zero0", "zero1", "zero2", "zero3", "ddp+compile", "zero0+comp
 class PlainStep:
     """A plain PyTorch step behind the three calls `train_step` makes on a DeepSpeed engine, configured
     as `train.engine.build_engine` configures the engine: AdamW (fused), the warm-up + cosine
-    schedule, gradient clipping (torch's), autocast in --precision. bench/step_syncs.py times it too."""
+    schedule, gradient clipping (torch's), autocast in --precision, NCHW weights; `to_device` gives it
+    the engine's inputs. bench/step_syncs.py and bench/train_step.py time it too."""
 
     def __init__(self, model: torch.nn.Module, cfg, device: torch.device):
         from train.engine import AUTOCAST, lr_lambda  # noqa: PLC0415
@@ -39,6 +40,14 @@ class PlainStep:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim.warmup_steps, 10**6))
         self.clip = cfg.optim.grad_clip
         self.dtype = getattr(torch, AUTOCAST[cfg.deepspeed.precision]) if cfg.deepspeed.precision in AUTOCAST else None
+
+    # What train.engine.to_device asks of an engine, so that the plain step's inputs are the engine's:
+    # cast to the autocast dtype, channels-last.
+    def torch_autocast_enabled(self) -> bool:
+        return self.dtype is not None
+
+    def torch_autocast_dtype(self) -> torch.dtype | None:
+        return self.dtype
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
@@ -108,7 +117,7 @@ def rank_main(rank: int, world: int, port: int, args, out) -> None:
     batch = {}
     for name, engine in engines.items():
         images, labels = torch.rand(args.batch, 3, args.size, args.size, generator=g), torch.randint(0, 2, (args.batch,), generator=g).float()
-        batch[name] = to_device(images, labels, engine) if not name.startswith("ddp") else (images.to(device), labels.to(device))
+        batch[name] = to_device(images, labels, engine)
         for _ in range(args.warmup):
             train_step(engine, *batch[name])
     times: dict[str, list[float]] = {name: [] for name in configs}

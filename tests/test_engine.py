@@ -71,6 +71,7 @@ def test_each_precision_trains_and_consolidates(one_rank, tmp_path, precision, s
     for i in range(3):
         images, labels = to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)
         assert images.dtype == input_dtype(engine)
+        assert images.is_contiguous(memory_format=torch.channels_last)  # on a CPU too: oneDNN's NHWC convolutions
         loss = train_step(engine, images, labels)
         assert torch.isfinite(loss)
     probe = probe_logits(engine, 32)
@@ -146,7 +147,7 @@ def test_one_rank_zero0_step_dispatches_what_a_plain_step_does(one_rank):
     plain.load_state_dict(model.state_dict())
     engine, _ = build_engine(model, cfg, world_size=1, total_steps=20)
     opt = torch.optim.AdamW(plain.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
-    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    x, y = to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)  # both steps' inputs
 
     def plain_step():
         opt.zero_grad()
@@ -155,7 +156,7 @@ def test_one_rank_zero0_step_dispatches_what_a_plain_step_does(one_rank):
         opt.step()
 
     ops = {}
-    for name, step in (("plain", plain_step), ("engine", lambda: train_step(engine, *to_device(x, y, engine), optim=cfg.optim))):
+    for name, step in (("plain", plain_step), ("engine", lambda: train_step(engine, x, y, optim=cfg.optim))):
         step()  # optimizer state made
         with HostWaits() as waits:
             step()

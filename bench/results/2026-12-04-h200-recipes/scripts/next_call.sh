@@ -5,7 +5,10 @@
 # Third call (issue 25's B7 check, issue 27's B4 and B7 figures): the B7 recipe as configured, SBI's
 # B4 recipe, and B7 at ZeRO-0 with batch 32; each part's figure printed as soon as it is measured.
 # Since 2026-12-05 (later the same day: bench/step_syncs.py first and last, timeouts cut to fit 540 s)
-# the recipes configure ZeRO-0 (they were ZeRO-2), so the first two runs are ZeRO-0.
+# the recipes configure ZeRO-0 (they were ZeRO-2), so the first two runs are ZeRO-0. Since that
+# evening train_step.py times its plain step first and last (a few seconds more a run; each figure is
+# still printed as it comes, so a run cut by its timeout keeps what it measured), and the one-rank
+# ZeRO-0 engine no longer all-reduces (step_syncs' zero0 row should show the plain step's ops).
 set -u
 B=/tmp/b; mkdir -p $B && tar xJf .gpu/bundle.tar.xz -C $B && python3 -m zipfile -e .gpu/simplejpeg-*.whl $B/site/
 export PYTHONPATH=$B/site:$PWD PATH=$B/bin:$PATH PYTHONUNBUFFERED=1
