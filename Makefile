@@ -46,6 +46,7 @@ bench: install
 	$(VENV)/bin/python bench/model_states.py --stages 0 2 --precision fp32
 	$(VENV)/bin/python bench/train_step.py --plain --zero 0
 	$(VENV)/bin/python bench/step_syncs.py
+	$(VENV)/bin/python bench/gpu_memory.py
 	$(VENV)/bin/python bench/loader_order.py --rounds 2
 	$(VENV)/bin/python bench/block_order.py
 	$(VENV)/bin/python bench/index_memory.py

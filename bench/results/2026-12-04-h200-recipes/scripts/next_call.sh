@@ -9,6 +9,8 @@
 # evening train_step.py times its plain step first and last (a few seconds more a run; each figure is
 # still printed as it comes, so a run cut by its timeout keeps what it measured), and the one-rank
 # ZeRO-0 engine no longer all-reduces (step_syncs' zero0 row should show the plain step's ops).
+# The plain step's peak memory (peak_gib.plain) checks bench/gpu_memory.py's CPU estimates: B7 at
+# batch 12, 9.51 GiB; SBI's B4 at 32 images, 10.05 GiB (bench/results/2026-12-05-cpu-gpu-memory/).
 set -u
 B=/tmp/b; mkdir -p $B && tar xJf .gpu/bundle.tar.xz -C $B && python3 -m zipfile -e .gpu/simplejpeg-*.whl $B/site/
 export PYTHONPATH=$B/site:$PWD PATH=$B/bin:$PATH PYTHONUNBUFFERED=1
