@@ -384,3 +384,40 @@ def test_a_zero1_fp16_offload_checkpoint_of_two_ranks_resumes_on_one_with_its_op
     mp.start_processes(_two_ranks, args=(free_port(), str(tmp_path), sets), nprocs=2, join=True,
                        start_method="spawn")
     mp.start_processes(_resumes_on_one, args=(free_port(), str(tmp_path), sets), nprocs=1, join=True, start_method="spawn")
+
+
+@pytest.mark.parametrize("precision, stage", [("fp32", 0), ("fp32", 3), ("bf16", 1)])
+def test_a_checkpoint_lacking_any_file_a_load_reads_is_passed_over(one_rank, tmp_path, precision, stage):
+    """Ray uploads a checkpoint's files in no set order, so a run killed mid-upload leaves a folder
+    with some of them. CI met a ZeRO-3 one with its state and model states but no optimizer states:
+    the driver resumed from it and DeepSpeed failed on every worker. Take away any one file a load
+    reads (not the metrics report, nor DeepSpeed's `latest` or its recovery scripts) and the driver's
+    `latest_state`, the workers' `newest_stored` and the check of Ray's record (`latest_complete`)
+    all go back to the older whole checkpoint."""
+    import pyarrow.fs
+    import ray.train
+
+    from train.checkpoint import REPORT, TrainState, latest_complete, latest_state, newest_stored, write
+
+    run = tmp_path / "run"
+    cfg = load_config(None, ["model.name=test_efficientnet", "data.image_size=32", f"deepspeed.precision={precision}",
+                             f"deepspeed.zero_stage={stage}", f"ray.storage_path={tmp_path}", "ray.run_name=run"])
+    torch.manual_seed(0)
+    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10)
+    older, newest = (run / f"checkpoint_2026-01-01_00-00-0{i}.000000" for i in (1, 2))
+    for step, folder in enumerate([older, newest], 1):
+        write(engine, TrainState(step=step, world_size=1, config=cfg.to_dict()), {"step": step}, 0, 32, str(folder))
+
+    def found() -> list[str]:
+        ray_record = ray.train.Checkpoint(str(newest), filesystem=pyarrow.fs.LocalFileSystem())
+        return [os.path.basename(latest_state(str(run))[1]), os.path.basename(newest_stored(cfg).path),
+                os.path.basename(latest_complete(ray_record).path)]
+
+    assert found() == [newest.name] * 3
+    read = sorted(str(p.relative_to(newest)) for p in newest.rglob("*") if p.is_file())
+    read = [f for f in read if f not in (REPORT, "latest", "zero_to_fp32.py", "zero_to_torch.py")]
+    assert sum(f.endswith("optim_states.pt") for f in read) == (stage > 0), read
+    for f in read:
+        (newest / f).rename(tmp_path / "aside")
+        assert found() == [older.name] * 3, f
+        (tmp_path / "aside").rename(newest / f)

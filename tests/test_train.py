@@ -215,18 +215,21 @@ def test_default_named_runs_bf16_zero0_and_zero1_offload_each_get_their_own_run(
 # Pure logic, no cluster.
 
 def test_resume_skips_a_checkpoint_without_its_state(tmp_path):
-    """A registered checkpoint that lacks dfdc_state.json is passed over for the newest complete one."""
+    """A registered checkpoint that lacks dfdc_state.json is passed over for the newest complete one.
+    (A checkpoint lacking any other file a load reads: tests/test_engine.py, with DeepSpeed's files.)"""
     import pyarrow.fs
     import ray.train
 
-    from train.checkpoint import STATE, latest_complete
+    from train.checkpoint import PROBE, STATE, TAG, latest_complete
 
     run_dir = tmp_path / "run"
     for name, complete in [("checkpoint_2026-01-01_00-00-01.000000", True), ("checkpoint_2026-01-01_00-00-02.000000", True),
                            ("checkpoint_2026-01-01_00-00-03.000000", False)]:
-        (run_dir / name / "ds").mkdir(parents=True)
+        (run_dir / name / TAG).mkdir(parents=True)
+        for f in [PROBE, f"{TAG}/mp_rank_00_model_states.pt"]:  # a ZeRO-0 checkpoint's other files
+            (run_dir / name / f).write_bytes(b"")
         if complete:
-            (run_dir / name / STATE).write_text("{}")
+            (run_dir / name / STATE).write_text('{"world_size": 1, "config": {"deepspeed": {"zero_stage": 0}}}')
     fs = pyarrow.fs.LocalFileSystem()
     newest = ray.train.Checkpoint(str(run_dir / "checkpoint_2026-01-01_00-00-03.000000"), filesystem=fs)
     assert latest_complete(newest).path.endswith("00-00-02.000000")

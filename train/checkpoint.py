@@ -1,8 +1,9 @@
 """Checkpoints: every rank's DeepSpeed files plus `probe.pt` and our `TrainState` (dfdc_state.json),
 reported to Ray Train, which uploads all ranks' files into one checkpoint in
-`ray.storage_path/run_name/` and registers it once every rank's upload is done. Workers resume only
-from registered checkpoints; a folder without the state JSON (rank 0 writes it last into its own
-folder) is never loaded."""
+`ray.storage_path/run_name/` and registers it once every rank's upload is done. A run resumes from
+the newest checkpoint in its folder that holds every file a load reads (`missing_files`): Ray
+uploads a checkpoint's files in no set order, so a run killed mid-upload leaves a folder with some
+of them, the state JSON among them or not."""
 
 from __future__ import annotations
 
@@ -181,16 +182,21 @@ def save(engine, state: TrainState, metrics: dict, rank: int, image_size: int) -
     """Collective: every rank calls it at the same step (see loop.checkpoint_now)."""
     import ray.train  # noqa: PLC0415
 
-    probe = probe_logits(engine, image_size)
     with tempfile.TemporaryDirectory(prefix="dfdc-ckpt-") as d:
-        engine.save_checkpoint(d, tag=TAG)  # every rank writes its shard of the states
-        if rank == 0:
-            torch.save({"input": probe_input(image_size), **probe}, os.path.join(d, PROBE))
-            with open(os.path.join(d, REPORT), "w") as f:
-                json.dump(metrics, f, default=float)
-            with open(os.path.join(d, STATE), "w") as f:  # written last: without it a checkpoint is incomplete
-                f.write(state.to_json())
+        write(engine, state, metrics, rank, image_size, d)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def write(engine, state: TrainState, metrics: dict, rank: int, image_size: int, folder: str) -> None:
+    """Collective: this rank's files of a checkpoint, into the local `folder`."""
+    probe = probe_logits(engine, image_size)
+    engine.save_checkpoint(folder, tag=TAG)  # every rank writes its shard of the states
+    if rank == 0:
+        torch.save({"input": probe_input(image_size), **probe}, os.path.join(folder, PROBE))
+        with open(os.path.join(folder, REPORT), "w") as f:
+            json.dump(metrics, f, default=float)
+        with open(os.path.join(folder, STATE), "w") as f:
+            f.write(state.to_json())
 
 
 def report_again(found: Found, rank: int) -> None:
@@ -213,8 +219,8 @@ def report_again(found: Found, rank: int) -> None:
 
 
 def latest_complete(ckpt):
-    """`ckpt` if its state JSON is there, else the newest older checkpoint of the same run that has
-    one (Ray names them checkpoint_<time>, so names sort by age); None if there is none."""
+    """`ckpt` if it holds every file a load reads, else the newest older checkpoint of the same run
+    that does (Ray names them checkpoint_<time>, so names sort by age); None if there is none."""
     import pyarrow.fs as pafs  # noqa: PLC0415
     import ray.train  # noqa: PLC0415
 
@@ -226,10 +232,17 @@ def latest_complete(ckpt):
         reverse=True,
     )
     for path in candidates:
-        if fs.get_file_info(f"{path}/{STATE}").type == pafs.FileType.File:
+        names = {posixpath.relpath(i.path, path) for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                 if i.type == pafs.FileType.File}
+        state = None
+        if STATE in names:
+            with fs.open_input_stream(f"{path}/{STATE}") as f:
+                state = TrainState.from_json(f.read().decode())
+        if state is not None and not (missing := missing_files(names, state)):
             if path != newest:
-                log.warning("checkpoint %s has no %s (cut off while being written); resuming from %s", newest, STATE, path)
+                log.warning("checkpoint %s lacks files (cut off while being written); resuming from %s", newest, path)
             return ray.train.Checkpoint(path, filesystem=fs)
+        log.warning("checkpoint %s is incomplete: no %s", path, ", ".join(missing) if state is not None else STATE)
     log.warning("no complete checkpoint in %s; starting from scratch", parent)
     return None
 
@@ -238,47 +251,45 @@ def _name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def has_every_rank(files: list[str], world_size: int) -> bool:
-    """Whether a checkpoint's DeepSpeed files (names under its tag folder) hold every rank's part:
-    with ZeRO each rank writes its own zero_pp_rank_<r>_* files; without, rank 0 writes the model
-    states alone. Each file is one object, written whole or not at all."""
-    per_rank = [f for f in files if "zero_pp_rank_" in f]
-    if per_rank:
-        return all(any(f"zero_pp_rank_{r}_" in f for f in per_rank) for r in range(max(1, world_size)))
-    return "mp_rank_00_model_states.pt" in files
+def missing_files(names: set[str], state: TrainState) -> list[str]:
+    """The files a load of this checkpoint reads that `names` (paths relative to its folder) lacks:
+    the state, the probe, and DeepSpeed's files for its ZeRO stage and ranks (optimizer states
+    per rank at ZeRO 1-3; model states per rank at ZeRO-3, else one file). Each file is one object,
+    written whole or not at all; which of them a cut-off upload left is a matter of chance."""
+    stage = state.config.get("deepspeed", {}).get("zero_stage")
+    if stage is None:  # a state without its config: the file names tell
+        stage = 3 if any("zero_pp_rank_" in n and n.endswith("model_states.pt") for n in names) else \
+            1 if any(n.endswith("optim_states.pt") for n in names) else 0
+    ranks = range(max(1, state.world_size))
+    need = [[STATE], [PROBE]]
+    if stage == 3:
+        need += [[f"{TAG}/zero_pp_rank_{r}_mp_rank_00_model_states.pt"] for r in ranks]
+    else:
+        need.append([f"{TAG}/mp_rank_00_model_states.pt"])
+    if stage > 0:  # bf16 runs name them bf16_zero_pp_rank_<r>_...
+        need += [[f"{TAG}/{p}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for p in ("", "bf16_")] for r in ranks]
+    return [either[0] for either in need if not names.intersection(either)]
 
 
 def newest_stored(cfg: Config):
-    """The newest checkpoint in the run's folder with its state and every rank's files (a
+    """The newest checkpoint in the run's folder holding every file a load reads (a
     ray.train.Checkpoint), read from storage rather than from Ray Train's record; None if none."""
     import pyarrow.fs as pafs  # noqa: PLC0415
     import ray.train  # noqa: PLC0415
 
     from train.run import storage_for_ray  # noqa: PLC0415
 
-    root, fs = storage_for_ray(cfg.ray.storage_path)
-    fs = fs or pafs.LocalFileSystem()
-    folder = f"{root.rstrip('/')}/{cfg.ray.run_name}"
-    try:
-        entries = fs.get_file_info(pafs.FileSelector(folder))
-    except (FileNotFoundError, OSError):
+    found = latest_state(run_uri(cfg))
+    if found is None:
         return None
-    for path in sorted((i.path for i in entries if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")),
-                       reverse=True):
-        if fs.get_file_info(f"{path}/{STATE}").type != pafs.FileType.File:
-            continue
-        with fs.open_input_stream(f"{path}/{STATE}") as f:
-            state = TrainState.from_json(f.read().decode())
-        tagged = fs.get_file_info(pafs.FileSelector(f"{path}/{TAG}", allow_not_found=True))
-        if has_every_rank([i.base_name for i in tagged], state.world_size):
-            return ray.train.Checkpoint(path, filesystem=fs)
-    return None
+    path, fs = storage_for_ray(found[1])
+    return ray.train.Checkpoint(path, filesystem=fs or pafs.LocalFileSystem())
 
 
 def latest_state(run_uri: str) -> tuple[TrainState, str] | None:
-    """The state of the newest complete checkpoint under a run's folder (local or s3://: its state
-    and every rank's files, as the workers' `find` requires) and that checkpoint's URI, read by the
-    driver before any worker starts; None for a new run."""
+    """The state of the newest complete checkpoint under a run's folder (local or s3://: one that
+    holds every file a load reads, `missing_files`) and that checkpoint's URI, read by the driver
+    before any worker starts; None for a new run."""
     fs, root = storage.filesystem(run_uri)
     with storage.named(run_uri):
         try:
@@ -288,17 +299,15 @@ def latest_state(run_uri: str) -> tuple[TrainState, str] | None:
     names = sorted((posixpath.basename(p.rstrip("/")) for p in entries), reverse=True)
     for name in (n for n in names if n.startswith("checkpoint_")):
         uri = storage.join(run_uri, name)
-        try:
-            state = TrainState.from_json(storage.read_bytes(storage.join(uri, STATE)))
-        except FileNotFoundError:
+        files = set(storage.list_files(uri))  # one listing, never a cached one (storage.filesystem)
+        if STATE not in files:
+            log.warning("checkpoint %s is incomplete: no %s", uri, STATE)
             continue
-        try:
-            with storage.named(uri):
-                tagged = fs.ls(f"{root.rstrip('/')}/{name}/{TAG}", detail=False, refresh=True)  # not a listing cached mid-upload
-        except FileNotFoundError:
-            tagged = []
-        if has_every_rank([posixpath.basename(t.rstrip("/")) for t in tagged], state.world_size):
-            return state, uri
+        state = TrainState.from_json(storage.read_bytes(storage.join(uri, STATE)))
+        if missing := missing_files(files, state):
+            log.warning("checkpoint %s is incomplete (cut off while being written): no %s", uri, ", ".join(missing))
+            continue
+        return state, uri
     return None
 
 
