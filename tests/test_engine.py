@@ -68,7 +68,7 @@ def test_each_precision_trains_and_consolidates(one_rank, tmp_path, precision, s
     assert input_dtype(engine) == {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert all(p.dtype == torch.float32 for p in engine.module.parameters())  # autocast keeps fp32 weights
     before = probe_logits(engine, 32)["logits"]
-    for i in range(3):
+    for _ in range(3):
         images, labels = to_device(torch.rand(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]), engine)
         assert images.dtype == input_dtype(engine)
         assert images.is_contiguous(memory_format=torch.channels_last)  # on a CPU too: oneDNN's NHWC convolutions
