@@ -386,38 +386,65 @@ def test_a_zero1_fp16_offload_checkpoint_of_two_ranks_resumes_on_one_with_its_op
     mp.start_processes(_resumes_on_one, args=(free_port(), str(tmp_path), sets), nprocs=1, join=True, start_method="spawn")
 
 
-@pytest.mark.parametrize("precision, stage", [("fp32", 0), ("fp32", 3), ("bf16", 1)])
-def test_a_checkpoint_lacking_any_file_a_load_reads_is_passed_over(one_rank, tmp_path, precision, stage):
+
+CUT_OFF_CASES = [("fp32", 0), ("fp32", 3), ("bf16", 1)]  # bf16 last: DeepSpeed keeps its autocast settings in globals
+
+
+def _cut_off_sets(folder: str, precision: str, stage: int) -> list[str]:
+    return ["model.name=test_efficientnet", "data.image_size=32", f"deepspeed.precision={precision}",
+            f"deepspeed.zero_stage={stage}", f"ray.storage_path={folder}/{precision}-{stage}", "ray.run_name=run"]
+
+
+def _write_two_checkpoints(rank: int, port: int, folder: str) -> None:
+    """On two ranks, for each case: two checkpoints as a run writes them (checkpoint.write)."""
+    from train.checkpoint import TrainState, write
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    for precision, stage in CUT_OFF_CASES:
+        cfg = load_config(None, _cut_off_sets(folder, precision, stage))
+        torch.manual_seed(0)
+        engine, _ = build_engine(build_model(cfg.model), cfg, world_size=2, total_steps=10)
+        for step in (1, 2):
+            path = os.path.join(cfg.ray.storage_path, "run", f"checkpoint_2026-01-01_00-00-0{step}.000000")
+            write(engine, TrainState(step=step, world_size=2, config=cfg.to_dict()), {"step": step}, rank, 32, path)
+    dist.destroy_process_group()
+
+
+def test_a_checkpoint_lacking_any_file_a_load_reads_is_passed_over(tmp_path, monkeypatch):
     """Ray uploads a checkpoint's files in no set order, so a run killed mid-upload leaves a folder
     with some of them. CI met a ZeRO-3 one with its state and model states but no optimizer states:
-    the driver resumed from it and DeepSpeed failed on every worker. Take away any one file a load
-    reads (not the metrics report, nor DeepSpeed's `latest` or its recovery scripts) and the driver's
+    the driver resumed from it and DeepSpeed failed on every worker. Two ranks write real
+    checkpoints at ZeRO 0, 3 (fp32) and 1 (bf16); take away any one file a load reads (not the
+    metrics report, nor DeepSpeed's `latest` or its recovery scripts) and the driver's
     `latest_state`, the workers' `newest_stored` and the check of Ray's record (`latest_complete`)
-    all go back to the older whole checkpoint."""
+    all go back to the older whole checkpoint. In processes of their own: a ZeRO-3 engine patches
+    torch.nn.functional.linear for the rest of its process (see above)."""
     import pyarrow.fs
     import ray.train
+    import torch.multiprocessing as mp
 
-    from train.checkpoint import REPORT, TrainState, latest_complete, latest_state, newest_stored, write
+    from train.checkpoint import REPORT, latest_complete, latest_state, newest_stored
 
-    run = tmp_path / "run"
-    cfg = load_config(None, ["model.name=test_efficientnet", "data.image_size=32", f"deepspeed.precision={precision}",
-                             f"deepspeed.zero_stage={stage}", f"ray.storage_path={tmp_path}", "ray.run_name=run"])
-    torch.manual_seed(0)
-    engine, _ = build_engine(build_model(cfg.model), cfg, world_size=1, total_steps=10)
-    older, newest = (run / f"checkpoint_2026-01-01_00-00-0{i}.000000" for i in (1, 2))
-    for step, folder in enumerate([older, newest], 1):
-        write(engine, TrainState(step=step, world_size=1, config=cfg.to_dict()), {"step": step}, 0, 32, str(folder))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    mp.start_processes(_write_two_checkpoints, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    for precision, stage in CUT_OFF_CASES:
+        cfg = load_config(None, _cut_off_sets(str(tmp_path), precision, stage))
+        run = tmp_path / f"{precision}-{stage}" / "run"
+        older, newest = (run / f"checkpoint_2026-01-01_00-00-0{i}.000000" for i in (1, 2))
 
-    def found() -> list[str]:
-        ray_record = ray.train.Checkpoint(str(newest), filesystem=pyarrow.fs.LocalFileSystem())
-        return [os.path.basename(latest_state(str(run))[1]), os.path.basename(newest_stored(cfg).path),
-                os.path.basename(latest_complete(ray_record).path)]
+        def found() -> list[str]:
+            ray_record = ray.train.Checkpoint(str(newest), filesystem=pyarrow.fs.LocalFileSystem())
+            return [os.path.basename(latest_state(str(run))[1]), os.path.basename(newest_stored(cfg).path),  # noqa: B023
+                    os.path.basename(latest_complete(ray_record).path)]  # noqa: B023
 
-    assert found() == [newest.name] * 3
-    read = sorted(str(p.relative_to(newest)) for p in newest.rglob("*") if p.is_file())
-    read = [f for f in read if f not in (REPORT, "latest", "zero_to_fp32.py", "zero_to_torch.py")]
-    assert sum(f.endswith("optim_states.pt") for f in read) == (stage > 0), read
-    for f in read:
-        (newest / f).rename(tmp_path / "aside")
-        assert found() == [older.name] * 3, f
-        (tmp_path / "aside").rename(newest / f)
+        assert found() == [newest.name] * 3, (precision, stage)
+        read = sorted(str(p.relative_to(newest)) for p in newest.rglob("*") if p.is_file())
+        read = [f for f in read if f not in (REPORT, "latest", "zero_to_fp32.py", "zero_to_torch.py")]
+        ranks_files = {"model_states": 2 if stage == 3 else 1, "optim_states": 2 if stage else 0}
+        assert {k: sum(k in f for f in read) for k in ranks_files} == ranks_files, read
+        for f in read:
+            (newest / f).rename(tmp_path / "aside")
+            assert found() == [older.name] * 3, (precision, stage, f)
+            (tmp_path / "aside").rename(newest / f)
