@@ -4,8 +4,9 @@ by side in one run on this machine's accelerator (a GPU if there is one, else th
   in-memory  the step on one batch already on the device, over and over: the compute limit
              (also with NCHW inputs instead of channels-last, to show what the layout buys)
   streamed   the same step fed by the training loader (`train.data.batches`, in --order) from
-             face-crop shards on S3: images/s, its ratio to in-memory, and the fraction of wall time
-             the rank waited for the next batch
+             face-crop shards on S3: images/s, its ratio to in-memory, the fraction of wall time
+             the rank waited for the next batch, and the cores the rank and the other processes
+             (loader workers, S3 server) kept busy, beside the in-memory step's
   plain      (--plain) a bare PyTorch step of the same model, trainable parts, loss, batch and
              inputs, with no DeepSpeed: autocast, fused AdamW, torch's clipping; timed first and
              last, the faster counting
@@ -52,6 +53,29 @@ def step_images(cfg) -> int:
     return cfg.data.batch_size * (2 if cfg.data.sbi == 1.0 else 1)
 
 
+class CpuUse:
+    """Cores kept busy over a stretch, by this process (the rank: the step's threads) and by every
+    other process on the machine together (beside a streamed step: the loader's workers and the
+    local S3 server), from Linux's counters through psutil. On a machine with few cores the others
+    take cores the step would use, a slowdown the rank's data-wait fraction does not show."""
+
+    def __init__(self) -> None:
+        self.machine, self.own, self.wall = self._busy(), time.process_time(), time.perf_counter()
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil  # noqa: PLC0415
+
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+    def cores(self) -> tuple[float, float]:
+        """(the rank's cores, the other processes' cores) since this was made."""
+        wall = time.perf_counter() - self.wall
+        own = (time.process_time() - self.own) / wall
+        return round(own, 2), round((self._busy() - self.machine) / wall - own, 2)
+
+
 def in_memory(engine, cfg, steps: int, warmup: int, channels_last: bool = True) -> float:
     """Images/s of train_step on one batch that stays on the device."""
     from train.engine import to_device  # noqa: PLC0415
@@ -69,9 +93,9 @@ def in_memory(engine, cfg, steps: int, warmup: int, channels_last: bool = True) 
     return steps * batch / (time.perf_counter() - t)
 
 
-def streamed(engine, cfg, root: str, steps: int, warmup: int) -> tuple[float, float]:
-    """(images/s, data-wait fraction) of train_step fed by the training loader (in its default
-    order, epochs chained), after `warmup` steps (the loader's workers start then)."""
+def streamed(engine, cfg, root: str, steps: int, warmup: int) -> tuple[float, float, tuple[float, float]]:
+    """(images/s, data-wait fraction, CpuUse cores) of train_step fed by the training loader (in
+    its default order, epochs chained), after `warmup` steps (the loader's workers start then)."""
     from data_pipeline import manifest as mf  # noqa: PLC0415
     from data_pipeline import shard_index  # noqa: PLC0415
     from train.data.loader import batches  # noqa: PLC0415
@@ -87,7 +111,7 @@ def streamed(engine, cfg, root: str, steps: int, warmup: int) -> tuple[float, fl
     for i in range(warmup + steps):
         if i == warmup:
             sync()
-            t0, wait, images_seen = time.perf_counter(), 0.0, 0
+            t0, wait, images_seen, use = time.perf_counter(), 0.0, 0, CpuUse()
         t = time.perf_counter()
         batch = next(it)
         wait += time.perf_counter() - t
@@ -96,7 +120,7 @@ def streamed(engine, cfg, root: str, steps: int, warmup: int) -> tuple[float, fl
         train_step(engine, images, labels, optim=cfg.optim)
     sync()
     wall = time.perf_counter() - t0
-    return images_seen / wall, wait / wall
+    return images_seen / wall, wait / wall, use.cores()
 
 
 @contextlib.contextmanager
@@ -208,10 +232,12 @@ def main() -> None:
         before = in_memory(engine, cfg, args.steps, args.warmup)
         peak_engine = peak_gib()
         say(f"in-memory: {before:.1f} images/s, peak {peak_engine} GiB")
-        rate, wait = streamed(engine, cfg, root, args.stream_steps or args.steps, args.warmup)
+        rate, wait, streamed_cores = streamed(engine, cfg, root, args.stream_steps or args.steps, args.warmup)
         peak_streamed = peak_gib()
         say(f"streamed: {rate:.1f} images/s, data-wait {wait:.1%}, peak {peak_streamed} GiB")
+        use = CpuUse()
         after = in_memory(engine, cfg, args.steps, args.warmup)
+        in_memory_cores = use.cores()
         say(f"in-memory again: {after:.1f} images/s")
         nchw = in_memory(engine, cfg, args.steps, args.warmup, channels_last=False)
         if plain_rate is not None:  # again last, as the engine ran before and after: the faster counts
@@ -236,6 +262,8 @@ def main() -> None:
         print(f"{'plain torch':12} {plain_rate:9.1f} {plain_rate / compute:12.2f}x   (no DeepSpeed, runs first and last: "
               f"{plain_runs[0]:.1f}, {plain_runs[1]:.1f}; the engine in-memory is {compute / plain_rate:.2f}x of it, "
               f"streamed {rate / plain_rate:.2f}x)")
+    print(f"CPU cores busy (rank, other processes): in-memory {in_memory_cores[0]}, {in_memory_cores[1]}; "
+          f"streamed {streamed_cores[0]}, {streamed_cores[1]} (the others: the loader's workers, the local S3 server)")
     if peak_engine is not None:
         print(f"peak GPU memory, GiB: engine in-memory {peak_engine}, streamed {peak_streamed}, plain {peak_plain}")
     print(json.dumps({"device": device_name(), "config": args.config, "model": m.name, "trainable": m.trainable, "head": m.head,
@@ -243,6 +271,7 @@ def main() -> None:
                       "precision": cfg.deepspeed.precision, "zero": cfg.deepspeed.zero_stage, "workers": d.num_workers, "order": args.order,
                       "in_memory_images_per_s": round(compute, 2), "in_memory_runs": [round(before, 2), round(after, 2)], "streamed_images_per_s": round(rate, 2),
                       "streamed_vs_in_memory": round(rate / compute, 3), "data_wait_fraction": round(wait, 3),
+                      "cpu_cores_rank_others": {"in_memory": in_memory_cores, "streamed": streamed_cores},
                       "in_memory_nchw_images_per_s": None if nchw is None else round(nchw, 2),
                       "plain_images_per_s": None if plain_rate is None else round(plain_rate, 2),
                       "plain_runs": None if plain_rate is None else [round(r, 2) for r in plain_runs],
