@@ -299,7 +299,7 @@ def latest_state(run_uri: str) -> tuple[TrainState, str] | None:
     names = sorted((posixpath.basename(p.rstrip("/")) for p in entries), reverse=True)
     for name in (n for n in names if n.startswith("checkpoint_")):
         uri = storage.join(run_uri, name)
-        files = set(storage.list_files(uri))  # one listing, never a cached one (storage.filesystem)
+        files = set(storage.list_files(uri))  # listed afresh, never from a cache (storage.filesystem)
         if STATE not in files:
             log.warning("checkpoint %s is incomplete: no %s", uri, STATE)
             continue
